@@ -1,2 +1,305 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""The `jobhook` command (SPEC §1). Settings come from the environment and `--env-file`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from service.config import Settings
+from service.errors import ConfigError, StorageError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    """A one-line failure to print as `jobhook: …` and exit with status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        raise SystemExit(EXIT_USAGE)
+    try:
+        code = args.handler(args)
+    except (ConfigError, StorageError, CLIError) as exc:
+        print(f"jobhook: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    raise SystemExit(code or 0)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_environ(env_file=args.env_file)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobhook",
+        description="Callbacks, polling and durable state for asynchronous image generation jobs.",
+        epilog="Settings are environment variables (JOBHOOK_*); see README.md. Try `jobhook demo`.",
+    )
+    parser.add_argument("--env-file", metavar="FILE", help="read JOBHOOK_* settings from a .env-style file too")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+
+    serve = commands.add_parser("serve", help="run the service", description="Run the service (one uvicorn process).")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host without JOBHOOK_API_TOKENS (the API is then open to anyone)",
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the whole flow on this machine, no account needed",
+        description="Start jobhook with the built-in simulator on a free loopback port, submit a batch of jobs "
+        "and show them move live: callbacks, duplicates, a dropped callback caught by polling, a forged "
+        "callback refused, a failure.",
+    )
+    demo.add_argument("--dir", default="jobhook-demo", help="where the demo keeps its database (default: %(default)s)")
+    demo.add_argument("--keep-serving", action="store_true", help="keep the service running after the demo")
+    demo.set_defaults(handler=cmd_demo)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or upgrade the database schema",
+        description="Apply pending migrations to JOBHOOK_DATABASE.",
+    )
+    migrate.set_defaults(handler=cmd_migrate)
+
+    def client_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--url",
+            default=os.environ.get("JOBHOOK_URL", DEFAULT_URL),
+            help="the running jobhook (env JOBHOOK_URL, default %(default)s)",
+        )
+        sub.add_argument(
+            "--token",
+            default=os.environ.get("JOBHOOK_TOKEN"),
+            help="bearer token (env JOBHOOK_TOKEN, else the first of JOBHOOK_API_TOKENS)",
+        )
+
+    submit = commands.add_parser(
+        "submit", help="submit a generation", description="Submit a generation to a running jobhook."
+    )
+    submit.add_argument("prompt", help="the prompt")
+    submit.add_argument("--provider", required=True, help="aivideoapi, simulator, …")
+    submit.add_argument("--aspect-ratio", help="e.g. 16:9")
+    submit.add_argument("--rendering-speed", choices=["TURBO", "BALANCED", "QUALITY"])
+    submit.add_argument("--output-format", help="e.g. png")
+    submit.add_argument("--metadata", help="a JSON object kept on the job")
+    submit.add_argument("--option", action="append", default=[], metavar="KEY=JSON", help="a provider_options entry")
+    submit.add_argument("--idempotency-key", help="the same key returns the same job and submits once")
+    submit.add_argument("--wait", action="store_true", help="show progress until the job is finished")
+    submit.add_argument("--timeout", type=float, default=1800, help="with --wait: give up after this many seconds")
+    client_options(submit)
+    submit.set_defaults(handler=cmd_submit)
+
+    jobs = commands.add_parser("jobs", help="list jobs, newest first", description="List jobs, newest first.")
+    jobs.add_argument("--status", help="queued, submitted, processing, completed, failed or timed_out")
+    jobs.add_argument("--provider", help="only this provider's jobs")
+    jobs.add_argument("--limit", type=int, default=20, help="how many (default: %(default)s)")
+    jobs.add_argument("--json", action="store_true", help="print the API's JSON")
+    client_options(jobs)
+    jobs.set_defaults(handler=cmd_jobs)
+
+    job = commands.add_parser("job", help="show one job and its history", description="Show one job and its events.")
+    job.add_argument("id", help="the job id (job_…)")
+    job.add_argument("--json", action="store_true", help="print the API's JSON")
+    client_options(job)
+    job.set_defaults(handler=cmd_job)
+    return parser
+
+
+# -- serve / migrate -------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    if not _is_loopback(args.host) and not settings.api_tokens and not args.insecure:
+        raise CLIError(
+            f"refusing to listen on {args.host} with an open API: set JOBHOOK_API_TOKENS, or pass --insecure"
+        )
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port must be between 1 and 65535, got {args.port}")
+    asyncio.run(_migrate(settings))  # a database that cannot be opened stops us here, in one line
+    import uvicorn
+
+    from service import logs
+    from service.app import create_app
+
+    logs.setup(settings.log_format)
+    local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    self_url = f"http://{local_host}:{args.port}"
+    app = create_app(settings, self_url=self_url)
+    print(f"jobhook on {self_url}  (database {settings.database})", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on")
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from service.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(settings.database, synchronous=settings.sqlite_synchronous)
+    await store.open()
+    try:
+        return await store.schema_version()
+    finally:
+        await store.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    version = asyncio.run(_migrate(settings))
+    print(f"{settings.database}: schema version {version}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    return run_demo(args.dir, keep_serving=args.keep_serving)
+
+
+# -- API clients -----------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> httpx.Client:
+    token = args.token
+    if token is None:
+        tokens = os.environ.get("JOBHOOK_API_TOKENS", "")
+        token = tokens.split(",")[0].strip() or None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=75)
+
+
+def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise CLIError(f"cannot reach jobhook at {client.base_url}: {exc} (is `jobhook serve` running?)") from None
+    try:
+        data = response.json()
+    except ValueError:
+        raise CLIError(f"{method} {path}: HTTP {response.status_code}, not JSON") from None
+    if response.status_code >= 400:
+        error = data.get("error", {}) if isinstance(data, dict) else {}
+        field = f" (field {error['field']})" if error.get("field") else ""
+        raise CLIError(f"{error.get('code', response.status_code)}: {error.get('message', '')}{field}")
+    return data
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"provider": args.provider, "prompt": args.prompt}
+    for flag in ("aspect_ratio", "rendering_speed", "output_format"):
+        if getattr(args, flag):
+            body[flag] = getattr(args, flag)
+    if args.metadata:
+        try:
+            body["metadata"] = json.loads(args.metadata)
+        except ValueError:
+            raise CLIError("--metadata must be a JSON object") from None
+    options: dict[str, Any] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CLIError(f"--option expects KEY=JSON, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    if options:
+        body["provider_options"] = options
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    with _client(args) as client:
+        job = _call(client, "POST", "/v1/jobs", json=body, headers=headers)
+        if not args.wait:
+            print(json.dumps(job, indent=2))
+            return 0
+        return _follow(client, job, args.timeout)
+
+
+FINISHED = ("completed", "failed", "timed_out")
+
+
+def _follow(client: httpx.Client, job: dict[str, Any], timeout: float) -> int:
+    started = time.monotonic()
+    print(f"{job['id']}  {job['provider']}  submitted", file=sys.stderr)
+    last = None
+    while True:
+        elapsed = time.monotonic() - started
+        if job["status"] != last:
+            last = job["status"]
+            print(f"  {elapsed:6.1f}s  {last}", file=sys.stderr, flush=True)
+        if job["status"] in FINISHED:
+            break
+        if elapsed > timeout:
+            print(f"gave up waiting after {timeout:g}s; the job goes on: jobhook job {job['id']}", file=sys.stderr)
+            return 1
+        job = _call(client, "GET", f"/v1/jobs/{job['id']}", params={"wait": min(30, max(1, int(timeout - elapsed)))})
+    print(json.dumps(job, indent=2))
+    return 0 if job["status"] == "completed" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    if args.provider:
+        params["provider"] = args.provider
+    with _client(args) as client:
+        data = _call(client, "GET", "/v1/jobs", params=params)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not data["jobs"]:
+        print("no jobs")
+        return 0
+    print(f"{'id':32}  {'provider':10}  {'status':10}  {'by':8}  {'created':24}  prompt")
+    for job in data["jobs"]:
+        prompt = job["request"].get("prompt", "")
+        prompt = prompt if len(prompt) <= 40 else prompt[:39] + "…"
+        print(
+            f"{job['id']:32}  {job['provider']:10}  {job['status']:10}  {job['resolved_by'] or '-':8}  "
+            f"{job['created_at']:24}  {prompt}"
+        )
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = _call(client, "GET", f"/v1/jobs/{args.id}")
+        events = _call(client, "GET", f"/v1/jobs/{args.id}/events")
+    if args.json:
+        print(json.dumps({"job": job, "events": events["events"]}, indent=2))
+        return 0
+    print(json.dumps(job, indent=2))
+    print("\nhistory:")
+    for event in events["events"]:
+        detail = ", ".join(f"{k}={v}" for k, v in event["detail"].items())
+        print(f"  {event['at']}  {event['type']:9} {event['outcome'] or '':12} {detail}")
+    return 0

@@ -1,0 +1,208 @@
+"""The /v1 routes of SPEC §3: parse, call the engine or the store, answer. Errors → `{"error": …}`."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.routing import Route
+
+from service import ids
+from service.domain.job import Job
+from service.domain.request import RequestError, parse_submission
+from service.domain.status import FINISHED, Status
+from service.engine import IdempotencyMismatch, NotBackendSubmitted, NotPollable
+from service.http import ApiError, BodyTooLarge, JSONResponse, decode_cursor, encode_cursor, read_body
+from service.store.base import TaskIdConflict
+
+if TYPE_CHECKING:
+    from service.app import Runtime
+
+MAX_API_BODY = 1024 * 1024
+MAX_WAIT = 60.0
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+async def json_body(request: Request) -> Any:
+    try:
+        raw = await read_body(request, MAX_API_BODY)
+    except BodyTooLarge:
+        raise ApiError(413, "payload_too_large", f"the body exceeds {MAX_API_BODY} bytes") from None
+    if not raw.strip():
+        raise ApiError(400, "invalid_json", "the body is empty; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+
+
+def job_json(rt: Runtime, job: Job) -> dict[str, Any]:
+    callback_url = rt.engine.callback_url(job) if job.submitted_by_backend else None
+    return job.to_json(callback_url=callback_url)
+
+
+async def load_job(rt: Runtime, job_id: str) -> Job:
+    job = await rt.store.get_job(job_id) if ids.is_job_id(job_id) else None
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id!r}")
+    return job
+
+
+def _request_error(exc: RequestError) -> ApiError:
+    return ApiError(422, exc.code, exc.message, field=exc.field, accepted=exc.accepted)
+
+
+async def create_job(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None and (not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY):
+        raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    body = await json_body(request)
+    try:
+        submission = parse_submission(body)
+        job, created = await rt.engine.create(submission, key)
+    except RequestError as exc:
+        raise _request_error(exc) from None
+    except IdempotencyMismatch as exc:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request body",
+            job_id=exc.job.id,
+        ) from None
+    headers = {} if created else {"Idempotent-Replayed": "true"}
+    if job.status is Status.FAILED and job.error is not None and job.error.code == "provider_rejected":
+        raise ApiError(
+            502,
+            "provider_rejected",
+            job.error.message,
+            provider_code=job.error.provider_code,
+            job_id=job.id,
+        )
+    return JSONResponse(job_json(rt, job), status_code=202, headers=headers)
+
+
+async def get_job(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    job_id = request.path_params["job_id"]
+    wait = _wait_param(request)
+    job = await load_job(rt, job_id)
+    if wait > 0 and not job.finished:
+        job = await rt.engine.wait_until(job_id, lambda j: j.status in FINISHED, wait) or job
+    return JSONResponse(job_json(rt, job))
+
+
+def _wait_param(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value <= MAX_WAIT:
+        raise ApiError(400, "invalid_wait", f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, got {raw!r}")
+    return value
+
+
+async def list_jobs(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    params = request.query_params
+    status = params.get("status") or None
+    if status is not None and status not in {s.value for s in Status}:
+        raise ApiError(
+            400, "invalid_status", f"status must be one of {', '.join(s.value for s in Status)}, got {status!r}"
+        )
+    provider = params.get("provider") or None
+    if provider is not None and provider not in rt.engine.providers:
+        raise ApiError(
+            400,
+            "invalid_provider",
+            f"provider must be one of {', '.join(sorted(rt.engine.providers))}, got {provider!r}",
+        )
+    raw_limit = params.get("limit")
+    limit = DEFAULT_LIMIT
+    if raw_limit:
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+            raise ApiError(
+                400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw_limit!r}"
+            )
+        limit = int(raw_limit)
+    before = None
+    cursor = params.get("cursor")
+    if cursor:
+        before = decode_cursor(cursor)
+        if before is None or not ids.is_job_id(before):
+            raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out; start again without it")
+    jobs = await rt.store.list_jobs(status=status, provider=provider, before_id=before, limit=limit + 1)
+    page, more = jobs[:limit], len(jobs) > limit
+    return JSONResponse(
+        {"jobs": [job_json(rt, job) for job in page], "next_cursor": encode_cursor(page[-1].id) if more else None}
+    )
+
+
+async def job_events(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    job = await load_job(rt, request.path_params["job_id"])
+    events = await rt.store.events(job.id)
+    return JSONResponse({"job_id": job.id, "events": [event.to_json() for event in events]})
+
+
+async def refresh_job(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    job = await load_job(rt, request.path_params["job_id"])
+    try:
+        polled = await rt.engine.poll(job.id, 0, manual=True)
+    except NotPollable as exc:
+        raise ApiError(409, "not_pollable", str(exc)) from None
+    return JSONResponse(job_json(rt, polled or job))
+
+
+async def patch_job(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    job = await load_job(rt, request.path_params["job_id"])
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    unknown = sorted(set(body) - {"provider_task_id"})
+    if unknown:
+        raise ApiError(
+            422, "unknown_field", f"unknown field {unknown[0]!r}; only provider_task_id can be set", field=unknown[0]
+        )
+    task_id = body.get("provider_task_id")
+    if task_id is None:
+        raise ApiError(422, "missing_field", "provider_task_id is required", field="provider_task_id")
+    if not isinstance(task_id, str) or not task_id.strip() or len(task_id) > 200:
+        raise ApiError(
+            422,
+            "invalid_field",
+            "provider_task_id must be a non-empty string of at most 200 characters",
+            field="provider_task_id",
+        )
+    try:
+        bound = await rt.engine.bind(job.id, task_id.strip())
+    except NotBackendSubmitted as exc:
+        raise ApiError(409, "not_backend_submitted", str(exc)) from None
+    except TaskIdConflict:
+        raise ApiError(
+            409, "task_id_conflict", "the job already has another task id, or another job has this one"
+        ) from None
+    return JSONResponse(job_json(rt, bound))
+
+
+routes = [
+    Route("/v1/jobs", create_job, methods=["POST"]),
+    Route("/v1/jobs", list_jobs, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", patch_job, methods=["PATCH"]),
+    Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
+    Route("/v1/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
+]

@@ -1,0 +1,198 @@
+"""create_app(settings): the only place where the parts are wired. The lifespan runs the loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from service import api, callbacks
+from service.config import Settings, generate_secret
+from service.domain.callbacks import CallbackTokens
+from service.engine import Engine, ProviderRuntime
+from service.errors import StorageError
+from service.http import ApiError, BearerAuth, JSONResponse, error_response
+from service.poller import MAX_SLEEP, Poller
+from service.providers.aivideoapi import AivideoapiAdapter
+from service.providers.base import Adapter
+from service.providers.http import ProviderHTTP
+from service.simulator import Simulator
+from service.store.sqlite import SQLiteStore
+from service.watch import ChangeHub
+
+log = logging.getLogger("jobhook")
+
+VERSION = "0.1.0"
+SIMULATOR_KEY = "sk-simulator"
+
+
+@dataclasses.dataclass
+class Runtime:
+    settings: Settings
+    store: SQLiteStore
+    engine: Engine
+    poller: Poller
+    hub: ChangeHub
+    poller_task: asyncio.Task[None]
+
+
+def adapters() -> dict[str, Adapter]:
+    """Every provider jobhook can speak to, configured or not."""
+    return {"aivideoapi": AivideoapiAdapter()}
+
+
+def build_providers(settings: Settings, self_url: str | None) -> dict[str, ProviderRuntime]:
+    runtimes: dict[str, ProviderRuntime] = {}
+    timeout, submit_timeout = 30.0, settings.submit_timeout
+    for name, adapter in adapters().items():
+        provider = settings.providers.get(name)
+        http = None
+        if provider is not None and provider.api_key is not None:
+            http = ProviderHTTP(
+                provider.base_url,
+                adapter.auth_headers(provider.api_key),
+                timeout=timeout,
+                submit_timeout=submit_timeout,
+            )
+        runtimes[name] = ProviderRuntime(name, adapter, http)
+    if settings.simulator.enabled and self_url is not None:
+        simulator = AivideoapiAdapter(name="simulator", prices={})
+        http = ProviderHTTP(
+            f"{self_url}/simulator",
+            simulator.auth_headers(SIMULATOR_KEY),
+            timeout=timeout,
+            submit_timeout=submit_timeout,
+        )
+        runtimes["simulator"] = ProviderRuntime("simulator", simulator, http)
+    return runtimes
+
+
+def create_app(settings: Settings, *, self_url: str | None = None, clock: Callable[[], float] = time.time) -> Starlette:
+    """The ASGI app. `self_url` is where this process listens (the simulator's base URL hangs off it)."""
+    simulator = Simulator(settings.simulator) if settings.simulator.enabled and self_url is not None else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = SQLiteStore(settings.database, synchronous=settings.sqlite_synchronous, clock=clock)
+        await store.open()
+        keys = settings.secrets or (await store.secret(generate_secret),)
+        hub = ChangeHub()
+        store.add_listener(hub.notify)
+        providers = build_providers(settings, self_url)
+        engine = Engine(settings, store, providers, CallbackTokens(keys), hub, clock=clock)
+        poller = Poller(engine, concurrency=settings.poll_concurrency, clock=clock)
+        if settings.public_url is None:
+            log.warning(
+                "JOBHOOK_PUBLIC_URL is unset: no callback URL is registered and jobs are tracked by polling alone"
+            )
+        if simulator is not None:
+            await simulator.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(poller.run(stop), name="jobhook-poller")
+        app.state.runtime = Runtime(settings, store, engine, poller, hub, task)
+        try:
+            yield
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for runtime in providers.values():
+                if runtime.http is not None:
+                    await runtime.http.aclose()
+            if simulator is not None:
+                await simulator.aclose()
+            await store.close()
+
+    routes: list[BaseRoute] = [
+        Route("/", index, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *api.routes,
+        *callbacks.routes,
+    ]
+    if simulator is not None:
+        routes.append(Mount("/simulator", app=simulator.app))
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(BearerAuth, tokens=list(settings.api_tokens))],
+        exception_handlers={
+            ApiError: _api_error,
+            StorageError: _storage_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+async def index(request: Request) -> JSONResponse:
+    return JSONResponse(
+        {
+            "service": "jobhook",
+            "version": VERSION,
+            "links": {"jobs": "/v1/jobs", "health": "/healthz", "ready": "/readyz"},
+        }
+    )
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    rt: Runtime = request.app.state.runtime
+    checks: dict[str, str] = {}
+    try:
+        await rt.store.write_probe()
+        checks["database"] = "ok"
+    except StorageError as exc:
+        checks["database"] = f"failing: {exc}"
+    age = time.monotonic() - rt.poller.heartbeat
+    if rt.poller_task.done():
+        checks["poller"] = "stopped"
+    elif age > 3 * MAX_SLEEP:
+        checks["poller"] = f"stalled for {age:.0f} s"
+    else:
+        checks["poller"] = "ok"
+    ready = all(value == "ok" for value in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+    )
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    log.error("storage unavailable: %s", exc)
+    return error_response(
+        503, "storage_unavailable", "the database is unavailable; retry later", headers={"Retry-After": "5"}
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return error_response(
+        exc.status_code,
+        codes.get(exc.status_code, "http_error"),
+        str(exc.detail),
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")

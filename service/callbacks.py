@@ -1,0 +1,30 @@
+"""`POST /callbacks/{token}`: the providers' callbacks (public, no bearer token), SPEC §4."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from service.api import runtime
+from service.domain.callbacks import MAX_BODY_BYTES
+from service.http import BodyTooLarge, JSONResponse, read_body
+
+
+async def take_callback(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    token = request.path_params["token"]
+    # The token is checked before the body is read: a forged URL learns nothing, not even the limit.
+    if rt.engine.tokens.verify(token) is None:
+        answer = await rt.engine.refuse_token()
+        return JSONResponse(answer.body, status_code=answer.status)
+    raw: bytes | None
+    try:
+        raw = await read_body(request, MAX_BODY_BYTES)
+    except BodyTooLarge:
+        raw = None  # refused below, on the job's own history
+    headers = {key.lower(): value for key, value in request.headers.items()}
+    answer = await rt.engine.take_callback(token, headers, raw)
+    return JSONResponse(answer.body, status_code=answer.status)
+
+
+routes = [Route("/callbacks/{token}", take_callback, methods=["POST"])]

@@ -1,0 +1,272 @@
+"""Settings, parsed once from an explicit mapping (the environment, then an env file, then defaults).
+
+Every error names the variable and says what it expects, so that `serve` can stop with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import secrets as _secrets
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from service.errors import ConfigError
+
+PROVIDER_NAMES = ("aivideoapi", "apiframe", "segmind", "apiinone")
+
+DEFAULT_BASE_URLS = {
+    "aivideoapi": "https://api.aivideoapi.ai",
+    "apiframe": "https://api.apiframe.ai",
+    "segmind": "https://api.segmind.com",
+    "apiinone": "https://apiin.one",
+}
+
+
+class Secret(str):
+    """A string whose repr never shows its value (API keys, tokens, signing keys)."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorSettings:
+    """How the built-in `simulator` provider behaves (SPEC §7). Rates are probabilities in [0, 1]."""
+
+    enabled: bool = True
+    latency: float = 2.0
+    failure_rate: float = 0.0
+    drop_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    # aivideoapi retries an unanswered callback 3 times: now, +3 min, +10 min (PROVIDERS.md §1).
+    retry_delays: tuple[float, ...] = (0.0, 180.0, 600.0)
+    seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderSettings:
+    name: str
+    api_key: Secret | None
+    base_url: str
+
+    @property
+    def configured(self) -> bool:
+        return self.api_key is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database: Path = Path("./jobhook.db")
+    media_dir: Path = Path("./jobhook-media")
+    public_url: str | None = None
+    secrets: tuple[Secret, ...] = ()
+    api_tokens: tuple[Secret, ...] = ()
+    providers: Mapping[str, ProviderSettings] = dataclasses.field(default_factory=dict)
+    callback_grace: float = 60.0
+    poll_interval: float = 5.0
+    poll_max_interval: float = 60.0
+    poll_concurrency: int = 8
+    job_timeout: float = 1800.0
+    timestamp_tolerance: float = 300.0
+    submit_timeout: float = 30.0
+    sqlite_synchronous: str = "FULL"
+    log_format: str = "text"
+    simulator: SimulatorSettings = SimulatorSettings()
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None, env_file: str | None = None) -> Settings:
+        """Read settings: the environment first, then `env_file` (if given), then the defaults."""
+        env: dict[str, str] = {}
+        if env_file is not None:
+            env.update(read_env_file(env_file))
+        env.update(os.environ if environ is None else environ)
+        return _parse(env)
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """A `.env`-style file: `KEY=value` lines, `#` comments, optional `export ` and quotes."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--env-file", f"cannot read {path}: {exc.strerror}") from None
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError("--env-file", f"{path}:{number}: expected KEY=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `0.5`, `5s`, `5m`, `2h`, `30d` or `250ms`. Raises ValueError."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(text)
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(text)
+    return seconds
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def duration(name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = get(name)
+        if raw is None:
+            return default
+        try:
+            value = parse_duration(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected seconds such as 5, 0.5 or 2m, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(name, f"must be at least {minimum:g} seconds, got {raw!r}")
+        return value
+
+    def integer(name: str, default: int, *, minimum: int) -> int:
+        raw = get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(name, f"must be at least {minimum}, got {value}")
+        return value
+
+    def rate(name: str, default: float) -> float:
+        raw = get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected a probability between 0 and 1, got {raw!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(name, f"expected a probability between 0 and 1, got {raw!r}")
+        return value
+
+    def boolean(name: str, default: bool) -> bool:
+        raw = get(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+    def choice(name: str, default: str, allowed: tuple[str, ...], *, upper: bool = False) -> str:
+        raw = get(name)
+        if raw is None:
+            return default
+        value = raw.upper() if upper else raw.lower()
+        if value not in allowed:
+            raise ConfigError(name, f"expected one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    def secret_list(name: str) -> tuple[Secret, ...]:
+        raw = get(name)
+        if raw is None:
+            return ()
+        items = tuple(Secret(part.strip()) for part in raw.split(","))
+        if any(not item for item in items):
+            raise ConfigError(name, "expected a comma-separated list without empty entries")
+        return items
+
+    providers = {}
+    for provider in PROVIDER_NAMES:
+        key_name = f"JOBHOOK_{provider.upper()}_API_KEY"
+        url_name = f"JOBHOOK_{provider.upper()}_BASE_URL"
+        api_key = get(key_name)
+        base_url = get(url_name) or DEFAULT_BASE_URLS[provider]
+        providers[provider] = ProviderSettings(
+            name=provider,
+            api_key=Secret(api_key) if api_key else None,
+            base_url=http_url(url_name, base_url),
+        )
+
+    public_url = get("JOBHOOK_PUBLIC_URL")
+    poll_interval = duration("JOBHOOK_POLL_INTERVAL", 5.0, minimum=0.01)
+    poll_max_interval = duration("JOBHOOK_POLL_MAX_INTERVAL", 60.0, minimum=0.01)
+    if poll_max_interval < poll_interval:
+        raise ConfigError(
+            "JOBHOOK_POLL_MAX_INTERVAL",
+            f"must not be below JOBHOOK_POLL_INTERVAL ({poll_interval:g}s), got {poll_max_interval:g}s",
+        )
+    retry_raw = get("JOBHOOK_SIMULATOR_CALLBACK_RETRIES")
+    retry_delays = SimulatorSettings.retry_delays
+    if retry_raw is not None:
+        try:
+            retry_delays = tuple(parse_duration(part) for part in retry_raw.split(","))
+        except ValueError:
+            raise ConfigError(
+                "JOBHOOK_SIMULATOR_CALLBACK_RETRIES",
+                f"expected comma-separated delays such as 0,3m,10m, got {retry_raw!r}",
+            ) from None
+    seed_raw = get("JOBHOOK_SIMULATOR_SEED")
+    return Settings(
+        database=Path(get("JOBHOOK_DATABASE") or "./jobhook.db"),
+        media_dir=Path(get("JOBHOOK_MEDIA_DIR") or "./jobhook-media"),
+        public_url=http_url("JOBHOOK_PUBLIC_URL", public_url).rstrip("/") if public_url else None,
+        secrets=secret_list("JOBHOOK_SECRET"),
+        api_tokens=secret_list("JOBHOOK_API_TOKENS"),
+        providers=providers,
+        callback_grace=duration("JOBHOOK_CALLBACK_GRACE", 60.0),
+        poll_interval=poll_interval,
+        poll_max_interval=poll_max_interval,
+        poll_concurrency=integer("JOBHOOK_POLL_CONCURRENCY", 8, minimum=1),
+        job_timeout=duration("JOBHOOK_JOB_TIMEOUT", 1800.0, minimum=0.1),
+        timestamp_tolerance=duration("JOBHOOK_TIMESTAMP_TOLERANCE", 300.0, minimum=1.0),
+        submit_timeout=duration("JOBHOOK_SUBMIT_TIMEOUT", 30.0, minimum=0.1),
+        sqlite_synchronous=choice("JOBHOOK_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA"), upper=True),
+        log_format=choice("JOBHOOK_LOG_FORMAT", "text", ("text", "json")),
+        simulator=SimulatorSettings(
+            enabled=boolean("JOBHOOK_SIMULATOR", True),
+            latency=duration("JOBHOOK_SIMULATOR_LATENCY", 2.0),
+            failure_rate=rate("JOBHOOK_SIMULATOR_FAILURE_RATE", 0.0),
+            drop_rate=rate("JOBHOOK_SIMULATOR_DROP_RATE", 0.0),
+            duplicate_rate=rate("JOBHOOK_SIMULATOR_DUPLICATE_RATE", 0.0),
+            retry_delays=retry_delays,
+            seed=integer("JOBHOOK_SIMULATOR_SEED", 0, minimum=0) if seed_raw is not None else None,
+        ),
+    )
+
+
+def http_url(name: str, value: str) -> str:
+    """`value` if it is an absolute http(s) URL with a host, else a ConfigError naming `name`."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, got {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, got {value!r}")
+    return value
+
+
+def generate_secret() -> str:
+    return _secrets.token_urlsafe(32)

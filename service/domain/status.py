@@ -1,0 +1,138 @@
+"""The job status machine of SPEC §2: pure, no I/O.
+
+A status never moves backwards; the first final state stands and a disagreeing one is reported as a
+conflict; `timed_out` is jobhook's own verdict, so a later genuine observation may still finish it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+FINAL = frozenset({Status.COMPLETED, Status.FAILED})
+# Statuses nobody needs to wait for any more (`?wait=N` returns, notifications go out).
+FINISHED = FINAL | {Status.TIMED_OUT}
+# What a provider can tell us; QUEUED and TIMED_OUT are jobhook's own words.
+OBSERVABLE = frozenset({Status.SUBMITTED, Status.PROCESSING, Status.COMPLETED, Status.FAILED})
+
+_RANK = {
+    Status.QUEUED: 0,
+    Status.SUBMITTED: 1,
+    Status.PROCESSING: 2,
+    Status.TIMED_OUT: 3,
+    Status.COMPLETED: 4,
+    Status.FAILED: 4,
+}
+
+
+class Source(enum.StrEnum):
+    """Who told us: becomes the job's `resolved_by` when it finishes the job."""
+
+    CALLBACK = "callback"
+    POLL = "poll"
+    SUBMIT = "submit"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobError:
+    code: str
+    message: str
+    provider_code: str | None = None  # the provider's own code, when the provider refused or failed it
+
+    def to_json(self) -> dict[str, str]:
+        out = {"code": self.code, "message": self.message}
+        if self.provider_code is not None:
+            out["provider_code"] = self.provider_code
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> JobError | None:
+        if not data:
+            return None
+        provider_code = data.get("provider_code")
+        return cls(
+            code=str(data.get("code", "")),
+            message=str(data.get("message", "")),
+            provider_code=str(provider_code) if provider_code is not None else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """What a provider says about one task, parsed from a callback, a poll or a submission answer."""
+
+    status: Status
+    images: tuple[str, ...] = ()
+    error: JobError | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in OBSERVABLE:
+            raise ValueError(f"a provider cannot report {self.status}")
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"  # the job moved forward
+    UNCHANGED = "unchanged"  # nothing new (same status, or an older one)
+    CONFLICT = "conflict"  # a final state disagreeing with the final state the job already has
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    status: Status
+    reason: str
+
+    @property
+    def applied(self) -> bool:
+        return self.outcome is Outcome.APPLIED
+
+    @property
+    def finishes(self) -> bool:
+        return self.applied and self.status in FINAL
+
+
+def apply(current: Status, observation: Observation) -> Decision:
+    """Decide what an observation does to a job whose status is `current`."""
+    seen = observation.status
+    if current in FINAL:
+        if seen == current:
+            return Decision(Outcome.UNCHANGED, current, f"already {current}")
+        if seen in FINAL:
+            return Decision(Outcome.CONFLICT, current, f"{seen} reported after {current}; the first final state stands")
+        return Decision(Outcome.UNCHANGED, current, f"{seen} after {current} ignored: a status never moves backwards")
+    if _RANK[seen] > _RANK[current]:
+        return Decision(Outcome.APPLIED, seen, f"{current} → {seen}")
+    if seen == current:
+        return Decision(Outcome.UNCHANGED, current, f"still {current}")
+    return Decision(Outcome.UNCHANGED, current, f"{seen} after {current} ignored: a status never moves backwards")
+
+
+def on_deadline(current: Status, *, has_task_id: bool) -> tuple[Status, JobError] | None:
+    """What `JOBHOOK_JOB_TIMEOUT` does to a job: None when it is already finished.
+
+    A job submitted without a known task id (the submission's outcome is unknown) ends `failed`,
+    since nothing can ever be polled; any other unfinished job becomes `timed_out`.
+    """
+    if current in FINISHED:
+        return None
+    if current is Status.SUBMITTED and not has_task_id:
+        return Status.FAILED, JobError(
+            "submission_uncertain",
+            "the provider never confirmed the submission and no callback bound it; it was not re-sent "
+            "to avoid a double charge",
+        )
+    if current is Status.QUEUED:
+        return Status.FAILED, JobError("submission_failed", "the provider never accepted the submission in time")
+    return Status.TIMED_OUT, JobError("timed_out", "no final status from the provider within JOBHOOK_JOB_TIMEOUT")

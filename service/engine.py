@@ -1,0 +1,452 @@
+"""The operations on jobs: submit, poll, expire, take a callback. Routes and loops call these.
+
+Each operation gathers data (the job, a provider's answer), asks the pure domain what it means, and
+hands the result to the store as one transaction. Nothing here speaks SQL or parses a provider's wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from service.config import Settings
+from service.domain import backoff, request
+from service.domain import callbacks as verify
+from service.domain.job import Job
+from service.domain.request import GenerationRequest, RequestError, Submission
+from service.domain.status import FINAL, Status
+from service.errors import JobhookError
+from service.ids import new_job_id
+from service.providers.base import Adapter, Answer, ProtocolError, Tracking, WireResponse
+from service.providers.http import NotSent, ProviderHTTP, Uncertain
+from service.store.base import NewJob, ReceiptKind, SubmitKind, SubmitResult, TaskIdConflict
+from service.store.sqlite import SQLiteStore
+from service.watch import ChangeHub
+
+log = logging.getLogger("jobhook")
+
+# A submission's lease outlives its HTTP timeout by this much: a job still "sending" after it was
+# cut by a crash, and is treated as uncertain (never re-sent).
+SUBMIT_LEASE_MARGIN = 30.0
+POLL_LEASE = 120.0
+
+
+@dataclasses.dataclass
+class ProviderRuntime:
+    name: str
+    adapter: Adapter
+    http: ProviderHTTP | None  # None: known but not configured (no API key)
+
+    @property
+    def configured(self) -> bool:
+        return self.http is not None
+
+
+class IdempotencyMismatch(JobhookError):
+    """The Idempotency-Key was used before with a different body."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__("this Idempotency-Key was used with a different request")
+        self.job = job
+
+
+class NotPollable(JobhookError):
+    """The job has no task id at the provider yet, so there is nothing to ask about."""
+
+
+class NotBackendSubmitted(JobhookError):
+    """PATCH of a job that jobhook submitted itself: its task id is not the backend's to set."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CallbackAnswer:
+    status: int
+    body: dict[str, Any]
+
+
+def request_fingerprint(submission: Submission) -> str:
+    canonical = orjson.dumps(
+        {
+            "provider": submission.provider,
+            "request": submission.request.to_json(),
+            "metadata": submission.metadata,
+            "submit": submission.submit,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SQLiteStore,
+        providers: Mapping[str, ProviderRuntime],
+        tokens: verify.CallbackTokens,
+        hub: ChangeHub,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.providers = providers
+        self.tokens = tokens
+        self.hub = hub
+        self.clock = clock
+        self.rng = rng or random.Random()
+        # A provider that answered 429 is left alone until then (soft state: harmless to lose).
+        self.paused_until: dict[str, float] = {}
+        self._nudge: Callable[[float], None] = lambda due_at: None
+
+    def on_schedule(self, nudge: Callable[[float], None]) -> None:
+        """`nudge(due_at)` is called whenever work is scheduled, so the poller can wake earlier."""
+        self._nudge = nudge
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def callback_url(self, job: Job) -> str | None:
+        if self.settings.public_url is None:
+            return None
+        return f"{self.settings.public_url}/callbacks/{self.tokens.sign(job.id, job.provider)}"
+
+    def runtime(self, name: str) -> ProviderRuntime:
+        runtime = self.providers.get(name)
+        if runtime is None:
+            raise RequestError(
+                "provider",
+                "unknown_provider",
+                f"unknown provider {name!r}; known: {', '.join(sorted(self.providers))}",
+                sorted(self.providers),
+            )
+        return runtime
+
+    def _callbacks_expected(self, runtime: ProviderRuntime) -> bool:
+        return self.settings.public_url is not None and runtime.adapter.tracking in (
+            Tracking.CALLBACK,
+            Tracking.WEBHOOK_CONFIRM,
+        )
+
+    def first_poll_at(self, job: Job, now: float) -> float:
+        """Callbacks expected: wait out the grace. Otherwise: the first poll interval (SPEC §5)."""
+        if job.callback_url_registered:
+            return now + self.settings.callback_grace
+        return now + self.settings.poll_interval
+
+    def _cost(self, job: Job, images: int) -> float | None:
+        runtime = self.providers.get(job.provider)
+        return runtime.adapter.price_usd(job.request, images) if runtime else None
+
+    async def wait_until(self, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job | None:
+        """The job as soon as `done(job)` holds, or as it is when `timeout` seconds have passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.hub.subscribe(job_id) as changed:
+                job = await self.store.get_job(job_id)
+                remaining = deadline - time.monotonic()
+                if job is None or done(job) or remaining <= 0:
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed, remaining)
+
+    # -- submission --------------------------------------------------------------------------------
+
+    async def create(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
+        """Validate, record, and (unless `submit` is false) send. Returns (job, created)."""
+        runtime = self.runtime(submission.provider)
+        if not runtime.configured:
+            env = f"JOBHOOK_{submission.provider.upper()}_API_KEY"
+            raise RequestError(
+                "provider", "provider_not_configured", f"provider {submission.provider!r} has no API key: set {env}"
+            )
+        request.check(submission.request, runtime.adapter.capabilities, submission.provider)
+        now = self.clock()
+        new = NewJob(
+            id=new_job_id(),
+            provider=submission.provider,
+            request=submission.request.to_json(),
+            metadata=submission.metadata,
+            callback_url_registered=self._callbacks_expected(runtime),
+            submitted_by_backend=not submission.submit,
+            idempotency_key=idempotency_key,
+            request_hash=request_fingerprint(submission),
+            deadline_at=now + self.settings.job_timeout,
+            submit_lease_until=now + self.settings.submit_timeout + SUBMIT_LEASE_MARGIN if submission.submit else None,
+        )
+        job, created = await self.store.create_job(new)
+        if not created:
+            if job.request_hash != new.request_hash:
+                raise IdempotencyMismatch(job)
+            if job.submit_state == "sending":
+                # The first request is still talking to the provider: answer what it will answer.
+                settled = await self.wait_until(
+                    job.id, lambda j: j.submit_state != "sending", self.settings.submit_timeout + 5
+                )
+                job = settled or job
+            return job, False
+        self._nudge(new.deadline_at)
+        if submission.submit:
+            job = await self._send(job)
+        return job, True
+
+    async def _send(self, job: Job) -> Job:
+        """One attempt at the provider; the job must be marked "sending" (committed) before this."""
+        runtime = self.runtime(job.provider)
+        assert runtime.http is not None
+        callback_url = self.callback_url(job) if job.callback_url_registered else None
+        wire = runtime.adapter.submit_request(GenerationRequest.from_json(job.request), callback_url)
+        try:
+            response = await runtime.http.send(wire, submission=True)
+        except NotSent as exc:
+            result = self._retry(job, {"reason": "not_sent", "message": str(exc)}, None)
+        except Uncertain as exc:
+            result = SubmitResult(SubmitKind.UNCERTAIN, {"reason": "no_answer", "message": str(exc)})
+        else:
+            result = self._submit_result(job, runtime, response)
+        stored = await self.store.record_submit(job.id, result)
+        level = logging.WARNING if result.kind is not SubmitKind.ACCEPTED else logging.INFO
+        log.log(level, "submit %s %s: %s", job.id, job.provider, result.kind)
+        if result.retry_at is not None:
+            self._nudge(result.retry_at)
+        elif result.first_poll_at is not None:
+            self._nudge(result.first_poll_at)
+        return stored
+
+    def _retry(self, job: Job, detail: dict[str, Any], retry_after: str | None) -> SubmitResult:
+        now = self.clock()
+        wait = backoff.delay(
+            max(0, job.submit_attempts - 1), self.settings.poll_interval, self.settings.poll_max_interval, self.rng
+        )
+        asked = backoff.retry_after(retry_after, now)
+        if asked is not None:
+            wait = max(wait, asked)
+        return SubmitResult(SubmitKind.RETRY, {**detail, "retry_in": round(wait, 3)}, retry_at=now + wait)
+
+    def _submit_result(self, job: Job, runtime: ProviderRuntime, response: WireResponse) -> SubmitResult:
+        detail: dict[str, Any] = {"http_status": response.status}
+        try:
+            answer = runtime.adapter.parse_submit(response)
+        except ProtocolError as exc:
+            # A 2xx we cannot read: the provider may well have created the task. Never re-send.
+            return SubmitResult(SubmitKind.UNCERTAIN, {**detail, "reason": "unreadable_answer", "message": str(exc)})
+        if answer.answer is Answer.REJECTED:
+            assert answer.error is not None
+            return SubmitResult(
+                SubmitKind.REJECTED,
+                {**detail, "provider_code": answer.error.provider_code, "message": answer.error.message},
+                error=answer.error,
+            )
+        if answer.answer is Answer.RETRY:
+            assert answer.error is not None
+            return self._retry(
+                job,
+                {**detail, "provider_code": answer.error.provider_code, "message": answer.error.message},
+                answer.retry_after,
+            )
+        observation = answer.observation
+        images = len(observation.images) if observation is not None else 0
+        now = self.clock()
+        first_poll = self.first_poll_at(job, now) if answer.task_id else None
+        return SubmitResult(
+            SubmitKind.ACCEPTED,
+            {**detail, "provider_task_id": answer.task_id},
+            task_id=answer.task_id,
+            observation=observation,
+            first_poll_at=first_poll,
+            cost_usd=self._cost(job, images) if images else None,
+        )
+
+    async def resubmit(self, job_id: str) -> None:
+        """A queued job's 'submit' row came due: try again, or settle a submission cut by a crash."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            return
+        if job.status is not Status.QUEUED or job.submitted_by_backend:
+            await self.store.unschedule(job_id, "submit")
+            return
+        if job.submit_state == "sending":
+            # Its lease ran out: jobhook stopped while the request was in flight. Never re-send.
+            detail = {"reason": "interrupted", "message": "jobhook stopped while the submission was in flight"}
+            await self.store.record_submit(job_id, SubmitResult(SubmitKind.UNCERTAIN, detail))
+            return
+        now = self.clock()
+        sending = await self.store.begin_submit(job_id, now + self.settings.submit_timeout + SUBMIT_LEASE_MARGIN)
+        if sending is not None:
+            await self._send(sending)
+
+    # -- polling -----------------------------------------------------------------------------------
+
+    async def poll(self, job_id: str, attempt: int, *, manual: bool = False) -> Job | None:
+        """Ask the provider about one job and record what it says; schedule the next poll."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            return None
+        runtime = self.providers.get(job.provider)
+        if job.provider_task_id is None or runtime is None or runtime.http is None:
+            if manual:
+                raise NotPollable("the job has no task id at the provider yet")
+            await self.store.unschedule(job_id, "poll")
+            return job
+        now = self.clock()
+        if not manual and job.status in FINAL:
+            await self.store.unschedule(job_id, "poll")
+            return job
+        if not manual and job.status is Status.TIMED_OUT and now > job.created_at + 2 * self.settings.job_timeout:
+            await self.store.unschedule(job_id, "poll")
+            await self.store.note(job_id, "poll", "stopped", {"reason": "no answer within twice JOBHOOK_JOB_TIMEOUT"})
+            return job
+        next_delay = backoff.delay(attempt, self.settings.poll_interval, self.settings.poll_max_interval, self.rng)
+        detail: dict[str, Any] = {"manual": manual} if manual else {}
+        observation = None
+        try:
+            response = await runtime.http.send(runtime.adapter.poll_request(job.provider_task_id))
+        except (NotSent, Uncertain) as exc:
+            outcome, detail["message"] = "unreachable", str(exc)
+        else:
+            detail["http_status"] = response.status
+            try:
+                answer = runtime.adapter.parse_poll(response)
+            except ProtocolError as exc:
+                outcome, detail["message"] = "unreadable", str(exc)
+            else:
+                if answer.answer is Answer.OK and answer.observation is not None:
+                    observation = answer.observation
+                    outcome = str(observation.status)
+                else:
+                    assert answer.error is not None
+                    outcome = "rate_limited" if response.status == 429 else "error"
+                    detail["provider_code"] = answer.error.provider_code
+                    detail["message"] = answer.error.message
+                    asked = backoff.retry_after(answer.retry_after, now)
+                    if asked is not None:
+                        next_delay = max(next_delay, asked)
+                        self.paused_until[job.provider] = now + asked
+        if outcome in ("rate_limited", "error", "unreachable", "unreadable"):
+            log.warning("poll %s %s: %s %s", job.id, job.provider, outcome, detail.get("message", ""))
+        images = len(observation.images) if observation is not None else 0
+        next_at = now + next_delay
+        applied = await self.store.record_poll(
+            job_id,
+            observation,
+            detail,
+            outcome=outcome,
+            next_poll=(next_at, attempt + 1),
+            cost_if_completed=self._cost(job, images) if images else None,
+        )
+        self._nudge(next_at)
+        return applied.job
+
+    async def expire(self, job_id: str) -> None:
+        job = await self.store.expire(job_id)
+        if job.status in (Status.TIMED_OUT, Status.FAILED):
+            log.warning("deadline %s %s: %s", job.id, job.provider, job.status)
+
+    # -- the backend's own submissions -------------------------------------------------------------
+
+    async def bind(self, job_id: str, task_id: str) -> Job:
+        """`PATCH /v1/jobs/{id}`: a job the backend submitted itself gets its task id."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        if not job.submitted_by_backend:
+            raise NotBackendSubmitted("jobhook submitted this job itself; its task id is not the backend's to set")
+        first_poll = self.first_poll_at(job, self.clock())
+        bound = await self.store.bind_task_id(job_id, task_id, first_poll)
+        self._nudge(first_poll)
+        return bound
+
+    # -- callbacks ---------------------------------------------------------------------------------
+
+    async def refuse_token(self) -> CallbackAnswer:
+        """A delivery to a URL whose token is not ours: 404, and nothing about any job is revealed."""
+        await self._refused_unknown("invalid_token", {})
+        return _not_found()
+
+    async def take_callback(self, token: str, headers: Mapping[str, str], raw: bytes | None) -> CallbackAnswer:
+        """Every check of SPEC §4 in order; the delivery is committed before this returns 200.
+
+        `headers` have lower-case names; `raw` is None when the body was over the size limit.
+        """
+        claim = self.tokens.verify(token)
+        runtime = self.providers.get(claim.provider) if claim else None
+        if claim is None or runtime is None:
+            return await self.refuse_token()
+        job = await self.store.get_job(claim.job_id)
+        if job is None or job.provider != claim.provider:
+            await self._refused_unknown("unknown_job", {"job_id": claim.job_id})
+            return _not_found()
+        body = verify.too_large() if raw is None else verify.parse_body(raw)
+        if isinstance(body, verify.Refusal):
+            return await self._refuse(job, body, {"bytes": len(raw) if raw is not None else None})
+        now = self.clock()
+        if runtime.adapter.tracking is Tracking.CALLBACK:
+            check = verify.check_task_headers(
+                headers, body, job.provider_task_id, now, self.settings.timestamp_tolerance
+            )
+            if isinstance(check, verify.Refusal):
+                return await self._refuse(job, check, _delivery_detail(headers, body))
+            event_key, bind = check.event, (check.task_id if check.binds else None)
+        else:
+            return await self._refuse(
+                job, verify.Refusal(400, "unsupported", "this provider does not send callbacks"), {}
+            )
+        try:
+            observation = runtime.adapter.parse_callback(body)
+        except ProtocolError as exc:
+            return await self._refuse(
+                job, verify.Refusal(400, "invalid_payload", str(exc)), _delivery_detail(headers, body)
+            )
+        images = len(observation.images)
+        try:
+            result = await self.store.record_callback(
+                job.id,
+                event_key,
+                observation,
+                _delivery_detail(headers, body),
+                bind_task_id=bind,
+                cost_if_completed=self._cost(job, images) if images else None,
+                poll_if_bound=self.first_poll_at(job, now),
+            )
+        except TaskIdConflict:
+            refusal = verify.Refusal(409, "task_id_conflict", "this task id belongs to another job")
+            return await self._refuse(job, refusal, _delivery_detail(headers, body))
+        if result.kind is ReceiptKind.ACCEPTED and result.decision is not None and result.decision.applied:
+            log.info("callback %s %s: %s", job.id, job.provider, result.job.status)
+        return CallbackAnswer(200, {"status": str(result.kind)})
+
+    async def _refuse(self, job: Job, refusal: verify.Refusal, detail: dict[str, Any]) -> CallbackAnswer:
+        log.warning("callback refused for %s: %s", job.id, refusal.code)
+        await self.store.note(
+            job.id, "callback", "refused", {**detail, "code": refusal.code, "message": refusal.message}
+        )
+        return CallbackAnswer(refusal.status, {"error": {"code": refusal.code, "message": refusal.message}})
+
+    async def _refused_unknown(self, code: str, detail: dict[str, Any]) -> None:
+        log.warning("callback refused: %s", code)
+        await self.store.log_refused(code, detail)
+
+
+def _not_found() -> CallbackAnswer:
+    return CallbackAnswer(404, {"error": {"code": "not_found", "message": "no such callback"}})
+
+
+def _delivery_detail(headers: Mapping[str, str], body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the job's history keeps of a delivery: its headers of note and its claim, not the body."""
+    detail: dict[str, Any] = {}
+    for name in ("x-event", "x-task-id", "x-timestamp"):
+        if name in headers:
+            detail[name] = headers[name][:200]
+    status = body.get("status")
+    if isinstance(status, str):
+        detail["status"] = status[:50]
+    return detail

@@ -1,0 +1,34 @@
+"""Job ids: `job_` + a ULID, so that ids sort by creation time (the list's cursor relies on it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_lock = threading.Lock()
+_last = 0
+JOB_ID = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+def _encode(value: int) -> str:
+    chars = []
+    for _ in range(26):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_job_id() -> str:
+    """A new id, strictly greater than every id this process made before (monotonic ULID)."""
+    global _last
+    with _lock:
+        candidate = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+        _last = candidate if candidate > _last else _last + 1
+        return "job_" + _encode(_last)
+
+
+def is_job_id(value: str) -> bool:
+    return bool(JOB_ID.match(value))

@@ -1,0 +1,97 @@
+"""The store's narrow interface: the values that cross it. One module per engine implements it."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from service.domain.job import Job
+from service.domain.status import Decision, JobError, Observation, Source
+
+
+@dataclasses.dataclass(frozen=True)
+class NewJob:
+    id: str
+    provider: str
+    request: Mapping[str, Any]
+    metadata: Mapping[str, Any] | None
+    callback_url_registered: bool
+    submitted_by_backend: bool
+    idempotency_key: str | None
+    request_hash: str | None
+    deadline_at: float
+    # Jobs jobhook submits itself start "sending": the lease on their 'submit' row expires at this time,
+    # and a job found still "sending" after it is treated as an uncertain submission, never re-sent.
+    submit_lease_until: float | None
+
+
+class SubmitKind(enum.StrEnum):
+    ACCEPTED = "accepted"  # the provider took it (a task id, or already the images)
+    REJECTED = "rejected"  # the provider refused it for good: the job fails
+    RETRY = "retry"  # the provider could not take it now: stays queued, retried at `retry_at`
+    UNCERTAIN = "uncertain"  # sent, no answer: never re-sent
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitResult:
+    kind: SubmitKind
+    detail: Mapping[str, Any]
+    task_id: str | None = None
+    observation: Observation | None = None  # for answers that already tell the outcome
+    error: JobError | None = None  # for REJECTED
+    retry_at: float | None = None  # for RETRY
+    first_poll_at: float | None = None  # for ACCEPTED with a task id
+    cost_usd: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Due:
+    job_id: str
+    kind: str
+    provider: str
+    due_at: float
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """What an observation did: the job after it, and the status machine's decision."""
+
+    job: Job
+    decision: Decision | None
+
+
+class ReceiptKind(enum.StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+
+
+@dataclasses.dataclass(frozen=True)
+class CallbackResult:
+    kind: ReceiptKind
+    job: Job
+    decision: Decision | None
+
+
+class TaskIdConflict(Exception):
+    """The task id is already bound to another job, or this job is bound to another task id."""
+
+
+class JobNotFound(Exception):
+    """No job has this id."""
+
+
+__all__ = [
+    "Applied",
+    "CallbackResult",
+    "Due",
+    "JobNotFound",
+    "NewJob",
+    "ReceiptKind",
+    "Source",
+    "SubmitKind",
+    "SubmitResult",
+    "TaskIdConflict",
+]

@@ -1,0 +1,629 @@
+"""The SQLite store: the only code that speaks SQL. WAL mode, one writer, named operations.
+
+Every operation that changes state is one transaction (`BEGIN IMMEDIATE`), and returns only after
+COMMIT; with `synchronous=FULL` a committed change survives a power cut, which is what lets a route
+answer 2xx after it. Listeners hear which jobs changed after each commit (for `?wait=N`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import re
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from service.domain import status as status_machine
+from service.domain.job import Event, Job
+from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
+from service.errors import SchemaTooNew, StorageError
+from service.store.base import (
+    Applied,
+    CallbackResult,
+    Due,
+    JobNotFound,
+    NewJob,
+    ReceiptKind,
+    SubmitKind,
+    SubmitResult,
+    TaskIdConflict,
+)
+
+REFUSED_LOG_SIZE = 1000
+DEADLINE = "deadline"
+INTERNAL = ""  # the `provider` of due rows that need no provider call (deadlines)
+
+Listener = Callable[[frozenset[str]], None]
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The numbered migrations shipped with this code, in order."""
+    found = []
+    folder = importlib.resources.files("service.store") / "migrations"
+    for entry in folder.iterdir():
+        match = re.match(r"^(\d{4})_.*\.sql$", entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        provider=row["provider"],
+        status=Status(row["status"]),
+        request=_loads(row["request"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        provider_task_id=row["provider_task_id"],
+        metadata=_loads(row["metadata"]),
+        images=tuple(_loads(row["images"]) or ()),
+        error=JobError.from_json(_loads(row["error"])),
+        resolved_by=row["resolved_by"],
+        callback_url_registered=bool(row["callback_url_registered"]),
+        submitted_by_backend=bool(row["submitted_by_backend"]),
+        submitted_at=row["submitted_at"],
+        finished_at=row["finished_at"],
+        cost_usd=row["cost_usd"],
+        submit_state=row["submit_state"],
+        submit_attempts=row["submit_attempts"],
+        idempotency_key=row["idempotency_key"],
+        request_hash=row["request_hash"],
+    )
+
+
+class _Tx:
+    """One open write transaction: a thin veneer that remembers which jobs it changed."""
+
+    def __init__(self, db: aiosqlite.Connection, now: float) -> None:
+        self.db = db
+        self.now = now
+        self.changed: set[str] = set()
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
+        return await self.db.execute(sql, tuple(params))
+
+    async def one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        async with self.db.execute(sql, tuple(params)) as cursor:
+            row = await cursor.fetchone()
+        return row
+
+    async def job(self, job_id: str) -> Job:
+        row = await self.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job(row)
+
+    async def event(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
+        await self.execute(
+            "INSERT INTO job_events (job_id, at, type, outcome, detail) VALUES (?, ?, ?, ?, ?)",
+            (job_id, self.now, type_, outcome, _dumps(dict(detail))),
+        )
+        self.changed.add(job_id)
+
+    async def update(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = self.now
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        await self.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+        self.changed.add(job_id)
+
+    async def schedule(self, job_id: str, kind: str, provider: str, due_at: float, attempt: int) -> None:
+        await self.execute(
+            "INSERT INTO due (job_id, kind, provider, due_at, attempt) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (job_id, kind) DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt",
+            (job_id, kind, provider, due_at, attempt),
+        )
+
+    async def unschedule(self, job_id: str, *kinds: str) -> None:
+        if kinds:
+            marks = ", ".join("?" for _ in kinds)
+            await self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *kinds))
+        else:
+            await self.execute("DELETE FROM due WHERE job_id = ?", (job_id,))
+
+    async def apply(
+        self,
+        job: Job,
+        observation: Observation,
+        source: Source,
+        cost_if_completed: float | None,
+        *,
+        record: tuple[str, str | None, Mapping[str, Any]] | None = None,
+    ) -> status_machine.Decision:
+        """Run the status machine on `job` and write what it decides (SPEC §2).
+
+        `record` is the event that brought the observation (type, outcome, detail); it is written
+        first, with the decision's effect, so that a job's history reads cause before consequence.
+        """
+        decision = status_machine.apply(job.status, observation)
+        if record is not None:
+            type_, outcome, detail = record
+            await self.event(job.id, type_, outcome, {**detail, "effect": str(decision.outcome)})
+        if decision.applied:
+            fields: dict[str, Any] = {"status": str(decision.status)}
+            if observation.images:
+                fields["images"] = _dumps(list(observation.images))
+            if decision.status is Status.FAILED:
+                error = observation.error or JobError("provider_failed", "the provider reported the job failed")
+                fields["error"] = _dumps(error.to_json())
+            elif decision.status is Status.COMPLETED:
+                fields["error"] = None
+                fields["cost_usd"] = cost_if_completed
+            if decision.status in FINAL:
+                fields["finished_at"] = self.now
+                fields["resolved_by"] = str(source)
+            if job.submitted_at is None:
+                fields["submitted_at"] = self.now
+            await self.update(job.id, **fields)
+            await self.event(job.id, "status", str(decision.status), {"from": str(job.status), "by": str(source)})
+            if decision.status in FINAL:
+                await self.unschedule(job.id)
+        elif decision.outcome is Outcome.CONFLICT:
+            await self.event(
+                job.id,
+                "conflict",
+                str(observation.status),
+                {"kept": str(job.status), "reported": str(observation.status), "by": str(source)},
+            )
+        return decision
+
+
+class SQLiteStore:
+    """jobhook's state in one SQLite file."""
+
+    def __init__(self, path: Path, *, synchronous: str = "FULL", clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._clock = clock
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._listeners: list[Listener] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, set the pragmas, and bring the schema up to date."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = await self._connect()
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self.migrate()
+            self._reader = await self._connect()
+            await self._reader.execute("PRAGMA query_only = ON")
+        except (sqlite3.Error, OSError) as exc:
+            await self.close()
+            raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA busy_timeout = 5000")
+        await db.execute(f"PRAGMA synchronous = {self._synchronous}")
+        await db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    async def close(self) -> None:
+        for db in (self._reader, self._writer):
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await db.close()
+        self._reader = self._writer = None
+
+    def add_listener(self, listener: Listener) -> None:
+        """`listener(job_ids)` is called after every commit that changed those jobs."""
+        self._listeners.append(listener)
+
+    async def migrate(self) -> int:
+        """Apply the migrations this database lacks, under the write lock; return the schema version."""
+        db = self._db()
+        known = migrations()
+        latest = known[-1][0]
+        async with self._lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                async with db.execute("PRAGMA user_version") as cursor:
+                    row = await cursor.fetchone()
+                current = int(row[0]) if row else 0
+                if current > latest:
+                    raise SchemaTooNew(
+                        f"database {self.path} has schema version {current}, newer than this jobhook "
+                        f"knows ({latest}); upgrade jobhook"
+                    )
+                for version, sql in known:
+                    if version > current:
+                        for statement in _statements(sql):
+                            await db.execute(statement)
+                        await db.execute(f"PRAGMA user_version = {version}")
+                await db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise
+        return latest
+
+    async def schema_version(self) -> int:
+        rows = await self._read("PRAGMA user_version")
+        return int(rows[0][0])
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _db(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StorageError("the database is not open")
+        return self._writer
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[_Tx]:
+        async with self._lock:
+            db = self._db()
+            tx = _Tx(db, self._clock())
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot start a write transaction: {exc}") from exc
+            try:
+                yield tx
+                await db.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StorageError(f"write failed: {exc}") from exc
+                raise
+        if tx.changed:
+            changed = frozenset(tx.changed)
+            for listener in self._listeners:
+                listener(changed)
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        db = self._reader or self._db()
+        try:
+            rows = await db.execute_fetchall(sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise StorageError(f"read failed: {exc}") from exc
+        return list(rows)
+
+    # -- secrets and health ------------------------------------------------------------------------
+
+    async def secret(self, generate: Callable[[], str]) -> str:
+        """The signing key kept in the database, made once on first use."""
+        async with self._tx() as tx:
+            row = await tx.one("SELECT value FROM meta WHERE key = 'secret'")
+            if row is not None:
+                return str(row["value"])
+            value = generate()
+            await tx.execute("INSERT INTO meta (key, value) VALUES ('secret', ?)", (value,))
+            return value
+
+    async def write_probe(self) -> None:
+        """A real write (readiness: the disk takes writes, the lock can be had)."""
+        async with self._tx() as tx:
+            await tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('probe', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (repr(tx.now),),
+            )
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    async def create_job(self, new: NewJob) -> tuple[Job, bool]:
+        """Insert a job, or return the one with the same idempotency key (created = False)."""
+        async with self._tx() as tx:
+            if new.idempotency_key is not None:
+                row = await tx.one("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
+                if row is not None:
+                    return _job(row), False
+            sending = new.submit_lease_until is not None
+            await tx.execute(
+                "INSERT INTO jobs (id, provider, status, request, metadata, callback_url_registered, "
+                "submitted_by_backend, submit_state, submit_attempts, idempotency_key, request_hash, "
+                "created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new.id,
+                    new.provider,
+                    _dumps(dict(new.request)),
+                    _dumps(dict(new.metadata)) if new.metadata is not None else None,
+                    int(new.callback_url_registered),
+                    int(new.submitted_by_backend),
+                    "sending" if sending else None,
+                    1 if sending else 0,
+                    new.idempotency_key,
+                    new.request_hash,
+                    tx.now,
+                    tx.now,
+                ),
+            )
+            await tx.schedule(new.id, DEADLINE, INTERNAL, new.deadline_at, 0)
+            if new.submit_lease_until is not None:
+                await tx.schedule(new.id, "submit", new.provider, new.submit_lease_until, 0)
+            await tx.event(
+                new.id,
+                "created",
+                None,
+                {"provider": new.provider, "submitted_by": "backend" if new.submitted_by_backend else "jobhook"},
+            )
+            return await tx.job(new.id), True
+
+    async def begin_submit(self, job_id: str, lease_until: float) -> Job | None:
+        """Mark a queued job's next attempt as in flight; None if it is no longer to be sent."""
+        async with self._tx() as tx:
+            job = await tx.job(job_id)
+            if job.status is not Status.QUEUED or job.submit_state == "sending" or job.submitted_by_backend:
+                return None
+            await tx.execute(
+                "UPDATE jobs SET submit_state = 'sending', submit_attempts = submit_attempts + 1, "
+                "updated_at = ? WHERE id = ?",
+                (tx.now, job_id),
+            )
+            await tx.schedule(job_id, "submit", job.provider, lease_until, 0)
+            tx.changed.add(job_id)
+            return await tx.job(job_id)
+
+    async def record_submit(self, job_id: str, result: SubmitResult) -> Job:
+        """Write the outcome of a submission attempt (SPEC §3)."""
+        async with self._tx() as tx:
+            job = await tx.job(job_id)
+            await tx.event(job_id, "submit", str(result.kind), result.detail)
+            if job.status is not Status.QUEUED:
+                # Decided already (a deadline, or a callback that bound it first): keep the record only.
+                return job
+            if result.kind is SubmitKind.ACCEPTED:
+                await tx.unschedule(job_id, "submit")
+                fields: dict[str, Any] = {"status": "submitted", "submit_state": "done", "submitted_at": tx.now}
+                if result.task_id is not None:
+                    fields["provider_task_id"] = result.task_id
+                try:
+                    await tx.update(job_id, **fields)
+                except sqlite3.IntegrityError:
+                    raise TaskIdConflict(result.task_id) from None
+                await tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit"})
+                job = await tx.job(job_id)
+                if result.observation is not None:
+                    await tx.apply(job, result.observation, Source.SUBMIT, result.cost_usd)
+                    job = await tx.job(job_id)
+                if not job.finished and result.first_poll_at is not None and job.provider_task_id:
+                    await tx.schedule(job_id, "poll", job.provider, result.first_poll_at, 0)
+            elif result.kind is SubmitKind.REJECTED:
+                error = result.error or JobError("provider_rejected", "the provider refused the job")
+                await tx.update(
+                    job_id,
+                    status="failed",
+                    submit_state="done",
+                    error=_dumps(error.to_json()),
+                    finished_at=tx.now,
+                    resolved_by="submit",
+                )
+                await tx.event(job_id, "status", "failed", {"from": "queued", "by": "submit"})
+                await tx.unschedule(job_id)
+            elif result.kind is SubmitKind.RETRY:
+                await tx.update(job_id, submit_state=None)
+                retry_at = result.retry_at if result.retry_at is not None else tx.now
+                await tx.schedule(job_id, "submit", job.provider, retry_at, 0)
+            else:  # UNCERTAIN: never sent again; a callback may still bind it, the deadline ends it.
+                await tx.update(job_id, status="submitted", submit_state="uncertain", submitted_at=tx.now)
+                await tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit", "uncertain": True})
+                await tx.unschedule(job_id, "submit")
+            return await tx.job(job_id)
+
+    async def record_poll(
+        self,
+        job_id: str,
+        observation: Observation | None,
+        detail: Mapping[str, Any],
+        *,
+        outcome: str,
+        next_poll: tuple[float, int] | None,
+        cost_if_completed: float | None = None,
+    ) -> Applied:
+        """Write one poll: what it saw (if anything), and when to poll next unless the job finished."""
+        async with self._tx() as tx:
+            job = await tx.job(job_id)
+            decision = None
+            if observation is not None:
+                decision = await tx.apply(
+                    job, observation, Source.POLL, cost_if_completed, record=("poll", outcome, detail)
+                )
+                job = await tx.job(job_id)
+            else:
+                await tx.event(job_id, "poll", outcome, detail)
+            if job.status in FINAL:
+                await tx.unschedule(job_id)
+            elif next_poll is not None:
+                await tx.schedule(job_id, "poll", job.provider, next_poll[0], next_poll[1])
+            else:
+                await tx.unschedule(job_id, "poll")
+            return Applied(job, decision)
+
+    async def record_callback(
+        self,
+        job_id: str,
+        event_key: str,
+        observation: Observation,
+        detail: Mapping[str, Any],
+        *,
+        bind_task_id: str | None,
+        cost_if_completed: float | None,
+        poll_if_bound: float | None = None,
+    ) -> CallbackResult:
+        """Write one genuine delivery: bind the task id if new, then apply it once per event key."""
+        async with self._tx() as tx:
+            job = await tx.job(job_id)
+            if bind_task_id is not None and job.provider_task_id != bind_task_id:
+                if job.provider_task_id is not None:
+                    raise TaskIdConflict(bind_task_id)
+                await self._bind(tx, job, bind_task_id, by="callback")
+                job = await tx.job(job_id)
+                if poll_if_bound is not None and not job.finished:
+                    await tx.schedule(job_id, "poll", job.provider, poll_if_bound, 0)
+            cursor = await tx.execute(
+                "INSERT INTO callback_receipts (job_id, event_key, first_at, last_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (job_id, event_key) DO NOTHING",
+                (job_id, event_key, tx.now, tx.now),
+            )
+            if cursor.rowcount == 0:
+                await tx.execute(
+                    "UPDATE callback_receipts SET count = count + 1, last_at = ? WHERE job_id = ? AND event_key = ?",
+                    (tx.now, job_id, event_key),
+                )
+                await tx.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
+                return CallbackResult(ReceiptKind.DUPLICATE, job, None)
+            decision = await tx.apply(
+                job,
+                observation,
+                Source.CALLBACK,
+                cost_if_completed,
+                record=("callback", "accepted", {**detail, "event": event_key}),
+            )
+            return CallbackResult(ReceiptKind.ACCEPTED, await tx.job(job_id), decision)
+
+    async def _bind(self, tx: _Tx, job: Job, task_id: str, *, by: str) -> None:
+        other = await tx.one(
+            "SELECT id FROM jobs WHERE provider = ? AND provider_task_id = ? AND id != ?",
+            (job.provider, task_id, job.id),
+        )
+        if other is not None:
+            raise TaskIdConflict(task_id)
+        fields: dict[str, Any] = {"provider_task_id": task_id, "submit_state": "done"}
+        if job.submitted_at is None:
+            fields["submitted_at"] = tx.now
+        if job.status is Status.QUEUED:
+            fields["status"] = "submitted"
+        await tx.update(job.id, **fields)
+        await tx.event(job.id, "bound", None, {"provider_task_id": task_id, "by": by})
+        if job.status is Status.QUEUED:
+            await tx.event(job.id, "status", "submitted", {"from": "queued", "by": by})
+
+    async def bind_task_id(self, job_id: str, task_id: str, first_poll_at: float) -> Job:
+        """`PATCH /v1/jobs/{id}`: the backend says which task it created. Idempotent for the same id."""
+        async with self._tx() as tx:
+            job = await tx.job(job_id)
+            if job.provider_task_id == task_id:
+                return job
+            if job.provider_task_id is not None:
+                raise TaskIdConflict(task_id)
+            await self._bind(tx, job, task_id, by="backend")
+            job = await tx.job(job_id)
+            if not job.finished:
+                await tx.schedule(job_id, "poll", job.provider, first_poll_at, 0)
+            return job
+
+    async def expire(self, job_id: str) -> Job:
+        """The job's deadline (JOBHOOK_JOB_TIMEOUT) has come: time it out, unless it is finished."""
+        async with self._tx() as tx:
+            job = await tx.job(job_id)
+            await tx.unschedule(job_id, DEADLINE)
+            verdict = status_machine.on_deadline(job.status, has_task_id=job.provider_task_id is not None)
+            if verdict is None:
+                return job
+            new_status, error = verdict
+            await tx.update(job_id, status=str(new_status), error=_dumps(error.to_json()), finished_at=tx.now)
+            await tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
+            if new_status in FINAL:
+                await tx.unschedule(job_id)
+            return await tx.job(job_id)
+
+    async def note(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
+        """Record an event that changes nothing else (a refused delivery, a stopped poll, …)."""
+        async with self._tx() as tx:
+            await tx.event(job_id, type_, outcome, detail)
+
+    async def unschedule(self, job_id: str, kind: str) -> None:
+        async with self._tx() as tx:
+            await tx.unschedule(job_id, kind)
+
+    async def log_refused(self, code: str, detail: Mapping[str, Any]) -> None:
+        """A delivery refused before any job could be named: kept in a bounded log."""
+        async with self._tx() as tx:
+            await tx.execute(
+                "INSERT INTO refused_callbacks (at, code, detail) VALUES (?, ?, ?)",
+                (tx.now, code, _dumps(dict(detail))),
+            )
+            await tx.execute(
+                "DELETE FROM refused_callbacks WHERE id <= (SELECT MAX(id) FROM refused_callbacks) - ?",
+                (REFUSED_LOG_SIZE,),
+            )
+
+    async def refused_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._read("SELECT * FROM refused_callbacks ORDER BY id DESC LIMIT ?", (limit,))
+        return [{"at": row["at"], "code": row["code"], "detail": _loads(row["detail"])} for row in rows]
+
+    # -- due work ----------------------------------------------------------------------------------
+
+    async def claim_due(self, provider: str, now: float, limit: int, lease_until: float) -> list[Due]:
+        """Take up to `limit` due rows of `provider`, pushing their due time to `lease_until`."""
+        if limit <= 0:
+            return []
+        async with self._tx() as tx:
+            cursor = await tx.execute(
+                "UPDATE due SET due_at = ? WHERE (job_id, kind) IN ("
+                " SELECT job_id, kind FROM due WHERE provider = ? AND due_at <= ? ORDER BY due_at LIMIT ?"
+                ") RETURNING job_id, kind, provider, attempt",
+                (lease_until, provider, now, limit),
+            )
+            rows = await cursor.fetchall()
+        return [Due(row["job_id"], row["kind"], row["provider"], lease_until, row["attempt"]) for row in rows]
+
+    async def next_due_at(self, provider: str) -> float | None:
+        rows = await self._read("SELECT MIN(due_at) FROM due WHERE provider = ?", (provider,))
+        value = rows[0][0] if rows else None
+        return float(value) if value is not None else None
+
+    async def due_for(self, job_id: str) -> list[Due]:
+        rows = await self._read("SELECT * FROM due WHERE job_id = ? ORDER BY due_at", (job_id,))
+        return [Due(row["job_id"], row["kind"], row["provider"], row["due_at"], row["attempt"]) for row in rows]
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        rows = await self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    async def list_jobs(
+        self, *, status: str | None, provider: str | None, before_id: str | None, limit: int
+    ) -> list[Job]:
+        """Newest first; `before_id` is the last id of the previous page (keyset pagination)."""
+        clauses, params = [], []
+        for column, value in (("status", status), ("provider", provider)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if before_id is not None:
+            clauses.append("id < ?")
+            params.append(before_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._read(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [_job(row) for row in rows]
+
+    async def events(self, job_id: str) -> list[Event]:
+        rows = await self._read("SELECT * FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
+        return [
+            Event(row["id"], row["job_id"], row["at"], row["type"], row["outcome"], _loads(row["detail"]))
+            for row in rows
+        ]
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {row[0]: row[1] for row in rows}
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration file into statements (no `;` inside string literals in our migrations)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
