@@ -79,7 +79,11 @@ def build_providers(settings: Settings, self_url: str | None) -> dict[str, Provi
 
 def create_app(settings: Settings, *, self_url: str | None = None, clock: Callable[[], float] = time.time) -> Starlette:
     """The ASGI app. `self_url` is where this process listens (the simulator's base URL hangs off it)."""
-    simulator = Simulator(settings.simulator) if settings.simulator.enabled and self_url is not None else None
+    simulator = None
+    if settings.simulator.enabled and self_url is not None:
+        # Only jobhook's own callback URLs: the simulator sits on the public port.
+        prefix = f"{settings.public_url or self_url}/callbacks/"
+        simulator = Simulator(settings.simulator, callback_prefix=prefix)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

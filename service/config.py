@@ -6,6 +6,7 @@ Every error names the variable and says what it expects, so that `serve` can sto
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -93,6 +94,8 @@ def read_env_file(path: str) -> dict[str, str]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("--env-file", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("--env-file", f"{path} is not UTF-8 text") from None
     values: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -256,11 +259,21 @@ def _parse(env: Mapping[str, str]) -> Settings:
     )
 
 
+_HOSTNAME = re.compile(r"^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?$")
+
+
 def http_url(name: str, value: str) -> str:
-    """`value` if it is an absolute http(s) URL with a host, else a ConfigError naming `name`."""
+    """`value` if it is an absolute http(s) URL with a plausible host, else a ConfigError naming `name`."""
     try:
+        if not value.isprintable() or any(ch.isspace() for ch in value):
+            raise ValueError(value)
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
+        host = parts.hostname or ""
+        if ":" in host:
+            ipaddress.IPv6Address(host)  # raises ValueError
+        elif not _HOSTNAME.match(host):
+            raise ValueError(value)
     except ValueError:
         raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, got {value!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:

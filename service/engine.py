@@ -34,10 +34,15 @@ from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
 
-# A submission's lease outlives its HTTP timeout by this much: a job still "sending" after it was
-# cut by a crash, and is treated as uncertain (never re-sent).
-SUBMIT_LEASE_MARGIN = 30.0
-POLL_LEASE = 120.0
+POLL_LEASE = 45.0  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
+
+
+def submit_lease(submit_timeout: float) -> float:
+    """How long a submission may stay "sending": its HTTP timeout plus a margin to commit the answer.
+
+    A job still "sending" after that was cut by a crash, and is treated as uncertain (never re-sent).
+    """
+    return submit_timeout + min(30.0, max(1.0, submit_timeout))
 
 
 @dataclasses.dataclass
@@ -181,7 +186,7 @@ class Engine:
             idempotency_key=idempotency_key,
             request_hash=request_fingerprint(submission),
             deadline_at=now + self.settings.job_timeout,
-            submit_lease_until=now + self.settings.submit_timeout + SUBMIT_LEASE_MARGIN if submission.submit else None,
+            submit_lease_until=now + submit_lease(self.settings.submit_timeout) if submission.submit else None,
         )
         job, created = await self.store.create_job(new)
         if not created:
@@ -280,7 +285,7 @@ class Engine:
             await self.store.record_submit(job_id, SubmitResult(SubmitKind.UNCERTAIN, detail))
             return
         now = self.clock()
-        sending = await self.store.begin_submit(job_id, now + self.settings.submit_timeout + SUBMIT_LEASE_MARGIN)
+        sending = await self.store.begin_submit(job_id, now + submit_lease(self.settings.submit_timeout))
         if sending is not None:
             await self._send(sending)
 

@@ -10,7 +10,8 @@ import time
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _lock = threading.Lock()
 _last = 0
-JOB_ID = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
+# 128 bits in 26 base-32 digits: the first digit carries 3 bits, so it is 0-7.
+JOB_ID = re.compile(r"job_[0-7][0-9A-HJKMNP-TV-Z]{25}")
 
 
 def _encode(value: int) -> str:
@@ -31,4 +32,4 @@ def new_job_id() -> str:
 
 
 def is_job_id(value: str) -> bool:
-    return bool(JOB_ID.match(value))
+    return JOB_ID.fullmatch(value) is not None

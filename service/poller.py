@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 
-from service.engine import POLL_LEASE, SUBMIT_LEASE_MARGIN, Engine
+from service.engine import POLL_LEASE, Engine, submit_lease
 from service.store.base import Due
 from service.store.sqlite import DEADLINE, INTERNAL
 
@@ -35,7 +35,7 @@ class Poller:
         self._sleeping_until = math.inf
         self._inflight: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.lease = max(POLL_LEASE, engine.settings.submit_timeout + SUBMIT_LEASE_MARGIN)
+        self.lease = max(POLL_LEASE, submit_lease(engine.settings.submit_timeout))
         engine.on_schedule(self.nudge)
 
     def nudge(self, due_at: float) -> None:

@@ -111,8 +111,17 @@ class Simulator:
 
     max_tasks = 500  # older tasks are forgotten entirely: the simulator must not grow without bound
 
-    def __init__(self, settings: SimulatorSettings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: SimulatorSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        callback_prefix: str | None = None,
+    ) -> None:
+        """`callback_prefix`: when set, only callback URLs under it are accepted. Mounted on jobhook's
+        public port, the simulator must not be a way to make jobhook POST to arbitrary addresses."""
         self.settings = settings
+        self.callback_prefix = callback_prefix
         self.clock = clock
         self.random = random.Random(settings.seed)
         self.stats: dict[str, int] = dict.fromkeys(
@@ -156,6 +165,9 @@ class Simulator:
             except ValueError:
                 raise _Refusal(400, "invalid_request", "body must be a JSON object") from None
             fields = _validate(body)
+            prefix, callback_url = self.callback_prefix, fields["callback_url"]
+            if prefix is not None and callback_url is not None and not callback_url.startswith(prefix):
+                raise _Refusal(400, "invalid_request", f"callback_url must start with {prefix}")
         except _Refusal as refusal:
             return _error(refusal)
         if self._client is None:
@@ -190,7 +202,9 @@ class Simulator:
         """Unknown paths and wrong methods answer in the provider's error shape too."""
         assert isinstance(exc, HTTPException)  # the only type this handler is registered for
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-        return _error(_Refusal(exc.status_code, code, exc.detail))
+        response = _error(_Refusal(exc.status_code, code, exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     # --- tasks ------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import random
 
@@ -35,6 +36,8 @@ def retry_after(value: str | None, now: float) -> float | None:
             when = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
             return None
+        if when.tzinfo is None:  # asctime-style HTTP dates carry no zone and mean GMT (RFC 9110 §5.6.7)
+            when = when.replace(tzinfo=datetime.UTC)
         seconds = when.timestamp() - now
     if seconds != seconds:  # NaN
         return None

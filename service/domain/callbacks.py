@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import itsdangerous
+import orjson
 
 MAX_BODY_BYTES = 256 * 1024
 _SALT = "jobhook.callback.v1"
@@ -69,9 +69,10 @@ def parse_body(raw: bytes) -> dict[str, Any] | Refusal:
     if len(raw) > MAX_BODY_BYTES:
         return too_large()
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return Refusal(400, "invalid_json", "the body is not valid JSON")
+        # orjson: UTF-8 only (RFC 8259 §8.1), no NaN/Infinity, and a bounded nesting depth.
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Refusal(400, "invalid_json", "the body is not valid UTF-8 JSON")
     if not isinstance(data, dict):
         return Refusal(400, "invalid_json", "the body must be a JSON object")
     return data
@@ -112,10 +113,10 @@ def check_task_headers(
     raw_ts = headers.get("x-timestamp", "").strip()
     if not raw_ts:
         return Refusal(400, "stale_timestamp", "the X-Timestamp header is required")
-    try:
-        timestamp = int(raw_ts)
-    except ValueError:
+    digits = raw_ts[1:] if raw_ts.startswith("-") else raw_ts
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 15:
         return Refusal(400, "stale_timestamp", "X-Timestamp must be an integer number of Unix seconds")
+    timestamp = int(raw_ts)
     if abs(now - timestamp) > tolerance:
         direction = "old" if timestamp < now else "far in the future"
         return Refusal(400, "stale_timestamp", f"X-Timestamp is too {direction} (tolerance {tolerance:g} s)")

@@ -7,9 +7,10 @@ and, if not, which field is wrong and what the provider accepts (the 422 answer)
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from service.errors import JobhookError
 
@@ -28,7 +29,7 @@ GENERATION_FIELDS = (
     "provider_options",
 )
 TOP_LEVEL_FIELDS = ("provider", "metadata", "submit", *GENERATION_FIELDS)
-MAX_METADATA_BYTES = 16 * 1024
+MAX_OBJECT_BYTES = 16 * 1024  # metadata and provider_options, each
 
 
 class RequestError(JobhookError):
@@ -126,13 +127,13 @@ def parse_submission(body: Any) -> Submission:
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise _wrong_type("metadata", "a JSON object")
-        if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
-            raise RequestError("metadata", "invalid_field", f"metadata must be at most {MAX_METADATA_BYTES} bytes")
+        _check_storable(metadata, "metadata")
     options = body.get("provider_options", {})
     if options is None:
         options = {}
     if not isinstance(options, dict):
         raise _wrong_type("provider_options", "a JSON object")
+    _check_storable(options, "provider_options")
     request = GenerationRequest(
         prompt=prompt,
         aspect_ratio=_optional(body, "aspect_ratio", str, 'a string such as "16:9"'),
@@ -201,6 +202,16 @@ def _check_choice(value: str | None, accepted: tuple[str, ...] | None, field: st
             f"{field} {value!r} is not accepted by {provider}; accepted: {', '.join(accepted)}",
             list(accepted),
         )
+
+
+def _check_storable(value: dict[str, Any], field: str) -> None:
+    """A JSON object jobhook can keep: at most MAX_OBJECT_BYTES, and not nested too deeply to store."""
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        raise RequestError(field, "invalid_field", f"{field} is nested too deeply") from None
+    if size > MAX_OBJECT_BYTES:
+        raise RequestError(field, "invalid_field", f"{field} must be at most {MAX_OBJECT_BYTES} bytes of JSON")
 
 
 def _unsupported(field: str, provider: str) -> RequestError:

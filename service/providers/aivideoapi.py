@@ -126,22 +126,20 @@ def _image_urls(output: Any) -> tuple[str, ...]:
         for key in ("urls", "images", "image_urls"):
             if key in output:
                 return _url_list(output[key])
-        if isinstance(output.get("url"), str):
-            return (output["url"],)
-        return ()
+        url = output.get("url")
+        return (url,) if isinstance(url, str) and url else ()
     return _url_list(output)
 
 
 def _url_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        return (value,)
+        return (value,) if value else ()
     if isinstance(value, list):
         urls = []
         for item in value:
-            if isinstance(item, str):
-                urls.append(item)
-            elif isinstance(item, dict) and isinstance(item.get("url"), str):
-                urls.append(item["url"])
+            url = item.get("url") if isinstance(item, dict) else item
+            if isinstance(url, str) and url:
+                urls.append(url)
         return tuple(urls)
     return ()
 

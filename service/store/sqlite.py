@@ -209,6 +209,9 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
+        except BaseException:
+            await self.close()  # aiosqlite's thread would keep the process alive
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)

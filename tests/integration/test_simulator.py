@@ -458,3 +458,15 @@ async def test_closing_cancels_deliveries_still_waiting_to_retry() -> None:
             await hooks.wait_for(1)
         assert time.monotonic() - started < 5
     assert len(hooks.received) == 1
+
+
+async def test_mounted_simulator_only_calls_back_to_jobhook(jobhook: Any) -> None:
+    """On jobhook's public port the simulator must not POST to addresses a stranger chooses."""
+    async with jobhook() as svc:
+        body = {"model": "ideogram-v4", "callback_url": "http://169.254.169.254/latest", "input": {"prompt": "x"}}
+        response = await svc.client.post(
+            "/simulator/v1/images/generations", json=body, headers={"Authorization": "Bearer sk-anyone"}
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "invalid_request"
+        assert "callback_url" in response.json()["error"]["message"]

@@ -1,0 +1,142 @@
+"""The `jobhook` command as a user runs it: a child process, its exit code and what it prints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.acceptance.harness import ServeProcess, jobhook_command
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        jobhook_command(*args),
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_help_lists_the_commands_and_settings() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "demo", "submit", "jobs", "job", "migrate"):
+        assert command in result.stdout
+    serve_help = run("serve", "--help").stdout
+    assert "--insecure" in serve_help and "JOBHOOK_API_TOKENS" in serve_help
+    submit_help = run("submit", "--help").stdout
+    assert "JOBHOOK_URL" in submit_help and "--wait" in submit_help
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("JOBHOOK_POLL_INTERVAL", "abc"),
+        ("JOBHOOK_PUBLIC_URL", "hooks.example.com"),
+        ("JOBHOOK_JOB_TIMEOUT", "-5"),
+        ("JOBHOOK_AIVIDEOAPI_BASE_URL", "ftp://x"),
+        ("JOBHOOK_LOG_FORMAT", "xml"),
+    ],
+)
+def test_a_wrong_setting_stops_serve_with_one_line_naming_it(tmp_path: Path, variable: str, value: str) -> None:
+    result = run("serve", env={variable: value, "JOBHOOK_DATABASE": str(tmp_path / "x.db")})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_env_file_is_read_and_its_errors_are_named(tmp_path: Path) -> None:
+    env_file = tmp_path / "jobhook.env"
+    env_file.write_text("# settings\nexport JOBHOOK_POLL_INTERVAL='nope'\n")
+    result = run("--env-file", str(env_file), "migrate", env={"JOBHOOK_DATABASE": str(tmp_path / "x.db")})
+    assert result.returncode == 2
+    assert "JOBHOOK_POLL_INTERVAL" in result.stderr
+    missing = run("--env-file", str(tmp_path / "absent.env"), "migrate")
+    assert missing.returncode == 2
+    assert "--env-file" in missing.stderr
+
+
+def test_serve_refuses_an_open_api_on_a_public_address(tmp_path: Path) -> None:
+    result = run("serve", "--host", "0.0.0.0", env={"JOBHOOK_DATABASE": str(tmp_path / "x.db")})
+    assert result.returncode == 2
+    assert "JOBHOOK_API_TOKENS" in result.stderr and "--insecure" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_migrate_creates_the_schema_and_refuses_a_newer_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "jobhook.db"
+    result = run("migrate", env={"JOBHOOK_DATABASE": str(db)})
+    assert result.returncode == 0, result.stderr
+    assert "schema version 1" in result.stdout
+    again = run("migrate", env={"JOBHOOK_DATABASE": str(db)})
+    assert again.returncode == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    newer = run("migrate", env={"JOBHOOK_DATABASE": str(db)})
+    assert newer.returncode == 2
+    assert "newer" in newer.stderr and "99" in newer.stderr
+    assert "Traceback" not in newer.stderr
+    (tmp_path / "a-file").write_text("")
+    unusable = run("migrate", env={"JOBHOOK_DATABASE": str(tmp_path / "a-file" / "it.db")})
+    assert unusable.returncode == 2
+    assert "Traceback" not in unusable.stderr
+
+
+def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
+    result = run("demo", "--dir", str(tmp_path / "demo"), timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "every job ended as scripted" in out
+    assert 'answered "duplicate"' in out
+    assert "refused: stale_timestamp" in out
+    assert "HTTP 404" in out  # the forged callback
+    assert "status → completed (by poll)" in out
+    assert "status → failed" in out
+    assert (tmp_path / "demo" / "jobhook.db").exists()
+
+
+async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path) -> None:
+    service = ServeProcess(
+        tmp_path,
+        {"JOBHOOK_API_TOKENS": "cli-token", "JOBHOOK_SIMULATOR_LATENCY": "0.3", "JOBHOOK_CALLBACK_GRACE": "1"},
+    )
+    await service.start()
+    try:
+        env = {"JOBHOOK_URL": service.url, "JOBHOOK_TOKEN": "cli-token"}
+        submitted = run("submit", "--provider", "simulator", "A sign reading HELLO", "--wait", env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        assert "completed" in submitted.stderr  # progress lines
+        assert '"status": "completed"' in submitted.stdout
+        listing = run("jobs", env=env)
+        assert listing.returncode == 0
+        assert "simulator" in listing.stdout and "completed" in listing.stdout
+        job_id = listing.stdout.splitlines()[1].split()[0]
+        shown = run("job", job_id, env=env)
+        assert shown.returncode == 0
+        assert "history:" in shown.stdout and "callback" in shown.stdout
+        refused = run("submit", "--provider", "simulator", "x", "--aspect-ratio", "2:1", env=env)
+        assert refused.returncode == 2
+        assert "aspect_ratio" in refused.stderr
+        unauthorized = run("jobs", env={"JOBHOOK_URL": service.url, "JOBHOOK_TOKEN": "wrong"})
+        assert unauthorized.returncode == 2
+        assert "unauthorized" in unauthorized.stderr
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{service.url}/v1/jobs")).status_code == 401
+    finally:
+        service.stop()
+    down = run("jobs", env={"JOBHOOK_URL": service.url})
+    assert down.returncode == 2
+    assert "jobhook serve" in down.stderr

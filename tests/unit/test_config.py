@@ -1,0 +1,521 @@
+"""Settings (SPEC §1): defaults, one ConfigError naming the variable for each wrong value, `--env-file`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import (
+    DEFAULT_BASE_URLS,
+    PROVIDER_NAMES,
+    ConfigError,
+    Secret,
+    Settings,
+    SimulatorSettings,
+    http_url,
+    parse_duration,
+    read_env_file,
+)
+from service.errors import JobhookError
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_environ(env)
+
+
+def error_for(**env: str) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ(env)
+    return caught.value
+
+
+def assert_names(error: ConfigError, variable: str) -> None:
+    assert error.variable == variable
+    assert str(error).startswith(f"{variable}: ")
+    assert "\n" not in str(error)  # one line
+
+
+# -- defaults ---------------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    s = settings()
+    assert s.database == Path("./jobhook.db")
+    assert s.media_dir == Path("./jobhook-media")
+    assert s.public_url is None
+    assert s.secrets == ()
+    assert s.api_tokens == ()
+    assert s.callback_grace == 60.0
+    assert s.poll_interval == 5.0
+    assert s.poll_max_interval == 60.0
+    assert s.job_timeout == 1800.0
+    assert s.timestamp_tolerance == 300.0
+    assert s.log_format == "text"
+    assert s.poll_concurrency >= 1
+    assert s.simulator == SimulatorSettings()
+    assert s.simulator.retry_delays == (0.0, 180.0, 600.0)  # PROVIDERS.md §1's schedule
+
+
+def test_default_providers() -> None:
+    s = settings()
+    assert set(s.providers) == set(PROVIDER_NAMES) == {"aivideoapi", "apiframe", "segmind", "apiinone"}
+    for name, provider in s.providers.items():
+        assert provider.name == name
+        assert provider.api_key is None
+        assert not provider.configured
+        assert provider.base_url == DEFAULT_BASE_URLS[name]
+    assert s.providers["aivideoapi"].base_url == "https://api.aivideoapi.ai"
+
+
+def test_blank_values_mean_unset() -> None:
+    s = settings(JOBHOOK_POLL_INTERVAL="  ", JOBHOOK_PUBLIC_URL="", JOBHOOK_SECRET=" ", JOBHOOK_LOG_FORMAT="")
+    assert (s.poll_interval, s.public_url, s.secrets, s.log_format) == (5.0, None, (), "text")
+
+
+def test_explicit_values() -> None:
+    s = settings(
+        JOBHOOK_DATABASE="/var/lib/jobhook/j.db",
+        JOBHOOK_MEDIA_DIR="/var/lib/jobhook/media",
+        JOBHOOK_PUBLIC_URL="https://hooks.example.com/",
+        JOBHOOK_SECRET="new, old",
+        JOBHOOK_API_TOKENS="t1,t2,t3",
+        JOBHOOK_AIVIDEOAPI_API_KEY=" sk-abc ",
+        JOBHOOK_AIVIDEOAPI_BASE_URL="http://127.0.0.1:9000",
+        JOBHOOK_CALLBACK_GRACE="0",
+        JOBHOOK_POLL_INTERVAL="2s",
+        JOBHOOK_POLL_MAX_INTERVAL="2m",
+        JOBHOOK_JOB_TIMEOUT="1h",
+        JOBHOOK_TIMESTAMP_TOLERANCE="30",
+        JOBHOOK_LOG_FORMAT="JSON",
+        JOBHOOK_SQLITE_SYNCHRONOUS="normal",
+        JOBHOOK_POLL_CONCURRENCY="3",
+        JOBHOOK_SIMULATOR="off",
+        JOBHOOK_SIMULATOR_LATENCY="250ms",
+        JOBHOOK_SIMULATOR_FAILURE_RATE="0.25",
+        JOBHOOK_SIMULATOR_DROP_RATE="1",
+        JOBHOOK_SIMULATOR_DUPLICATE_RATE="0",
+        JOBHOOK_SIMULATOR_CALLBACK_RETRIES="0, 3m,10m",
+        JOBHOOK_SIMULATOR_SEED="7",
+    )
+    assert s.database == Path("/var/lib/jobhook/j.db")
+    assert s.media_dir == Path("/var/lib/jobhook/media")
+    assert s.public_url == "https://hooks.example.com"  # no trailing slash: /callbacks/… is appended
+    assert s.secrets == ("new", "old")
+    assert all(isinstance(item, Secret) for item in s.secrets + s.api_tokens)
+    assert s.api_tokens == ("t1", "t2", "t3")
+    aivideoapi = s.providers["aivideoapi"]
+    assert aivideoapi.api_key == "sk-abc" and isinstance(aivideoapi.api_key, Secret) and aivideoapi.configured
+    assert aivideoapi.base_url == "http://127.0.0.1:9000"
+    assert not s.providers["apiframe"].configured
+    assert s.callback_grace == 0.0
+    assert (s.poll_interval, s.poll_max_interval, s.job_timeout, s.timestamp_tolerance) == (2.0, 120.0, 3600.0, 30.0)
+    assert s.log_format == "json"
+    assert s.sqlite_synchronous == "NORMAL"
+    assert s.poll_concurrency == 3
+    assert s.simulator == SimulatorSettings(
+        enabled=False,
+        latency=0.25,
+        failure_rate=0.25,
+        drop_rate=1.0,
+        duplicate_rate=0.0,
+        retry_delays=(0.0, 180.0, 600.0),
+        seed=7,
+    )
+
+
+# -- durations --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("0", 0.0),
+        ("5", 5.0),
+        ("0.5", 0.5),
+        (".5", 0.5),
+        ("5s", 5.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("30d", 2_592_000.0),
+        ("250ms", 0.25),
+        (" 5 m ", 300.0),
+        ("1.5m", 90.0),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "text", ["", "abc", "-5", "-5s", "5x", "5M", "m", "1e3", "inf", "nan", "5 5", "5.", "0x10", "5s5", "9" * 400]
+)
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+DURATION_VARIABLES = [
+    "JOBHOOK_CALLBACK_GRACE",
+    "JOBHOOK_POLL_INTERVAL",
+    "JOBHOOK_POLL_MAX_INTERVAL",
+    "JOBHOOK_JOB_TIMEOUT",
+    "JOBHOOK_TIMESTAMP_TOLERANCE",
+    "JOBHOOK_SUBMIT_TIMEOUT",
+    "JOBHOOK_SIMULATOR_LATENCY",
+]
+
+
+@pytest.mark.parametrize("variable", DURATION_VARIABLES)
+@pytest.mark.parametrize("value", ["abc", "-1", "-0.5s", "5 minutes", "1e3", "NaN", "inf", "5M", "1,5"])
+def test_duration_errors_name_the_variable(variable: str, value: str) -> None:
+    error = error_for(**{variable: value})
+    assert_names(error, variable)
+    assert repr(value) in str(error)
+
+
+@pytest.mark.parametrize("variable", DURATION_VARIABLES)
+def test_duration_variables_accept_units(variable: str) -> None:
+    env = {variable: "5m"}
+    if variable == "JOBHOOK_POLL_INTERVAL":
+        env["JOBHOOK_POLL_MAX_INTERVAL"] = "5m"
+    s = settings(**env)
+    field = {
+        "JOBHOOK_CALLBACK_GRACE": s.callback_grace,
+        "JOBHOOK_POLL_INTERVAL": s.poll_interval,
+        "JOBHOOK_POLL_MAX_INTERVAL": s.poll_max_interval,
+        "JOBHOOK_JOB_TIMEOUT": s.job_timeout,
+        "JOBHOOK_TIMESTAMP_TOLERANCE": s.timestamp_tolerance,
+        "JOBHOOK_SUBMIT_TIMEOUT": s.submit_timeout,
+        "JOBHOOK_SIMULATOR_LATENCY": s.simulator.latency,
+    }[variable]
+    assert field == 300.0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("JOBHOOK_POLL_INTERVAL", "0"),
+        ("JOBHOOK_POLL_MAX_INTERVAL", "0"),
+        ("JOBHOOK_JOB_TIMEOUT", "0"),
+        ("JOBHOOK_TIMESTAMP_TOLERANCE", "0"),
+        ("JOBHOOK_TIMESTAMP_TOLERANCE", "0.5"),
+        ("JOBHOOK_SUBMIT_TIMEOUT", "0"),
+        ("JOBHOOK_SUBMIT_TIMEOUT", "50ms"),
+    ],
+)
+def test_durations_below_their_minimum(variable: str, value: str) -> None:
+    assert_names(error_for(**{variable: value}), variable)
+
+
+def test_zero_grace_and_latency_are_allowed() -> None:
+    s = settings(JOBHOOK_CALLBACK_GRACE="0", JOBHOOK_SIMULATOR_LATENCY="0")
+    assert (s.callback_grace, s.simulator.latency) == (0.0, 0.0)
+
+
+def test_half_a_second() -> None:
+    assert settings(JOBHOOK_POLL_INTERVAL="0.5").poll_interval == 0.5
+
+
+@pytest.mark.parametrize(("interval", "maximum"), [("10", "5"), ("61", None), ("2m", "1m"), ("1.01", "1")], ids=str)
+def test_poll_max_below_poll_interval(interval: str, maximum: str | None) -> None:
+    env = {"JOBHOOK_POLL_INTERVAL": interval}
+    if maximum is not None:
+        env["JOBHOOK_POLL_MAX_INTERVAL"] = maximum
+    error = error_for(**env)
+    assert_names(error, "JOBHOOK_POLL_MAX_INTERVAL")
+    assert "JOBHOOK_POLL_INTERVAL" in error.message
+
+
+def test_poll_max_equal_to_poll_interval() -> None:
+    s = settings(JOBHOOK_POLL_INTERVAL="30", JOBHOOK_POLL_MAX_INTERVAL="30s")
+    assert s.poll_interval == s.poll_max_interval == 30.0
+
+
+# -- URLs -------------------------------------------------------------------------------------------
+
+URL_VARIABLES = ["JOBHOOK_PUBLIC_URL"] + [f"JOBHOOK_{name.upper()}_BASE_URL" for name in PROVIDER_NAMES]
+BAD_URLS = [
+    "hooks.example.com",
+    "//hooks.example.com",
+    "https://",
+    "https:///path",
+    "http://:8080",
+    "ftp://hooks.example.com",
+    "file:///tmp/x",
+    "ws://hooks.example.com",
+    "mailto:ops@example.com",
+    "https//hooks.example.com",
+    "https://hooks.example.com:port",
+    "https://hooks.example.com:99999",
+    "https://[::1",
+    "localhost:8000",
+]
+
+
+@pytest.mark.parametrize("variable", URL_VARIABLES)
+@pytest.mark.parametrize("value", BAD_URLS)
+def test_bad_urls_name_the_variable(variable: str, value: str) -> None:
+    error = error_for(**{variable: value})
+    assert_names(error, variable)
+    assert repr(value) in str(error)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://hooks.example.com",
+        "http://127.0.0.1:8000",
+        "https://hooks.example.com:8443/prefix",
+        "http://[::1]:8000",
+        "HTTPS://Hooks.Example.com",
+        "http://localhost",
+    ],
+)
+def test_good_urls(value: str) -> None:
+    assert http_url("X", value) == value
+    assert settings(JOBHOOK_PUBLIC_URL=value).public_url == value.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "value", ["https://hooks example.com", "https://hooks.example.com\tx", "https://exa<mple>.com"]
+)
+def test_malformed_host_is_refused(value: str) -> None:
+    assert_names(error_for(JOBHOOK_PUBLIC_URL=value), "JOBHOOK_PUBLIC_URL")
+
+
+# -- booleans, rates, integers, choices -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("On", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
+def test_booleans(value: str, expected: bool) -> None:
+    assert settings(JOBHOOK_SIMULATOR=value).simulator.enabled is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "-1", "y", "n", "enabled", "truee", "t"])
+def test_bad_booleans(value: str) -> None:
+    assert_names(error_for(JOBHOOK_SIMULATOR=value), "JOBHOOK_SIMULATOR")
+
+
+RATE_VARIABLES = ["JOBHOOK_SIMULATOR_FAILURE_RATE", "JOBHOOK_SIMULATOR_DROP_RATE", "JOBHOOK_SIMULATOR_DUPLICATE_RATE"]
+
+
+@pytest.mark.parametrize("variable", RATE_VARIABLES)
+@pytest.mark.parametrize("value", ["-0.01", "1.01", "2", "-1", "nan", "inf", "-inf", "abc", "50%", "1/2"])
+def test_rates_outside_unit_interval(variable: str, value: str) -> None:
+    assert_names(error_for(**{variable: value}), variable)
+
+
+@pytest.mark.parametrize("variable", RATE_VARIABLES)
+@pytest.mark.parametrize(("value", "expected"), [("0", 0.0), ("1", 1.0), ("0.5", 0.5), ("1.0", 1.0), ("0.0", 0.0)])
+def test_rates_inside_unit_interval(variable: str, value: str, expected: float) -> None:
+    sim = settings(**{variable: value}).simulator
+    got = {
+        "JOBHOOK_SIMULATOR_FAILURE_RATE": sim.failure_rate,
+        "JOBHOOK_SIMULATOR_DROP_RATE": sim.drop_rate,
+        "JOBHOOK_SIMULATOR_DUPLICATE_RATE": sim.duplicate_rate,
+    }[variable]
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("JOBHOOK_POLL_CONCURRENCY", "0"),
+        ("JOBHOOK_POLL_CONCURRENCY", "-1"),
+        ("JOBHOOK_POLL_CONCURRENCY", "1.5"),
+        ("JOBHOOK_POLL_CONCURRENCY", "many"),
+        ("JOBHOOK_SIMULATOR_SEED", "-1"),
+        ("JOBHOOK_SIMULATOR_SEED", "x"),
+        ("JOBHOOK_SIMULATOR_SEED", "1e3"),
+        ("JOBHOOK_LOG_FORMAT", "xml"),
+        ("JOBHOOK_LOG_FORMAT", "texts"),
+        ("JOBHOOK_SQLITE_SYNCHRONOUS", "OFF"),
+        ("JOBHOOK_SQLITE_SYNCHRONOUS", "fast"),
+    ],
+)
+def test_other_bad_values(variable: str, value: str) -> None:
+    assert_names(error_for(**{variable: value}), variable)
+
+
+# -- comma lists ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["JOBHOOK_SECRET", "JOBHOOK_API_TOKENS"])
+@pytest.mark.parametrize("value", ["a,,b", "a,", ",a", "a, ,b", " , ", ","])
+def test_comma_lists_with_empty_entries(variable: str, value: str) -> None:
+    assert_names(error_for(**{variable: value}), variable)
+
+
+@pytest.mark.parametrize("value", ["0,,3m", "0,", "0,x", "0,-1", "abc"])
+def test_simulator_retry_schedule_errors(value: str) -> None:
+    assert_names(error_for(JOBHOOK_SIMULATOR_CALLBACK_RETRIES=value), "JOBHOOK_SIMULATOR_CALLBACK_RETRIES")
+
+
+def test_secret_list_keeps_order() -> None:
+    assert settings(JOBHOOK_SECRET=" b , a ,c").secrets == ("b", "a", "c")
+
+
+def test_config_error_is_a_jobhook_error() -> None:
+    error = error_for(JOBHOOK_POLL_INTERVAL="x")
+    assert isinstance(error, JobhookError)
+    assert error.message and error.message in str(error)
+
+
+# -- env file ---------------------------------------------------------------------------------------
+
+
+def write(tmp_path: Path, text: str, name: str = "jobhook.env") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_env_file_syntax(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "# a comment\n"
+        "\n"
+        "   # an indented comment\n"
+        "PLAIN=value\n"
+        "export EXPORTED=1\n"
+        "export   SPACED = two words  \n"
+        'DOUBLE="quoted # not a comment"\n'
+        "SINGLE='single'\n"
+        "EMPTY=\n"
+        'EMPTY_QUOTES=""\n'
+        "EQUALS=a=b=c\n"
+        "MISMATCHED='half\"\n"
+        "LONE='\n"
+        "URL=https://hooks.example.com/x?y=1\n"
+        "lower_case=ok\n"
+        "PLAIN=second wins\n"
+        "\tTABBED=\ttab\t\n",
+    )
+    assert read_env_file(path) == {
+        "PLAIN": "second wins",
+        "EXPORTED": "1",
+        "SPACED": "two words",
+        "DOUBLE": "quoted # not a comment",
+        "SINGLE": "single",
+        "EMPTY": "",
+        "EMPTY_QUOTES": "",
+        "EQUALS": "a=b=c",
+        "MISMATCHED": "'half\"",
+        "LONE": "'",
+        "URL": "https://hooks.example.com/x?y=1",
+        "lower_case": "ok",
+        "TABBED": "tab",
+    }
+
+
+def test_env_file_crlf(tmp_path: Path) -> None:
+    path = tmp_path / "crlf.env"
+    path.write_bytes(b"A=1\r\nB='2'\r\n")
+    assert read_env_file(str(path)) == {"A": "1", "B": "2"}
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("A=1\nnot a pair\n", 2),
+        ("A=1\n\n# c\n=value\n", 4),
+        ("1A=x\n", 1),
+        ("A B=x\n", 1),
+        ("A-B=x\n", 1),
+        ("export\n", 1),
+        ("export =x\n", 1),
+        ("A=1\nB=2\nC=3\nJUST_A_KEY\n", 4),
+    ],
+)
+def test_env_file_bad_line_names_file_and_line(tmp_path: Path, text: str, line: int) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        read_env_file(path)
+    assert caught.value.variable == "--env-file"
+    assert f"{path}:{line}:" in str(caught.value)
+    with pytest.raises(ConfigError):
+        Settings.from_environ({}, env_file=path)
+
+
+def test_env_file_missing(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.env")
+    with pytest.raises(ConfigError) as caught:
+        read_env_file(path)
+    assert caught.value.variable == "--env-file"
+    assert path in str(caught.value)
+
+
+def test_env_file_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        read_env_file(str(tmp_path))
+    assert caught.value.variable == "--env-file"
+
+
+def test_env_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.env"
+    path.write_bytes("JOBHOOK_EMAIL_FROM=Zoë <z@example.com>\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        read_env_file(str(path))
+    assert caught.value.variable == "--env-file"
+
+
+def test_env_file_feeds_settings_and_environment_wins(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "JOBHOOK_POLL_INTERVAL=7\nJOBHOOK_JOB_TIMEOUT=10m\nexport JOBHOOK_PUBLIC_URL='https://from-file.example'\n",
+    )
+    s = Settings.from_environ({"JOBHOOK_POLL_INTERVAL": "3"}, env_file=path)
+    assert s.poll_interval == 3.0  # the environment wins
+    assert s.job_timeout == 600.0  # the file fills in
+    assert s.public_url == "https://from-file.example"
+    assert Settings.from_environ({}, env_file=path).poll_interval == 7.0
+
+
+def test_env_file_values_are_checked_like_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "JOBHOOK_POLL_INTERVAL=soon\n")
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ({}, env_file=path)
+    assert caught.value.variable == "JOBHOOK_POLL_INTERVAL"
+
+
+def test_environment_value_rescues_a_bad_file_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "JOBHOOK_POLL_INTERVAL=soon\n")
+    assert Settings.from_environ({"JOBHOOK_POLL_INTERVAL": "4"}, env_file=path).poll_interval == 4.0
+
+
+# -- Secret -----------------------------------------------------------------------------------------
+
+
+def test_secret_repr_masks_the_value() -> None:
+    secret = Secret("sk-very-secret-value")
+    assert "sk-very-secret-value" not in repr(secret)
+    assert "very" not in repr(secret)
+    assert f"{secret!r}" == repr(secret)
+    assert secret == "sk-very-secret-value"  # still usable as the string it is
+    assert str(secret) == "sk-very-secret-value"
+
+
+def test_settings_repr_shows_no_secret() -> None:
+    s = settings(
+        JOBHOOK_SECRET="signing-key-1,signing-key-2",
+        JOBHOOK_API_TOKENS="bearer-token-xyz",
+        JOBHOOK_AIVIDEOAPI_API_KEY="sk-live-123456",
+        JOBHOOK_SEGMIND_API_KEY="sg-abcdef",
+    )
+    text = repr(s) + repr(s.providers) + str(s.secrets) + repr(s.api_tokens)
+    for value in ("signing-key-1", "signing-key-2", "bearer-token-xyz", "sk-live-123456", "sg-abcdef"):
+        assert value not in text
