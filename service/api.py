@@ -131,7 +131,11 @@ async def list_jobs(request: Request) -> JSONResponse:
     raw_limit = params.get("limit")
     limit = DEFAULT_LIMIT
     if raw_limit:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        # ASCII digits only: str.isdigit() also takes "²" and "٣", and int() of 5,000 digits raises.
+        if (
+            not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3)
+            or not 1 <= int(raw_limit) <= MAX_LIMIT
+        ):
             raise ApiError(
                 400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw_limit!r}"
             )
@@ -171,7 +175,7 @@ async def patch_job(request: Request) -> JSONResponse:
     job = await load_job(rt, request.path_params["job_id"])
     body = await json_body(request)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        raise ApiError(422, "invalid_body", "the body must be a JSON object", field="body")
     unknown = sorted(set(body) - {"provider_task_id"})
     if unknown:
         raise ApiError(
@@ -198,11 +202,18 @@ async def patch_job(request: Request) -> JSONResponse:
     return JSONResponse(job_json(rt, bound))
 
 
+async def jobs(request: Request) -> JSONResponse:
+    return await (create_job(request) if request.method == "POST" else list_jobs(request))
+
+
+async def job(request: Request) -> JSONResponse:
+    return await (patch_job(request) if request.method == "PATCH" else get_job(request))
+
+
+# One Route per path, so that a 405 names every method the path has in its Allow header.
 routes = [
-    Route("/v1/jobs", create_job, methods=["POST"]),
-    Route("/v1/jobs", list_jobs, methods=["GET"]),
-    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
-    Route("/v1/jobs/{job_id}", patch_job, methods=["PATCH"]),
+    Route("/v1/jobs", jobs, methods=["GET", "POST"]),
+    Route("/v1/jobs/{job_id}", job, methods=["GET", "PATCH"]),
     Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
 ]

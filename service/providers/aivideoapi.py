@@ -6,7 +6,7 @@ The built-in `simulator` speaks the same wire, so one adapter class serves both.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from service.domain.request import Capabilities, GenerationRequest
 from service.domain.status import JobError, Observation, Status
@@ -127,21 +127,25 @@ def _image_urls(output: Any) -> tuple[str, ...]:
             if key in output:
                 return _url_list(output[key])
         url = output.get("url")
-        return (url,) if isinstance(url, str) and url else ()
+        return (url,) if _is_url(url) else ()
     return _url_list(output)
 
 
 def _url_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        return (value,) if value else ()
+        return (value,) if _is_url(value) else ()
     if isinstance(value, list):
         urls = []
         for item in value:
             url = item.get("url") if isinstance(item, dict) else item
-            if isinstance(url, str) and url:
+            if _is_url(url):
                 urls.append(url)
         return tuple(urls)
     return ()
+
+
+def _is_url(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) > len("https://")
 
 
 def _task_error(raw: Any) -> JobError:

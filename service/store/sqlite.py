@@ -37,6 +37,8 @@ from service.store.base import (
 )
 
 REFUSED_LOG_SIZE = 1000
+LOCK_TIMEOUT = 5.0
+BUSY_TIMEOUT_MS = 5000
 DEADLINE = "deadline"
 INTERNAL = ""  # the `provider` of due rows that need no provider call (deadlines)
 
@@ -216,7 +218,7 @@ class SQLiteStore:
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
         db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA busy_timeout = 5000")
+        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         await db.execute(f"PRAGMA synchronous = {self._synchronous}")
         await db.execute("PRAGMA foreign_keys = ON")
         return db
@@ -273,7 +275,13 @@ class SQLiteStore:
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[_Tx]:
-        async with self._lock:
+        # Waiting for the in-process lock is bounded like SQLite's own busy wait: when the database
+        # is locked from outside, queued writers fail in ~LOCK_TIMEOUT each, not one after another.
+        try:
+            await asyncio.wait_for(self._lock.acquire(), LOCK_TIMEOUT)
+        except TimeoutError:
+            raise StorageError("the database is busy: no write lock within 5 s") from None
+        try:
             db = self._db()
             tx = _Tx(db, self._clock())
             try:
@@ -290,6 +298,8 @@ class SQLiteStore:
                 if isinstance(exc, sqlite3.Error):
                     raise StorageError(f"write failed: {exc}") from exc
                 raise
+        finally:
+            self._lock.release()
         if tx.changed:
             changed = frozenset(tx.changed)
             for listener in self._listeners:
