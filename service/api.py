@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from service import ids
@@ -15,6 +16,7 @@ from service.domain.request import RequestError, parse_submission
 from service.domain.status import FINISHED, Status
 from service.engine import IdempotencyMismatch, NotBackendSubmitted, NotPollable
 from service.http import ApiError, BodyTooLarge, JSONResponse, decode_cursor, encode_cursor, read_body
+from service.media import MediaFile
 from service.store.base import TaskIdConflict
 
 if TYPE_CHECKING:
@@ -44,9 +46,11 @@ async def json_body(request: Request) -> Any:
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
 
 
-def job_json(rt: Runtime, job: Job) -> dict[str, Any]:
+def job_json(request: Request, job: Job) -> dict[str, Any]:
+    """The job as this reader sees it: jobhook's own image URLs on the address it used to reach us."""
+    rt = runtime(request)
     callback_url = rt.engine.callback_url(job) if job.submitted_by_backend else None
-    return job.to_json(callback_url=callback_url)
+    return job.to_json(base_url=str(request.base_url).rstrip("/"), callback_url=callback_url)
 
 
 async def load_job(rt: Runtime, job_id: str) -> Job:
@@ -87,7 +91,7 @@ async def create_job(request: Request) -> JSONResponse:
             provider_code=job.error.provider_code,
             job_id=job.id,
         )
-    return JSONResponse(job_json(rt, job), status_code=202, headers=headers)
+    return JSONResponse(job_json(request, job), status_code=202, headers=headers)
 
 
 async def get_job(request: Request) -> JSONResponse:
@@ -97,7 +101,7 @@ async def get_job(request: Request) -> JSONResponse:
     job = await load_job(rt, job_id)
     if wait > 0 and not job.finished:
         job = await rt.engine.wait_until(job_id, lambda j: j.status in FINISHED, wait) or job
-    return JSONResponse(job_json(rt, job))
+    return JSONResponse(job_json(request, job))
 
 
 def _wait_param(request: Request) -> float:
@@ -149,7 +153,7 @@ async def list_jobs(request: Request) -> JSONResponse:
     jobs = await rt.store.list_jobs(status=status, provider=provider, before_id=before, limit=limit + 1)
     page, more = jobs[:limit], len(jobs) > limit
     return JSONResponse(
-        {"jobs": [job_json(rt, job) for job in page], "next_cursor": encode_cursor(page[-1].id) if more else None}
+        {"jobs": [job_json(request, job) for job in page], "next_cursor": encode_cursor(page[-1].id) if more else None}
     )
 
 
@@ -167,7 +171,7 @@ async def refresh_job(request: Request) -> JSONResponse:
         polled = await rt.engine.poll(job.id, 0, manual=True)
     except NotPollable as exc:
         raise ApiError(409, "not_pollable", str(exc)) from None
-    return JSONResponse(job_json(rt, polled or job))
+    return JSONResponse(job_json(request, polled or job))
 
 
 async def patch_job(request: Request) -> JSONResponse:
@@ -199,7 +203,22 @@ async def patch_job(request: Request) -> JSONResponse:
         raise ApiError(
             409, "task_id_conflict", "the job already has another task id, or another job has this one"
         ) from None
-    return JSONResponse(job_json(rt, bound))
+    return JSONResponse(job_json(request, bound))
+
+
+async def job_image(request: Request) -> Response:
+    rt = runtime(request)
+    job = await load_job(rt, request.path_params["job_id"])
+    raw_index = request.path_params["index"]
+    index = int(raw_index) if raw_index.isascii() and raw_index.isdigit() and len(raw_index) <= 3 else -1
+    held = job.held(index)
+    media = MediaFile.from_json(held) if held is not None else None
+    path = rt.engine.media.path(job.id, media) if media is not None else None
+    if media is None or path is None:
+        if 0 <= index < job.image_count():
+            raise ApiError(404, "image_not_held", f"jobhook holds no copy of image {index}; see the job's result URL")
+        raise ApiError(404, "image_not_found", f"the job has no image {raw_index[:20]!r}")
+    return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": "private, max-age=86400"})
 
 
 async def jobs(request: Request) -> JSONResponse:
@@ -216,4 +235,5 @@ routes = [
     Route("/v1/jobs/{job_id}", job, methods=["GET", "PATCH"]),
     Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/images/{index}", job_image, methods=["GET"]),
 ]

@@ -22,10 +22,14 @@ from service.domain.callbacks import CallbackTokens
 from service.engine import Engine, ProviderRuntime
 from service.errors import StorageError
 from service.http import ApiError, BearerAuth, JSONResponse, error_response
+from service.media import MediaStore
 from service.poller import MAX_SLEEP, Poller
 from service.providers.aivideoapi import AivideoapiAdapter
-from service.providers.base import Adapter
+from service.providers.apiframe import ApiframeAdapter
+from service.providers.apiinone import ApiinoneAdapter
+from service.providers.base import Adapter, Tracking
 from service.providers.http import ProviderHTTP
+from service.providers.segmind import SegmindAdapter
 from service.simulator import Simulator
 from service.store.sqlite import SQLiteStore
 from service.watch import ChangeHub
@@ -48,7 +52,12 @@ class Runtime:
 
 def adapters() -> dict[str, Adapter]:
     """Every provider jobhook can speak to, configured or not."""
-    return {"aivideoapi": AivideoapiAdapter()}
+    return {
+        "aivideoapi": AivideoapiAdapter(),
+        "apiframe": ApiframeAdapter(),
+        "segmind": SegmindAdapter(),
+        "apiinone": ApiinoneAdapter(),
+    }
 
 
 def build_providers(settings: Settings, self_url: str | None) -> dict[str, ProviderRuntime]:
@@ -58,11 +67,10 @@ def build_providers(settings: Settings, self_url: str | None) -> dict[str, Provi
         provider = settings.providers.get(name)
         http = None
         if provider is not None and provider.api_key is not None:
+            # A synchronous provider answers the submission with the images: it may take minutes.
+            limit = settings.sync_timeout if adapter.tracking is Tracking.SYNCHRONOUS else submit_timeout
             http = ProviderHTTP(
-                provider.base_url,
-                adapter.auth_headers(provider.api_key),
-                timeout=timeout,
-                submit_timeout=submit_timeout,
+                provider.base_url, adapter.auth_headers(provider.api_key), timeout=timeout, submit_timeout=limit
             )
         runtimes[name] = ProviderRuntime(name, adapter, http)
     if settings.simulator.enabled and self_url is not None:
@@ -87,13 +95,19 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = SQLiteStore(settings.database, synchronous=settings.sqlite_synchronous, clock=clock)
+        store = SQLiteStore(
+            settings.database,
+            synchronous=settings.sqlite_synchronous,
+            clock=clock,
+            mirror_images=settings.mirror_images,
+        )
         await store.open()
         keys = settings.secrets or (await store.secret(generate_secret),)
         hub = ChangeHub()
         store.add_listener(hub.notify)
         providers = build_providers(settings, self_url)
-        engine = Engine(settings, store, providers, CallbackTokens(keys), hub, clock=clock)
+        media = MediaStore(settings.media_dir)
+        engine = Engine(settings, store, providers, CallbackTokens(keys), hub, media, clock=clock)
         poller = Poller(engine, concurrency=settings.poll_concurrency, clock=clock)
         if settings.public_url is None:
             log.warning(
@@ -113,6 +127,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             for runtime in providers.values():
                 if runtime.http is not None:
                     await runtime.http.aclose()
+            await engine.aclose()
             if simulator is not None:
                 await simulator.aclose()
             await store.close()

@@ -74,6 +74,8 @@ class Settings:
     job_timeout: float = 1800.0
     timestamp_tolerance: float = 300.0
     submit_timeout: float = 30.0
+    sync_timeout: float = 300.0
+    mirror_images: bool = True
     sqlite_synchronous: str = "FULL"
     log_format: str = "text"
     simulator: SimulatorSettings = SimulatorSettings()
@@ -245,6 +247,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         job_timeout=duration("JOBHOOK_JOB_TIMEOUT", 1800.0, minimum=0.1),
         timestamp_tolerance=duration("JOBHOOK_TIMESTAMP_TOLERANCE", 300.0, minimum=1.0),
         submit_timeout=duration("JOBHOOK_SUBMIT_TIMEOUT", 30.0, minimum=0.1),
+        sync_timeout=duration("JOBHOOK_SYNC_TIMEOUT", 300.0, minimum=0.1),
+        mirror_images=boolean("JOBHOOK_MIRROR_IMAGES", True),
         sqlite_synchronous=choice("JOBHOOK_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA"), upper=True),
         log_format=choice("JOBHOOK_LOG_FORMAT", "text", ("text", "json")),
         simulator=SimulatorSettings(

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import httpx
 import orjson
 
 from service.config import Settings
@@ -23,18 +24,25 @@ from service.domain import backoff, request
 from service.domain import callbacks as verify
 from service.domain.job import Job
 from service.domain.request import GenerationRequest, RequestError, Submission
-from service.domain.status import FINAL, Status
+from service.domain.status import FINAL, JobError, Observation, Status
 from service.errors import JobhookError
 from service.ids import new_job_id
-from service.providers.base import Adapter, Answer, ProtocolError, Tracking, WireResponse
-from service.providers.http import NotSent, ProviderHTTP, Uncertain
+from service.media import MediaFile, MediaStore
+from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse, sniff
+from service.providers.http import USER_AGENT, NotSent, ProviderHTTP, Uncertain
 from service.store.base import NewJob, ReceiptKind, SubmitKind, SubmitResult, TaskIdConflict
-from service.store.sqlite import SQLiteStore
+from service.store.sqlite import MIRROR, SQLiteStore
 from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
 
-POLL_LEASE = 45.0  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
+POLL_LEASE = 45.0
+MIRROR_ATTEMPTS = 8
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+UNCERTAIN_SYNC = JobError(
+    "submission_uncertain",
+    "the synchronous call was cut before it answered; it was not re-sent to avoid a double charge",
+)  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
 
 
 def submit_lease(submit_timeout: float) -> float:
@@ -68,6 +76,10 @@ class NotPollable(JobhookError):
     """The job has no task id at the provider yet, so there is nothing to ask about."""
 
 
+class DownloadError(JobhookError):
+    """An image could not be fetched for mirroring (unreachable, too large, not an image)."""
+
+
 class NotBackendSubmitted(JobhookError):
     """PATCH of a job that jobhook submitted itself: its task id is not the backend's to set."""
 
@@ -99,12 +111,15 @@ class Engine:
         providers: Mapping[str, ProviderRuntime],
         tokens: verify.CallbackTokens,
         hub: ChangeHub,
+        media: MediaStore,
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.media = media
+        self._downloads = httpx.AsyncClient(timeout=60.0, follow_redirects=True, headers={"User-Agent": USER_AGENT})
         self.providers = providers
         self.tokens = tokens
         self.hub = hub
@@ -113,6 +128,9 @@ class Engine:
         # A provider that answered 429 is left alone until then (soft state: harmless to lose).
         self.paused_until: dict[str, float] = {}
         self._nudge: Callable[[float], None] = lambda due_at: None
+
+    async def aclose(self) -> None:
+        await self._downloads.aclose()
 
     def on_schedule(self, nudge: Callable[[float], None]) -> None:
         """`nudge(due_at)` is called whenever work is scheduled, so the poller can wake earlier."""
@@ -175,6 +193,13 @@ class Engine:
                 "provider", "provider_not_configured", f"provider {submission.provider!r} has no API key: set {env}"
             )
         request.check(submission.request, runtime.adapter.capabilities, submission.provider)
+        synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
+        if synchronous and not submission.submit:
+            raise RequestError(
+                "submit",
+                "unsupported_value",
+                f"{submission.provider} answers the submission itself with the images: jobhook must submit it",
+            )
         now = self.clock()
         new = NewJob(
             id=new_job_id(),
@@ -186,7 +211,11 @@ class Engine:
             idempotency_key=idempotency_key,
             request_hash=request_fingerprint(submission),
             deadline_at=now + self.settings.job_timeout,
-            submit_lease_until=now + submit_lease(self.settings.submit_timeout) if submission.submit else None,
+            # A synchronous call may take minutes: the work queue makes it, not this request.
+            submit_lease_until=now + submit_lease(self.settings.submit_timeout)
+            if submission.submit and not synchronous
+            else None,
+            submit_at=now if synchronous else None,
         )
         job, created = await self.store.create_job(new)
         if not created:
@@ -199,8 +228,8 @@ class Engine:
                 )
                 job = settled or job
             return job, False
-        self._nudge(new.deadline_at)
-        if submission.submit:
+        self._nudge(now if synchronous else new.deadline_at)
+        if new.submit_lease_until is not None:
             job = await self._send(job)
         return job, True
 
@@ -215,9 +244,9 @@ class Engine:
         except NotSent as exc:
             result = self._retry(job, {"reason": "not_sent", "message": str(exc)}, None)
         except Uncertain as exc:
-            result = SubmitResult(SubmitKind.UNCERTAIN, {"reason": "no_answer", "message": str(exc)})
+            result = self._uncertain(runtime, {"reason": "no_answer", "message": str(exc)})
         else:
-            result = self._submit_result(job, runtime, response)
+            result = await self._submit_result(job, runtime, response)
         stored = await self.store.record_submit(job.id, result)
         level = logging.WARNING if result.kind is not SubmitKind.ACCEPTED else logging.INFO
         log.log(level, "submit %s %s: %s", job.id, job.provider, result.kind)
@@ -226,6 +255,13 @@ class Engine:
         elif result.first_poll_at is not None:
             self._nudge(result.first_poll_at)
         return stored
+
+    @staticmethod
+    def _uncertain(runtime: ProviderRuntime, detail: dict[str, Any]) -> SubmitResult:
+        """Never re-sent. A synchronous provider's job cannot be bound later by anything: it fails now."""
+        if runtime.adapter.tracking is Tracking.SYNCHRONOUS:
+            return SubmitResult(SubmitKind.FAILED, detail, error=UNCERTAIN_SYNC)
+        return SubmitResult(SubmitKind.UNCERTAIN, detail)
 
     def _retry(self, job: Job, detail: dict[str, Any], retry_after: str | None) -> SubmitResult:
         now = self.clock()
@@ -237,13 +273,15 @@ class Engine:
             wait = max(wait, asked)
         return SubmitResult(SubmitKind.RETRY, {**detail, "retry_in": round(wait, 3)}, retry_at=now + wait)
 
-    def _submit_result(self, job: Job, runtime: ProviderRuntime, response: WireResponse) -> SubmitResult:
+    async def _submit_result(self, job: Job, runtime: ProviderRuntime, response: WireResponse) -> SubmitResult:
         detail: dict[str, Any] = {"http_status": response.status}
         try:
             answer = runtime.adapter.parse_submit(response)
         except ProtocolError as exc:
             # A 2xx we cannot read: the provider may well have created the task. Never re-send.
-            return SubmitResult(SubmitKind.UNCERTAIN, {**detail, "reason": "unreadable_answer", "message": str(exc)})
+            return self._uncertain(runtime, {**detail, "reason": "unreadable_answer", "message": str(exc)})
+        if answer.credits_remaining is not None:
+            detail["credits_remaining"] = answer.credits_remaining
         if answer.answer is Answer.REJECTED:
             assert answer.error is not None
             return SubmitResult(
@@ -259,17 +297,30 @@ class Engine:
                 answer.retry_after,
             )
         observation = answer.observation
+        media: tuple[MediaFile, ...] = ()
+        if answer.images:  # a synchronous answer: the images themselves, kept before the job says so
+            media = tuple(await self._keep(job.id, answer.images))
+            observation = Observation(Status.COMPLETED)
+            detail["images"] = len(media)
         images = len(observation.images) if observation is not None else 0
         now = self.clock()
         first_poll = self.first_poll_at(job, now) if answer.task_id else None
+        if answer.task_id:
+            detail["provider_task_id"] = answer.task_id
         return SubmitResult(
             SubmitKind.ACCEPTED,
-            {**detail, "provider_task_id": answer.task_id},
+            detail,
             task_id=answer.task_id,
             observation=observation,
             first_poll_at=first_poll,
             cost_usd=self._cost(job, images) if images else None,
+            media=media,
         )
+
+    async def _keep(self, job_id: str, images: tuple[ImageBytes, ...]) -> list[MediaFile]:
+        return [
+            await self.media.save(job_id, index, image.data, image.content_type) for index, image in enumerate(images)
+        ]
 
     async def resubmit(self, job_id: str) -> None:
         """A queued job's 'submit' row came due: try again, or settle a submission cut by a crash."""
@@ -282,7 +333,7 @@ class Engine:
         if job.submit_state == "sending":
             # Its lease ran out: jobhook stopped while the request was in flight. Never re-send.
             detail = {"reason": "interrupted", "message": "jobhook stopped while the submission was in flight"}
-            await self.store.record_submit(job_id, SubmitResult(SubmitKind.UNCERTAIN, detail))
+            await self.store.record_submit(job_id, self._uncertain(self.runtime(job.provider), detail))
             return
         now = self.clock()
         sending = await self.store.begin_submit(job_id, now + submit_lease(self.settings.submit_timeout))
@@ -291,27 +342,35 @@ class Engine:
 
     # -- polling -----------------------------------------------------------------------------------
 
-    async def poll(self, job_id: str, attempt: int, *, manual: bool = False) -> Job | None:
-        """Ask the provider about one job and record what it says; schedule the next poll."""
+    async def poll(self, job_id: str, attempt: int, *, manual: bool = False, confirming: bool = False) -> Job | None:
+        """Ask the provider about one job and record what it says; schedule the next poll.
+
+        `confirming`: the poll that checks a bare webhook's claim (apiframe) before anything is applied.
+        """
+        kind = "confirm" if confirming else "poll"
         job = await self.store.get_job(job_id)
         if job is None:
             return None
         runtime = self.providers.get(job.provider)
-        if job.provider_task_id is None or runtime is None or runtime.http is None:
+        pollable = (
+            runtime is not None and runtime.http is not None and runtime.adapter.tracking is not Tracking.SYNCHRONOUS
+        )
+        if job.provider_task_id is None or not pollable:
             if manual:
-                raise NotPollable("the job has no task id at the provider yet")
-            await self.store.unschedule(job_id, "poll")
+                raise NotPollable("the job has no task id at the provider to ask about")
+            await self.store.unschedule(job_id, kind)
             return job
+        assert runtime is not None and runtime.http is not None
         now = self.clock()
         if not manual and job.status in FINAL:
-            await self.store.unschedule(job_id, "poll")
+            await self.store.unschedule(job_id, kind)
             return job
         if not manual and job.status is Status.TIMED_OUT and now > job.created_at + 2 * self.settings.job_timeout:
             await self.store.unschedule(job_id, "poll")
             await self.store.note(job_id, "poll", "stopped", {"reason": "no answer within twice JOBHOOK_JOB_TIMEOUT"})
             return job
         next_delay = backoff.delay(attempt, self.settings.poll_interval, self.settings.poll_max_interval, self.rng)
-        detail: dict[str, Any] = {"manual": manual} if manual else {}
+        detail: dict[str, Any] = {"manual": True} if manual else {"confirming": True} if confirming else {}
         observation = None
         try:
             response = await runtime.http.send(runtime.adapter.poll_request(job.provider_task_id))
@@ -347,9 +406,63 @@ class Engine:
             outcome=outcome,
             next_poll=(next_at, attempt + 1),
             cost_if_completed=self._cost(job, images) if images else None,
+            confirming=confirming,
         )
         self._nudge(next_at)
         return applied.job
+
+    # -- mirroring ---------------------------------------------------------------------------------
+
+    async def mirror(self, job_id: str, attempt: int) -> None:
+        """Download a completed job's images into the media directory (providers' URLs expire)."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            return
+        missing = [index for index in range(len(job.images)) if job.held(index) is None]
+        held: dict[int, MediaFile] = {}
+        errors: dict[str, str] = {}
+        for index in missing:
+            try:
+                image = await self._download(job.images[index])
+                held[index] = await self.media.save(job.id, index, image.data, image.content_type)
+            except DownloadError as exc:
+                errors[str(index)] = str(exc)
+        if held or not errors:
+            await self.store.record_media(job.id, held, {"attempt": attempt + 1})
+        if not errors:
+            return
+        if attempt + 1 >= MIRROR_ATTEMPTS:
+            await self.store.unschedule(job.id, "mirror")
+            await self.store.note(job.id, "mirror", "gave_up", {"attempts": attempt + 1, "errors": errors})
+            log.warning("mirror %s: gave up after %d attempts", job.id, attempt + 1)
+            return
+        wait = backoff.delay(attempt, 5.0, 600.0, self.rng)
+        event = ("mirror", "retry", {"attempt": attempt + 1, "errors": errors, "retry_in": round(wait, 1)})
+        await self.store.reschedule(job.id, "mirror", MIRROR, self.clock() + wait, attempt + 1, event)
+        self._nudge(self.clock() + wait)
+
+    async def _download(self, url: str) -> ImageBytes:
+        """One image, at most MAX_IMAGE_BYTES, that really is an image."""
+        try:
+            async with self._downloads.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise DownloadError(f"HTTP {response.status_code}")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
+                    raise DownloadError(f"larger than {MAX_IMAGE_BYTES} bytes")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_IMAGE_BYTES:
+                        raise DownloadError(f"larger than {MAX_IMAGE_BYTES} bytes")
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise DownloadError(f"{type(exc).__name__}: {exc}") from None
+        data = b"".join(chunks)
+        kind = sniff(data)
+        if kind is None:
+            raise DownloadError("the answer is not a PNG, JPEG or WebP image")
+        return ImageBytes(data, kind)
 
     async def expire(self, job_id: str) -> None:
         job = await self.store.expire(job_id)
@@ -401,6 +514,8 @@ class Engine:
             if isinstance(check, verify.Refusal):
                 return await self._refuse(job, check, _delivery_detail(headers, body))
             event_key, bind = check.event, (check.task_id if check.binds else None)
+        elif runtime.adapter.tracking is Tracking.WEBHOOK_CONFIRM:
+            return await self._take_claim(job, runtime, body)
         else:
             return await self._refuse(
                 job, verify.Refusal(400, "unsupported", "this provider does not send callbacks"), {}
@@ -428,6 +543,32 @@ class Engine:
         if result.kind is ReceiptKind.ACCEPTED and result.decision is not None and result.decision.applied:
             log.info("callback %s %s: %s", job.id, job.provider, result.job.status)
         return CallbackAnswer(200, {"status": str(result.kind)})
+
+    async def _take_claim(self, job: Job, runtime: ProviderRuntime, body: Mapping[str, Any]) -> CallbackAnswer:
+        """A bare webhook (apiframe): the job id it names must be the job's, and what it claims is
+        confirmed by one poll before it is applied (SPEC §4, check 4)."""
+        task_id = runtime.adapter.callback_task_id(body)
+        detail: dict[str, Any] = {"body_job_id": task_id[:200] if task_id else None}
+        if task_id is None:
+            refusal = verify.Refusal(400, "missing_task_id", "the body names no job id")
+            return await self._refuse(job, refusal, detail)
+        if job.provider_task_id is not None and job.provider_task_id != task_id:
+            refusal = verify.Refusal(409, "task_id_conflict", "the body's job id is not this callback URL's job")
+            return await self._refuse(job, refusal, detail)
+        try:
+            claim = runtime.adapter.parse_callback(body)
+        except ProtocolError as exc:
+            return await self._refuse(job, verify.Refusal(400, "invalid_payload", str(exc)), detail)
+        detail["claim"] = str(claim.status)
+        bind = task_id if job.provider_task_id is None else None
+        try:
+            kind = await self.store.record_claim(job.id, f"status.{claim.status}", detail, bind_task_id=bind)
+        except TaskIdConflict:
+            refusal = verify.Refusal(409, "task_id_conflict", "this job id belongs to another job")
+            return await self._refuse(job, refusal, detail)
+        if kind is ReceiptKind.ACCEPTED:
+            self._nudge(self.clock())
+        return CallbackAnswer(200, {"status": str(kind)})
 
     async def _refuse(self, job: Job, refusal: verify.Refusal, detail: dict[str, Any]) -> CallbackAnswer:
         log.warning("callback refused for %s: %s", job.id, refusal.code)

@@ -16,12 +16,13 @@ from collections.abc import Callable
 
 from service.engine import POLL_LEASE, Engine, submit_lease
 from service.store.base import Due
-from service.store.sqlite import DEADLINE, INTERNAL
+from service.store.sqlite import DEADLINE, INTERNAL, MIRROR
 
 log = logging.getLogger("jobhook.poller")
 
 MAX_SLEEP = 15.0  # wake at least this often, so that the heartbeat stays fresh
 DEADLINE_BATCH = 200
+MIRROR_CONCURRENCY = 4
 
 
 class Poller:
@@ -94,6 +95,13 @@ class Poller:
                 upcoming = await self.store.next_due_at(provider)
                 if upcoming is not None:
                     next_times.append(upcoming)
+        free = MIRROR_CONCURRENCY - self._inflight.get(MIRROR, 0)
+        for due in await self.store.claim_due(MIRROR, now, free, now + self.lease):
+            self._start(due)
+        if self._inflight.get(MIRROR, 0) < MIRROR_CONCURRENCY:
+            upcoming = await self.store.next_due_at(MIRROR)
+            if upcoming is not None:
+                next_times.append(upcoming)
         upcoming = await self.store.next_due_at(INTERNAL)
         if upcoming is not None:
             next_times.append(upcoming)
@@ -113,8 +121,10 @@ class Poller:
                 await self.engine.expire(due.job_id)
             elif due.kind == "submit":
                 await self.engine.resubmit(due.job_id)
+            elif due.kind == "mirror":
+                await self.engine.mirror(due.job_id, due.attempt)
             else:
-                await self.engine.poll(due.job_id, due.attempt)
+                await self.engine.poll(due.job_id, due.attempt, confirming=due.kind == "confirm")
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -53,7 +53,7 @@ class CallbackTokens:
 
     def verify(self, token: str) -> TokenClaim | None:
         """The claim of a genuine token, or None (bad signature, garbled, wrong shape)."""
-        if len(token) > 512:
+        if len(token) > 512 or not _canonical(token):
             return None
         try:
             data = self._serializer.loads(token)
@@ -62,6 +62,18 @@ class CallbackTokens:
         if not isinstance(data, list) or len(data) != 2 or not all(isinstance(item, str) and item for item in data):
             return None
         return TokenClaim(job_id=data[0], provider=data[1])
+
+
+def _canonical(token: str) -> bool:
+    """Each base64 part re-encodes to itself. The last character of unpadded base64 carries unused
+    bits, so without this check several different URLs would pass for one genuine token."""
+    try:
+        return all(
+            itsdangerous.encoding.base64_encode(itsdangerous.encoding.base64_decode(part)).decode() == part
+            for part in token.split(".")
+        )
+    except (itsdangerous.BadData, ValueError, UnicodeError):
+        return False
 
 
 def parse_body(raw: bytes) -> dict[str, Any] | Refusal:

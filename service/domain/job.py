@@ -38,6 +38,8 @@ class Job:
     cost_usd: float | None = None
     submit_state: str | None = None  # None, "sending", "done", "uncertain"
     submit_attempts: int = 0
+    # Per image index, the file jobhook holds ({"file", "content_type", …}) or None.
+    media: tuple[Mapping[str, Any] | None, ...] = ()
     idempotency_key: str | None = None
     request_hash: str | None = None
 
@@ -45,7 +47,30 @@ class Job:
     def finished(self) -> bool:
         return self.status in FINISHED
 
-    def to_json(self, *, callback_url: str | None = None) -> dict[str, Any]:
+    def image_count(self) -> int:
+        return max(len(self.images), len(self.media))
+
+    def held(self, index: int) -> Mapping[str, Any] | None:
+        """The file jobhook holds for image `index`, if any."""
+        return self.media[index] if 0 <= index < len(self.media) else None
+
+    def result_images(self, base_url: str) -> list[dict[str, Any]]:
+        """Each image: the provider's URL (or jobhook's, when only jobhook has it) and jobhook's copy."""
+        images = []
+        for index in range(self.image_count()):
+            own = f"{base_url}/v1/jobs/{self.id}/images/{index}"
+            provider_url = self.images[index] if index < len(self.images) else None
+            entry: dict[str, Any] = {"url": provider_url or own}
+            if provider_url and self.held(index) is not None:
+                entry["mirror_url"] = own
+            held = self.held(index)
+            if held is not None:
+                entry["content_type"] = held.get("content_type")
+            images.append(entry)
+        return images
+
+    def to_json(self, *, base_url: str = "", callback_url: str | None = None) -> dict[str, Any]:
+        """The job as the API shows it; `base_url` is where the reader reaches jobhook's own images."""
         out: dict[str, Any] = {
             "id": self.id,
             "provider": self.provider,
@@ -53,7 +78,7 @@ class Job:
             "status": str(self.status),
             "request": dict(self.request),
             "metadata": dict(self.metadata) if self.metadata is not None else None,
-            "result": {"images": [{"url": url} for url in self.images]} if self.images else None,
+            "result": {"images": self.result_images(base_url.rstrip("/"))} if self.image_count() else None,
             "error": self.error.to_json() if self.error else None,
             "resolved_by": self.resolved_by,
             "callback_url_registered": self.callback_url_registered,

@@ -9,6 +9,7 @@ from typing import Any
 
 from service.domain.job import Job
 from service.domain.status import Decision, JobError, Observation, Source
+from service.media import MediaFile
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,16 +23,19 @@ class NewJob:
     idempotency_key: str | None
     request_hash: str | None
     deadline_at: float
-    # Jobs jobhook submits itself start "sending": the lease on their 'submit' row expires at this time,
-    # and a job found still "sending" after it is treated as an uncertain submission, never re-sent.
+    # Jobs jobhook submits itself at once start "sending": the lease on their 'submit' row expires at
+    # this time, and a job found still "sending" after it is an uncertain submission, never re-sent.
     submit_lease_until: float | None
+    # Jobs submitted by the work queue instead (synchronous providers: the call may take minutes).
+    submit_at: float | None = None
 
 
 class SubmitKind(enum.StrEnum):
     ACCEPTED = "accepted"  # the provider took it (a task id, or already the images)
     REJECTED = "rejected"  # the provider refused it for good: the job fails
     RETRY = "retry"  # the provider could not take it now: stays queued, retried at `retry_at`
-    UNCERTAIN = "uncertain"  # sent, no answer: never re-sent
+    UNCERTAIN = "uncertain"  # sent, no answer: never re-sent; a callback may still bind it
+    FAILED = "failed"  # the attempt ends the job (an uncertain synchronous call: nothing can bind it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +48,7 @@ class SubmitResult:
     retry_at: float | None = None  # for RETRY
     first_poll_at: float | None = None  # for ACCEPTED with a task id
     cost_usd: float | None = None
+    media: tuple[MediaFile, ...] = ()  # images jobhook now holds (a synchronous provider's answer)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,7 @@ from service.domain import status as status_machine
 from service.domain.job import Event, Job
 from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
 from service.errors import SchemaTooNew, StorageError
+from service.media import MediaFile
 from service.store.base import (
     Applied,
     CallbackResult,
@@ -40,7 +41,12 @@ REFUSED_LOG_SIZE = 1000
 LOCK_TIMEOUT = 5.0
 BUSY_TIMEOUT_MS = 5000
 DEADLINE = "deadline"
-INTERNAL = ""  # the `provider` of due rows that need no provider call (deadlines)
+# The `provider` column of due rows is the lane that bounds how many run at once: a provider's name,
+# or one of these for work that calls no provider.
+INTERNAL = ""  # deadlines
+MIRROR = "_mirror"  # downloads of completed images
+# The due work that follows a job until it is final; mirroring outlives it.
+TRACKING_KINDS = ("submit", "poll", "deadline", "confirm")
 
 Listener = Callable[[frozenset[str]], None]
 
@@ -84,6 +90,7 @@ def _job(row: sqlite3.Row) -> Job:
         cost_usd=row["cost_usd"],
         submit_state=row["submit_state"],
         submit_attempts=row["submit_attempts"],
+        media=tuple(_loads(row["media"]) or ()),
         idempotency_key=row["idempotency_key"],
         request_hash=row["request_hash"],
     )
@@ -92,9 +99,10 @@ def _job(row: sqlite3.Row) -> Job:
 class _Tx:
     """One open write transaction: a thin veneer that remembers which jobs it changed."""
 
-    def __init__(self, db: aiosqlite.Connection, now: float) -> None:
+    def __init__(self, db: aiosqlite.Connection, now: float, *, mirror_images: bool) -> None:
         self.db = db
         self.now = now
+        self.mirror_images = mirror_images
         self.changed: set[str] = set()
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
@@ -132,11 +140,10 @@ class _Tx:
         )
 
     async def unschedule(self, job_id: str, *kinds: str) -> None:
-        if kinds:
-            marks = ", ".join("?" for _ in kinds)
-            await self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *kinds))
-        else:
-            await self.execute("DELETE FROM due WHERE job_id = ?", (job_id,))
+        """Drop the job's due rows of `kinds`; by default those that track it (not its mirroring)."""
+        kinds = kinds or TRACKING_KINDS
+        marks = ", ".join("?" for _ in kinds)
+        await self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *kinds))
 
     async def apply(
         self,
@@ -175,6 +182,8 @@ class _Tx:
             await self.event(job.id, "status", str(decision.status), {"from": str(job.status), "by": str(source)})
             if decision.status in FINAL:
                 await self.unschedule(job.id)
+            if decision.status is Status.COMPLETED and observation.images and self.mirror_images:
+                await self.schedule(job.id, "mirror", MIRROR, self.now, 0)
         elif decision.outcome is Outcome.CONFLICT:
             await self.event(
                 job.id,
@@ -188,8 +197,17 @@ class _Tx:
 class SQLiteStore:
     """jobhook's state in one SQLite file."""
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL", clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        clock: Callable[[], float] = time.time,
+        mirror_images: bool = False,
+    ) -> None:
+        """`mirror_images`: a job completed with provider URLs gets a 'mirror' row in the same commit."""
         self.path = path
+        self.mirror_images = mirror_images
         self._synchronous = synchronous
         self._clock = clock
         self._writer: aiosqlite.Connection | None = None
@@ -283,7 +301,7 @@ class SQLiteStore:
             raise StorageError("the database is busy: no write lock within 5 s") from None
         try:
             db = self._db()
-            tx = _Tx(db, self._clock())
+            tx = _Tx(db, self._clock(), mirror_images=self.mirror_images)
             try:
                 await db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -366,6 +384,8 @@ class SQLiteStore:
             await tx.schedule(new.id, DEADLINE, INTERNAL, new.deadline_at, 0)
             if new.submit_lease_until is not None:
                 await tx.schedule(new.id, "submit", new.provider, new.submit_lease_until, 0)
+            elif new.submit_at is not None:
+                await tx.schedule(new.id, "submit", new.provider, new.submit_at, 0)
             await tx.event(
                 new.id,
                 "created",
@@ -407,13 +427,15 @@ class SQLiteStore:
                 except sqlite3.IntegrityError:
                     raise TaskIdConflict(result.task_id) from None
                 await tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit"})
+                if result.media:
+                    await tx.update(job_id, media=_dumps([media.to_json() for media in result.media]))
                 job = await tx.job(job_id)
                 if result.observation is not None:
                     await tx.apply(job, result.observation, Source.SUBMIT, result.cost_usd)
                     job = await tx.job(job_id)
                 if not job.finished and result.first_poll_at is not None and job.provider_task_id:
                     await tx.schedule(job_id, "poll", job.provider, result.first_poll_at, 0)
-            elif result.kind is SubmitKind.REJECTED:
+            elif result.kind in (SubmitKind.REJECTED, SubmitKind.FAILED):
                 error = result.error or JobError("provider_rejected", "the provider refused the job")
                 await tx.update(
                     job_id,
@@ -444,15 +466,20 @@ class SQLiteStore:
         outcome: str,
         next_poll: tuple[float, int] | None,
         cost_if_completed: float | None = None,
+        confirming: bool = False,
     ) -> Applied:
-        """Write one poll: what it saw (if anything), and when to poll next unless the job finished."""
+        """Write one poll: what it saw (if anything), and when to poll next unless the job finished.
+
+        `confirming`: the poll that checks a bare webhook's claim; what it confirms is the callback's.
+        """
         async with self._tx() as tx:
             job = await tx.job(job_id)
             decision = None
+            if confirming:
+                await tx.unschedule(job_id, "confirm")
             if observation is not None:
-                decision = await tx.apply(
-                    job, observation, Source.POLL, cost_if_completed, record=("poll", outcome, detail)
-                )
+                source = Source.CALLBACK if confirming else Source.POLL
+                decision = await tx.apply(job, observation, source, cost_if_completed, record=("poll", outcome, detail))
                 job = await tx.job(job_id)
             else:
                 await tx.event(job_id, "poll", outcome, detail)
@@ -505,6 +532,56 @@ class SQLiteStore:
                 record=("callback", "accepted", {**detail, "event": event_key}),
             )
             return CallbackResult(ReceiptKind.ACCEPTED, await tx.job(job_id), decision)
+
+    async def record_claim(
+        self, job_id: str, event_key: str, detail: Mapping[str, Any], *, bind_task_id: str | None
+    ) -> ReceiptKind:
+        """A bare webhook (no headers to check): keep its receipt and schedule the poll that confirms it.
+
+        Nothing is applied from the claim itself; the confirming poll, due now, applies what it sees.
+        """
+        async with self._tx() as tx:
+            job = await tx.job(job_id)
+            if bind_task_id is not None and job.provider_task_id != bind_task_id:
+                if job.provider_task_id is not None:
+                    raise TaskIdConflict(bind_task_id)
+                await self._bind(tx, job, bind_task_id, by="callback")
+            cursor = await tx.execute(
+                "INSERT INTO callback_receipts (job_id, event_key, first_at, last_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (job_id, event_key) DO NOTHING",
+                (job_id, event_key, tx.now, tx.now),
+            )
+            if cursor.rowcount == 0:
+                await tx.execute(
+                    "UPDATE callback_receipts SET count = count + 1, last_at = ? WHERE job_id = ? AND event_key = ?",
+                    (tx.now, job_id, event_key),
+                )
+                await tx.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
+                return ReceiptKind.DUPLICATE
+            await tx.event(job_id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})
+            await tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
+            return ReceiptKind.ACCEPTED
+
+    async def record_media(self, job_id: str, held: Mapping[int, MediaFile], detail: Mapping[str, Any]) -> Job:
+        """Images jobhook now holds (index → file); the 'mirror' row is done."""
+        async with self._tx() as tx:
+            job = await tx.job(job_id)
+            media: list[Any] = list(job.media) + [None] * max(0, job.image_count() - len(job.media))
+            for index, file in held.items():
+                media[index] = file.to_json()
+            await tx.update(job_id, media=_dumps(media))
+            await tx.unschedule(job_id, "mirror")
+            await tx.event(job_id, "mirror", "done", {**detail, "images": sorted(held)})
+            return await tx.job(job_id)
+
+    async def reschedule(
+        self, job_id: str, kind: str, lane: str, due_at: float, attempt: int, event: tuple[str, str, Mapping[str, Any]]
+    ) -> None:
+        """Try `kind` again at `due_at` (attempt number `attempt`), recording why."""
+        async with self._tx() as tx:
+            await tx.job(job_id)
+            await tx.schedule(job_id, kind, lane, due_at, attempt)
+            await tx.event(job_id, *event)
 
     async def _bind(self, tx: _Tx, job: Job, task_id: str, *, by: str) -> None:
         other = await tx.one(

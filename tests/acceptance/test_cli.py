@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.store.sqlite import migrations
 from tests.acceptance.harness import ServeProcess, jobhook_command
 
 
@@ -80,7 +81,8 @@ def test_migrate_creates_the_schema_and_refuses_a_newer_database(tmp_path: Path)
     db = tmp_path / "jobhook.db"
     result = run("migrate", env={"JOBHOOK_DATABASE": str(db)})
     assert result.returncode == 0, result.stderr
-    assert "schema version 1" in result.stdout
+    latest = migrations()[-1][0]
+    assert f"schema version {latest}" in result.stdout
     again = run("migrate", env={"JOBHOOK_DATABASE": str(db)})
     assert again.returncode == 0
     with sqlite3.connect(db) as conn:

@@ -288,7 +288,7 @@ OBSERVATIONS: list[tuple[dict[str, Any], Observation]] = [
     ),
     (
         task("failed", error={"message": "nsfw"}),
-        Observation(Status.FAILED, error=JobError("provider_failed", "nsfw", "upstream_error")),
+        Observation(Status.FAILED, error=JobError("provider_failed", "nsfw")),
     ),
     (
         task("failed", error={"code": "nsfw"}),
@@ -374,7 +374,7 @@ def test_completed_without_output_key() -> None:
 
 
 @pytest.mark.parametrize(
-    "status", ["done", "unknown", "", " completed", "task.completed", None, 1, True, ["completed"]]
+    "status", ["finished-ish", "unknown", "", "completed!", "task.completed", None, 1, True, ["completed"]]
 )
 def test_unknown_status_is_a_protocol_error(status: Any) -> None:
     body = task("x", output={"urls": [URL]})

@@ -436,3 +436,17 @@ def test_unknown_headers_and_body_fields_are_ignored() -> None:
     h = {**headers(), "x-extra": "1", "user-agent": "aivideoapi/1.0"}
     b = body(model="ideogram-v4", created_at=NOW - 20, completed_at=NOW, extra={"a": 1})
     assert isinstance(run(h, b), HeaderCheck)
+
+
+def test_no_other_spelling_of_a_token_verifies() -> None:
+    """Unpadded base64 leaves spare bits in a last character: a variant must not pass for the token."""
+    tokens = CallbackTokens(["rotation-key"])
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for n in range(50):
+        token = tokens.sign(f"job_{n:026d}", "aivideoapi")
+        assert tokens.verify(token) is not None
+        payload, _, signature = token.rpartition(".")
+        for char in alphabet.replace(token[-1], ""):
+            assert tokens.verify(token[:-1] + char) is None
+        for char in alphabet.replace(payload[-1], ""):
+            assert tokens.verify(payload[:-1] + char + "." + signature) is None

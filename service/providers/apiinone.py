@@ -1,0 +1,111 @@
+"""apiinone (PROVIDERS.md §4): async task tracked by polling alone; an answer may already hold the images."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from service.domain.request import Capabilities, GenerationRequest
+from service.domain.status import Observation, Status
+from service.providers.base import (
+    Answer,
+    PollAnswer,
+    ProtocolError,
+    SubmitAnswer,
+    Tracking,
+    WireRequest,
+    WireResponse,
+    classify_error,
+    image_urls,
+    observation_of,
+    read_status,
+    unwrap,
+)
+
+CAPABILITIES = Capabilities(
+    aspect_ratios=("1:1", "16:9", "9:16", "3:4", "4:3", "3:2", "2:3", "9:21", "21:9"),
+    output_formats=("png", "jpeg", "webp"),
+)
+PRICE_PER_IMAGE_USD = 0.12  # 12 credits
+
+
+def _urls(payload: Mapping[str, Any]) -> tuple[str, ...]:
+    """Image URLs under `urls`, `images`, `output.urls` or `data[].url` (PROVIDERS.md §4)."""
+    for key in ("urls", "images", "output", "data"):
+        if key in payload:
+            found = image_urls(payload[key])
+            if found:
+                return found
+    return ()
+
+
+class ApiinoneAdapter:
+    name = "apiinone"
+    capabilities = CAPABILITIES
+    tracking = Tracking.POLLING
+    price_list: Mapping[str, float] = MappingProxyType({"any tier": PRICE_PER_IMAGE_USD})
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
+
+    def submit_request(self, request: GenerationRequest, callback_url: str | None) -> WireRequest:
+        body: dict[str, Any] = {"model": "ideogram-v4", "prompt": request.prompt}
+        if request.aspect_ratio is not None:
+            body["size"] = request.aspect_ratio
+        if request.rendering_speed is not None:
+            body["rendering_speed"] = request.rendering_speed
+        if request.output_format is not None:
+            body["output_format"] = request.output_format
+        body.update(request.provider_options)
+        return WireRequest("POST", "/api/v1/images/generations", body)
+
+    def parse_submit(self, response: WireResponse) -> SubmitAnswer:
+        data = response.json()
+        refusal = classify_error(response, data)
+        if refusal is not None:
+            answer, error = refusal
+            return SubmitAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
+        payload = unwrap(data)
+        if not isinstance(payload, dict):
+            raise ProtocolError("the answer to a submission is not a JSON object")
+        task_id = self.callback_task_id(payload)
+        urls = _urls(payload)
+        if urls:  # "returns directly": the job is complete at once
+            return SubmitAnswer(Answer.OK, task_id=task_id, observation=Observation(Status.COMPLETED, images=urls))
+        if task_id is None:
+            raise ProtocolError("the answer to a submission has neither a task_id nor images")
+        observation = None
+        if "status" in payload:
+            status = read_status(payload["status"])
+            if status is Status.FAILED:
+                observation = observation_of(status, payload, ())
+        return SubmitAnswer(Answer.OK, task_id=task_id, observation=observation)
+
+    def poll_request(self, task_id: str) -> WireRequest:
+        return WireRequest("GET", f"/api/v1/tasks/{task_id}")
+
+    def parse_poll(self, response: WireResponse) -> PollAnswer:
+        data = response.json()
+        refusal = classify_error(response, data)
+        if refusal is not None:
+            answer, error = refusal
+            return PollAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
+        task = unwrap(data)
+        if not isinstance(task, dict):
+            raise ProtocolError("the task is not a JSON object")
+        return PollAnswer(Answer.OK, observation=self.parse_callback(task))
+
+    def parse_callback(self, body: Mapping[str, Any]) -> Observation:
+        status = read_status(body.get("status"))
+        return observation_of(status, body, _urls(body))
+
+    def callback_task_id(self, body: Mapping[str, Any]) -> str | None:
+        for key in ("task_id", "taskId", "id"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    def price_usd(self, request: Mapping[str, Any], images: int) -> float | None:
+        return round(PRICE_PER_IMAGE_USD * images, 4)
