@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(handler=cmd_migrate)
 
+    providers = commands.add_parser(
+        "providers",
+        help="the providers, how each is tracked, and their prices",
+        description="List the providers jobhook speaks to: configured or not, base URL (keys are never shown), "
+        "how a job's end is learnt, and the price per image.",
+    )
+    providers.add_argument("--json", action="store_true", help="print JSON")
+    providers.set_defaults(handler=cmd_providers)
+
     def client_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--url",
@@ -183,6 +192,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
     return run_demo(args.dir, keep_serving=args.keep_serving)
+
+
+def provider_rows(settings: Settings) -> list[dict[str, Any]]:
+    """What `jobhook providers` shows, from the settings alone (no service needs to run)."""
+    from service.app import adapters
+    from service.providers.base import Tracking
+
+    rows = []
+    for name, adapter in adapters().items():
+        provider = settings.providers[name]
+        tracking = str(adapter.tracking)
+        if adapter.tracking in (Tracking.CALLBACK, Tracking.WEBHOOK_CONFIRM) and settings.public_url is None:
+            tracking = "polling (no JOBHOOK_PUBLIC_URL)"
+        rows.append(
+            {
+                "provider": name,
+                "configured": provider.configured,
+                "api_key": "set" if provider.configured else f"unset: JOBHOOK_{name.upper()}_API_KEY",
+                "base_url": provider.base_url,
+                "tracking": tracking,
+                "prices_usd": dict(adapter.price_list),
+            }
+        )
+    rows.append(
+        {
+            "provider": "simulator",
+            "configured": settings.simulator.enabled,
+            "api_key": "built in",
+            "base_url": "<this jobhook>/simulator",
+            "tracking": "callback" if settings.public_url else "polling (no JOBHOOK_PUBLIC_URL)",
+            "prices_usd": {},
+        }
+    )
+    return rows
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    rows = provider_rows(load_settings(args))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'provider':11} {'key':34} {'tracked by':32} {'base URL':30} price per image")
+    for row in rows:
+        prices = " · ".join(f"{tier} ${price:.2f}" for tier, price in row["prices_usd"].items())
+        if not prices:
+            prices = "free" if row["provider"] == "simulator" else "not published (balance: x-remaining-credits)"
+        print(f"{row['provider']:11} {row['api_key']:34} {row['tracking']:32} {row['base_url']:30} {prices}")
+    return 0
 
 
 # -- API clients -----------------------------------------------------------------------------------

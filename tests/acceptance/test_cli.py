@@ -142,3 +142,19 @@ async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path) -> 
     down = run("jobs", env={"JOBHOOK_URL": service.url})
     assert down.returncode == 2
     assert "jobhook serve" in down.stderr
+
+
+def test_providers_lists_tracking_and_prices_and_never_a_key() -> None:
+    env = {"JOBHOOK_AIVIDEOAPI_API_KEY": "sk-very-secret-key", "JOBHOOK_PUBLIC_URL": "https://hooks.example.com"}
+    result = run("providers", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert set(lines) == {"aivideoapi", "apiframe", "segmind", "apiinone", "simulator"}
+    assert "callback" in lines["aivideoapi"] and "$0.08" in lines["aivideoapi"]
+    assert "webhook + confirm" in lines["apiframe"] and "$0.03" in lines["apiframe"]
+    assert "synchronous" in lines["segmind"]
+    assert "polling" in lines["apiinone"] and "$0.12" in lines["apiinone"]
+    assert "JOBHOOK_APIFRAME_API_KEY" in lines["apiframe"]
+    as_json = run("providers", "--json", env=env)
+    assert "sk-very-secret-key" not in result.stdout + as_json.stdout
+    assert '"configured": true' in as_json.stdout

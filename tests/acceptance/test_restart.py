@@ -100,3 +100,29 @@ async def test_submission_cut_by_kill_9_is_never_resent(tmp_path: Path, fake: Fa
     assert job["status"] == "failed"
     assert job["error"]["code"] == "submission_uncertain"
     assert len(fake.creates) == 1
+
+
+async def test_synchronous_call_cut_by_kill_9_is_never_resent(tmp_path: Path) -> None:
+    from tests.fakes.segmind import FakeSegmind
+
+    async with FakeSegmind(latency=0.1) as segmind:
+        segmind.create_responses = ["hang"]
+        env = {"JOBHOOK_SEGMIND_API_KEY": "sg-key", "JOBHOOK_SEGMIND_BASE_URL": segmind.base_url}
+        service = ServeProcess(tmp_path, {**env, "JOBHOOK_SUBMIT_TIMEOUT": "1", "JOBHOOK_SYNC_TIMEOUT": "30"})
+        await service.start()
+        try:
+            async with httpx.AsyncClient(base_url=service.url) as client:
+                response = await client.post("/v1/jobs", json={"provider": "segmind", "prompt": "cut mid-call"})
+                assert response.status_code == 202
+                assert response.json()["status"] == "queued"  # the call runs from the work queue
+                job_id = response.json()["id"]
+                while not segmind.calls:  # noqa: ASYNC110 - the fake records, it does not signal
+                    await asyncio.sleep(0.02)
+                service.kill()
+                await service.start()
+                jobs = await wait_all_finished(service.url, [job_id], timeout=60)
+        finally:
+            service.stop()
+        assert jobs[job_id]["status"] == "failed"
+        assert jobs[job_id]["error"]["code"] == "submission_uncertain"
+        assert len(segmind.calls) == 1
