@@ -49,7 +49,7 @@ async def json_body(request: Request) -> Any:
 def job_json(request: Request, job: Job) -> dict[str, Any]:
     """The job as this reader sees it: jobhook's own image URLs on the address it used to reach us."""
     rt = runtime(request)
-    callback_url = rt.engine.callback_url(job) if job.submitted_by_backend else None
+    callback_url = rt.engine.callback_url(job) if job.submitted_by_backend and job.callback_url_registered else None
     return job.to_json(base_url=str(request.base_url).rstrip("/"), callback_url=callback_url)
 
 

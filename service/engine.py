@@ -37,6 +37,9 @@ from service.watch import ChangeHub
 log = logging.getLogger("jobhook")
 
 POLL_LEASE = 45.0
+# A synchronous provider's call runs from the work queue; the request that created the job waits this
+# long for its first attempt to settle, so that an immediate refusal still answers 502 (SPEC §3).
+SYNC_FIRST_ANSWER_WAIT = 1.0
 MIRROR_ATTEMPTS = 8
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 UNCERTAIN_SYNC = JobError(
@@ -132,6 +135,11 @@ class Engine:
     async def aclose(self) -> None:
         await self._downloads.aclose()
 
+    def submit_lease(self, runtime: ProviderRuntime) -> float:
+        """How long a submission to this provider may stay "sending" before it counts as cut."""
+        synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
+        return submit_lease(self.settings.sync_timeout if synchronous else self.settings.submit_timeout)
+
     def on_schedule(self, nudge: Callable[[float], None]) -> None:
         """`nudge(due_at)` is called whenever work is scheduled, so the poller can wake earlier."""
         self._nudge = nudge
@@ -212,9 +220,7 @@ class Engine:
             request_hash=request_fingerprint(submission),
             deadline_at=now + self.settings.job_timeout,
             # A synchronous call may take minutes: the work queue makes it, not this request.
-            submit_lease_until=now + submit_lease(self.settings.submit_timeout)
-            if submission.submit and not synchronous
-            else None,
+            submit_lease_until=now + self.submit_lease(runtime) if submission.submit and not synchronous else None,
             submit_at=now if synchronous else None,
         )
         job, created = await self.store.create_job(new)
@@ -231,6 +237,8 @@ class Engine:
         self._nudge(now if synchronous else new.deadline_at)
         if new.submit_lease_until is not None:
             job = await self._send(job)
+        elif synchronous:
+            job = await self.wait_until(job.id, _first_attempt_settled, SYNC_FIRST_ANSWER_WAIT) or job
         return job, True
 
     async def _send(self, job: Job) -> Job:
@@ -336,7 +344,7 @@ class Engine:
             await self.store.record_submit(job_id, self._uncertain(self.runtime(job.provider), detail))
             return
         now = self.clock()
-        sending = await self.store.begin_submit(job_id, now + submit_lease(self.settings.submit_timeout))
+        sending = await self.store.begin_submit(job_id, now + self.submit_lease(self.runtime(job.provider)))
         if sending is not None:
             await self._send(sending)
 
@@ -566,8 +574,7 @@ class Engine:
         except TaskIdConflict:
             refusal = verify.Refusal(409, "task_id_conflict", "this job id belongs to another job")
             return await self._refuse(job, refusal, detail)
-        if kind is ReceiptKind.ACCEPTED:
-            self._nudge(self.clock())
+        self._nudge(self.clock())  # a confirming poll is due now (a duplicate may re-arm one)
         return CallbackAnswer(200, {"status": str(kind)})
 
     async def _refuse(self, job: Job, refusal: verify.Refusal, detail: dict[str, Any]) -> CallbackAnswer:
@@ -580,6 +587,10 @@ class Engine:
     async def _refused_unknown(self, code: str, detail: dict[str, Any]) -> None:
         log.warning("callback refused: %s", code)
         await self.store.log_refused(code, detail)
+
+
+def _first_attempt_settled(job: Job) -> bool:
+    return job.status is not Status.QUEUED or (job.submit_attempts > 0 and job.submit_state != "sending")
 
 
 def _not_found() -> CallbackAnswer:

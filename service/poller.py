@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable
 
-from service.engine import POLL_LEASE, Engine, submit_lease
+from service.engine import POLL_LEASE, Engine
 from service.store.base import Due
 from service.store.sqlite import DEADLINE, INTERNAL, MIRROR
 
@@ -36,7 +36,11 @@ class Poller:
         self._sleeping_until = math.inf
         self._inflight: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.lease = max(POLL_LEASE, submit_lease(engine.settings.submit_timeout))
+        # A claimed row comes due again after its lane's lease if the work on it was cut short.
+        self.leases = {
+            name: max(POLL_LEASE, engine.submit_lease(runtime)) for name, runtime in engine.providers.items()
+        }
+        self.lease = POLL_LEASE
         engine.on_schedule(self.nudge)
 
     def nudge(self, due_at: float) -> None:
@@ -89,7 +93,7 @@ class Poller:
                 continue
             free = self.concurrency - self._inflight.get(provider, 0)
             if free > 0:
-                for due in await self.store.claim_due(provider, now, free, now + self.lease):
+                for due in await self.store.claim_due(provider, now, free, now + self.leases[provider]):
                     self._start(due)
             if self._inflight.get(provider, 0) < self.concurrency:
                 upcoming = await self.store.next_due_at(provider)

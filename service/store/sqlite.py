@@ -557,6 +557,10 @@ class SQLiteStore:
                     (tx.now, job_id, event_key),
                 )
                 await tx.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
+                if not job.finished:
+                    # An earlier copy's claim may have been refuted by its poll, and this one be true now:
+                    # confirm again (one pending 'confirm' row per job, however many copies come).
+                    await tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
                 return ReceiptKind.DUPLICATE
             await tx.event(job_id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})
             await tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
