@@ -49,6 +49,42 @@ class SimulatorSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class SmtpSettings:
+    """`smtp://user:pass@host:port` (`smtps://` for TLS from the start, `?starttls=true` to upgrade)."""
+
+    host: str
+    port: int
+    username: str | None
+    password: Secret | None
+    use_tls: bool  # implicit TLS (smtps)
+    start_tls: bool
+    sender: str
+    recipients: tuple[str, ...]
+    timeout: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardSettings:
+    url: str
+    secret: Secret  # Standard Webhooks `whsec_…`
+
+
+NOTIFY_EVENTS = ("completed", "failed", "timed_out")
+DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (
+    0.0,
+    5.0,
+    300.0,
+    1800.0,
+    7200.0,
+    18000.0,
+    36000.0,
+    50400.0,
+    72000.0,
+    86400.0,
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class ProviderSettings:
     name: str
     api_key: Secret | None
@@ -79,6 +115,19 @@ class Settings:
     sqlite_synchronous: str = "FULL"
     log_format: str = "text"
     simulator: SimulatorSettings = SimulatorSettings()
+    slack_webhook_url: Secret | None = None  # the URL is the credential
+    smtp: SmtpSettings | None = None
+    forward: ForwardSettings | None = None
+    notify_on: frozenset[str] = frozenset(NOTIFY_EVENTS)
+    notify_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    degraded_after: int = 3
+    credits_low: float = 20.0
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        """The configured notification destinations, in a fixed order."""
+        configured = (("slack", self.slack_webhook_url), ("email", self.smtp), ("webhook", self.forward))
+        return tuple(name for name, setting in configured if setting is not None)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, env_file: str | None = None) -> Settings:
@@ -233,6 +282,35 @@ def _parse(env: Mapping[str, str]) -> Settings:
                 f"expected comma-separated delays such as 0,3m,10m, got {retry_raw!r}",
             ) from None
     seed_raw = get("JOBHOOK_SIMULATOR_SEED")
+    slack = get("JOBHOOK_SLACK_WEBHOOK_URL")
+    notify_raw = get("JOBHOOK_NOTIFY_ON")
+    notify_on = frozenset(NOTIFY_EVENTS)
+    if notify_raw is not None:
+        items = [item.strip().removeprefix("job.") for item in notify_raw.split(",") if item.strip()]
+        unknown = [item for item in items if item not in NOTIFY_EVENTS]
+        if unknown:
+            raise ConfigError(
+                "JOBHOOK_NOTIFY_ON",
+                f"expected a comma-separated subset of {', '.join(NOTIFY_EVENTS)}, got {unknown[0]!r}",
+            )
+        notify_on = frozenset(items)
+    schedule_raw = get("JOBHOOK_NOTIFY_RETRY_SCHEDULE")
+    schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    if schedule_raw is not None:
+        try:
+            schedule = tuple(parse_duration(part) for part in schedule_raw.split(","))
+        except ValueError:
+            raise ConfigError(
+                "JOBHOOK_NOTIFY_RETRY_SCHEDULE",
+                f"expected comma-separated delays such as 0,5s,5m,2h, got {schedule_raw!r}",
+            ) from None
+    credits_raw = get("JOBHOOK_CREDITS_LOW")
+    try:
+        credits_low = float(credits_raw) if credits_raw is not None else 20.0
+        if not math.isfinite(credits_low):
+            raise ValueError(credits_raw)
+    except ValueError:
+        raise ConfigError("JOBHOOK_CREDITS_LOW", f"expected a number of credits, got {credits_raw!r}") from None
     return Settings(
         database=Path(get("JOBHOOK_DATABASE") or "./jobhook.db"),
         media_dir=Path(get("JOBHOOK_MEDIA_DIR") or "./jobhook-media"),
@@ -260,7 +338,85 @@ def _parse(env: Mapping[str, str]) -> Settings:
             retry_delays=retry_delays,
             seed=integer("JOBHOOK_SIMULATOR_SEED", 0, minimum=0) if seed_raw is not None else None,
         ),
+        slack_webhook_url=Secret(http_url("JOBHOOK_SLACK_WEBHOOK_URL", slack)) if slack else None,
+        smtp=_smtp(get("JOBHOOK_SMTP_URL"), get("JOBHOOK_EMAIL_FROM"), get("JOBHOOK_EMAIL_TO")),
+        forward=_forward(get("JOBHOOK_FORWARD_URL"), get("JOBHOOK_FORWARD_SECRET")),
+        notify_on=notify_on,
+        notify_retry_schedule=schedule,
+        degraded_after=integer("JOBHOOK_DEGRADED_AFTER", 3, minimum=1),
+        credits_low=credits_low,
     )
+
+
+_EMAIL = re.compile(r"^[^@\s<>,]+@[^@\s<>,]+\.[^@\s<>,]+$")
+
+
+def _smtp(url: str | None, sender: str | None, recipients: str | None) -> SmtpSettings | None:
+    if url is None:
+        for name, value in (("JOBHOOK_EMAIL_FROM", sender), ("JOBHOOK_EMAIL_TO", recipients)):
+            if value is not None:
+                raise ConfigError(name, "is set but JOBHOOK_SMTP_URL is not: set both, or neither")
+        return None
+    expected = "expected smtp://user:pass@host:port, smtps://… for TLS, or smtp://…?starttls=true"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError("JOBHOOK_SMTP_URL", expected) from None
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname or any(ch.isspace() for ch in url):
+        raise ConfigError("JOBHOOK_SMTP_URL", expected)
+    query = dict(pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
+    unknown = sorted(set(query) - {"starttls"})
+    if unknown:
+        raise ConfigError("JOBHOOK_SMTP_URL", f"unknown option {unknown[0]!r}; {expected}")
+    starttls = query.get("starttls", "false").lower()
+    if starttls not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError("JOBHOOK_SMTP_URL", f"starttls must be true or false, got {starttls!r}")
+    use_tls = parts.scheme == "smtps"
+    start_tls = starttls in ("true", "1", "yes")
+    if use_tls and start_tls:
+        raise ConfigError("JOBHOOK_SMTP_URL", "smtps:// is TLS from the start; ?starttls=true is for smtp://")
+    if sender is None or not _EMAIL.match(sender):
+        raise ConfigError("JOBHOOK_EMAIL_FROM", f"expected one address such as jobhook@example.com, got {sender!r}")
+    addresses = tuple(part.strip() for part in (recipients or "").split(",") if part.strip())
+    if not addresses or not all(_EMAIL.match(address) for address in addresses):
+        raise ConfigError("JOBHOOK_EMAIL_TO", f"expected comma-separated addresses, got {recipients!r}")
+    from urllib.parse import unquote
+
+    return SmtpSettings(
+        host=parts.hostname,
+        port=port or (465 if use_tls else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=Secret(unquote(parts.password)) if parts.password else None,
+        use_tls=use_tls,
+        start_tls=start_tls,
+        sender=sender,
+        recipients=addresses,
+    )
+
+
+def _forward(url: str | None, secret: str | None) -> ForwardSettings | None:
+    if url is None:
+        if secret is not None:
+            raise ConfigError("JOBHOOK_FORWARD_SECRET", "is set but JOBHOOK_FORWARD_URL is not: set both, or neither")
+        return None
+    http_url("JOBHOOK_FORWARD_URL", url)
+    if secret is None:
+        raise ConfigError(
+            "JOBHOOK_FORWARD_SECRET", "is required with JOBHOOK_FORWARD_URL: a Standard Webhooks whsec_… secret"
+        )
+    import base64
+    import binascii
+
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if not secret.startswith("whsec_") or len(key) < 24:
+        raise ConfigError(
+            "JOBHOOK_FORWARD_SECRET", "expected a Standard Webhooks secret: whsec_ followed by base64 of 24 to 64 bytes"
+        )
+    return ForwardSettings(url=url, secret=Secret(secret))
 
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?$")
