@@ -221,6 +221,21 @@ async def job_image(request: Request) -> Response:
     return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": "private, max-age=86400"})
 
 
+async def public_image(request: Request) -> Response:
+    """`/media/{token}`: an image jobhook holds, by a signed link (public, for Slack and email)."""
+    rt = runtime(request)
+    claim = rt.engine.media_tokens.verify(request.path_params["token"])
+    job = await rt.store.get_job(claim.job_id) if claim is not None else None
+    if claim is None or job is None or not claim.provider.isdigit():
+        raise ApiError(404, "not_found", "no such image")
+    held = job.held(int(claim.provider))
+    media = MediaFile.from_json(held) if held is not None else None
+    path = rt.engine.media.path(job.id, media) if media is not None else None
+    if media is None or path is None:
+        raise ApiError(404, "not_found", "no such image")
+    return FileResponse(path, media_type=media.content_type, headers={"Cache-Control": "public, max-age=86400"})
+
+
 async def jobs(request: Request) -> JSONResponse:
     return await (create_job(request) if request.method == "POST" else list_jobs(request))
 
@@ -236,4 +251,5 @@ routes = [
     Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
     Route("/v1/jobs/{job_id}/images/{index}", job_image, methods=["GET"]),
+    Route("/media/{token}", public_image, methods=["GET"]),
 ]

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,15 +23,22 @@ from service.domain.callbacks import CallbackTokens
 from service.engine import Engine, ProviderRuntime
 from service.errors import StorageError
 from service.http import ApiError, BearerAuth, JSONResponse, error_response
+from service.loop import MAX_SLEEP, WorkLoop
 from service.media import MediaStore
-from service.poller import MAX_SLEEP, Poller
+from service.notify.base import Destination
+from service.notify.email import EmailDestination
+from service.notify.slack import SlackDestination
+from service.notify.webhook import WebhookDestination
+from service.outbox import OutboxWorker
+from service.poller import Poller
 from service.providers.aivideoapi import AivideoapiAdapter
 from service.providers.apiframe import ApiframeAdapter
 from service.providers.apiinone import ApiinoneAdapter
 from service.providers.base import Adapter, Tracking
-from service.providers.http import ProviderHTTP
+from service.providers.http import USER_AGENT, ProviderHTTP
 from service.providers.segmind import SegmindAdapter
 from service.simulator import Simulator
+from service.store.base import OutboxPolicy
 from service.store.sqlite import SQLiteStore
 from service.watch import ChangeHub
 
@@ -46,8 +54,25 @@ class Runtime:
     store: SQLiteStore
     engine: Engine
     poller: Poller
+    outbox: OutboxWorker
     hub: ChangeHub
-    poller_task: asyncio.Task[None]
+    tasks: dict[str, asyncio.Task[None]]
+
+    @property
+    def loops(self) -> dict[str, WorkLoop]:
+        return {"poller": self.poller, "outbox": self.outbox}
+
+
+def build_destinations(settings: Settings, client: httpx.AsyncClient) -> dict[str, Destination]:
+    """The configured notification destinations (SPEC §6), keyed as the outbox names them."""
+    destinations: dict[str, Destination] = {}
+    if settings.slack_webhook_url is not None:
+        destinations["slack"] = SlackDestination(settings.slack_webhook_url, client)
+    if settings.smtp is not None:
+        destinations["email"] = EmailDestination(settings.smtp)
+    if settings.forward is not None:
+        destinations["webhook"] = WebhookDestination(settings.forward, client)
+    return destinations
 
 
 def adapters() -> dict[str, Adapter]:
@@ -95,11 +120,19 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        policy = OutboxPolicy(
+            destinations=settings.destinations,
+            notify_on=settings.notify_on,
+            degraded_after=settings.degraded_after,
+            credits_low=settings.credits_low,
+            base_url=settings.public_url or self_url or "",
+        )
         store = SQLiteStore(
             settings.database,
             synchronous=settings.sqlite_synchronous,
             clock=clock,
             mirror_images=settings.mirror_images,
+            policy=policy,
         )
         await store.open()
         keys = settings.secrets or (await store.secret(generate_secret),)
@@ -109,6 +142,15 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         media = MediaStore(settings.media_dir)
         engine = Engine(settings, store, providers, CallbackTokens(keys), hub, media, clock=clock)
         poller = Poller(engine, concurrency=settings.poll_concurrency, clock=clock)
+        notify_client = httpx.AsyncClient(timeout=30.0, headers={"User-Agent": USER_AGENT})
+        destinations = build_destinations(settings, notify_client)
+        outbox = OutboxWorker(
+            store,
+            destinations,
+            schedule=settings.notify_retry_schedule,
+            image_url=engine.public_image_url,
+            clock=clock,
+        )
         if settings.public_url is None:
             log.warning(
                 "JOBHOOK_PUBLIC_URL is unset: no callback URL is registered and jobs are tracked by polling alone"
@@ -116,14 +158,20 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         if simulator is not None:
             await simulator.start()
         stop = asyncio.Event()
-        task = asyncio.create_task(poller.run(stop), name="jobhook-poller")
-        app.state.runtime = Runtime(settings, store, engine, poller, hub, task)
+        tasks = {
+            loop.name: asyncio.create_task(loop.run(stop), name=f"jobhook-{loop.name}") for loop in (poller, outbox)
+        }
+        app.state.runtime = Runtime(settings, store, engine, poller, outbox, hub, tasks)
         try:
             yield
         finally:
             stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks.values():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for destination in destinations.values():
+                await destination.aclose()
+            await notify_client.aclose()
             for runtime in providers.values():
                 if runtime.http is not None:
                     await runtime.http.aclose()
@@ -176,13 +224,14 @@ async def readyz(request: Request) -> JSONResponse:
         checks["database"] = "ok"
     except StorageError as exc:
         checks["database"] = f"failing: {exc}"
-    age = time.monotonic() - rt.poller.heartbeat
-    if rt.poller_task.done():
-        checks["poller"] = "stopped"
-    elif age > 3 * MAX_SLEEP:
-        checks["poller"] = f"stalled for {age:.0f} s"
-    else:
-        checks["poller"] = "ok"
+    for name, loop in rt.loops.items():
+        age = time.monotonic() - loop.heartbeat
+        if rt.tasks[name].done():
+            checks[name] = "stopped"
+        elif age > 3 * MAX_SLEEP:
+            checks[name] = f"stalled for {age:.0f} s"
+        else:
+            checks[name] = "ok"
     ready = all(value == "ok" for value in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import os
@@ -90,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     providers.add_argument("--json", action="store_true", help="print JSON")
     providers.set_defaults(handler=cmd_providers)
+
+    outbox = commands.add_parser(
+        "outbox",
+        help="list notification deliveries, or resend them",
+        description="List the outbox (newest first): `jobhook outbox [--dead]`. Deliver again from the start of "
+        "the retry schedule, with the same event id: `jobhook outbox resend ID…` or `jobhook outbox resend --dead`. "
+        "Works on JOBHOOK_DATABASE directly; a running service picks resent rows up within 15 s.",
+    )
+    outbox.add_argument("action", nargs="?", choices=["resend"], help="resend the given deliveries")
+    outbox.add_argument("ids", nargs="*", type=int, metavar="ID", help="delivery ids (the first column)")
+    outbox.add_argument("--dead", action="store_true", help="only dead deliveries (with resend: all of them)")
+    outbox.add_argument("--status", choices=["pending", "delivered", "dead"], help="only deliveries in this state")
+    outbox.add_argument("--limit", type=int, default=50, help="how many to list (default: %(default)s)")
+    outbox.add_argument("--json", action="store_true", help="print JSON")
+    outbox.set_defaults(handler=cmd_outbox)
 
     def client_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
@@ -240,6 +256,46 @@ def cmd_providers(args: argparse.Namespace) -> int:
             prices = "free" if row["provider"] == "simulator" else "not published (balance: x-remaining-credits)"
         print(f"{row['provider']:11} {row['api_key']:34} {row['tracking']:32} {row['base_url']:30} {prices}")
     return 0
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    if args.action == "resend":
+        if bool(args.ids) == bool(args.dead):
+            raise CLIError("resend takes delivery ids, or --dead for every dead delivery")
+    elif args.ids:
+        raise CLIError("ids go with `resend`: jobhook outbox resend ID…")
+    rows = asyncio.run(_outbox(settings, args))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+        return 0
+    if args.action == "resend":
+        print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'} queued again")
+    elif not rows:
+        print("no deliveries")
+    if not rows:
+        return 0
+    print(f"{'id':>6}  {'destination':11} {'status':9} {'tries':>5}  {'type':28} {'job':32} last error")
+    for row in rows:
+        print(
+            f"{row.id:>6}  {row.destination:11} {row.status:9} {row.attempts:>5}  {row.type:28} "
+            f"{row.job_id or row.provider or '-':32} {row.last_error or ''}"
+        )
+    return 0
+
+
+async def _outbox(settings: Settings, args: argparse.Namespace) -> list[Any]:
+    from service.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(settings.database, synchronous=settings.sqlite_synchronous)
+    await store.open()
+    try:
+        if args.action == "resend":
+            return list(await store.resend(None if args.dead else args.ids))
+        status = "dead" if args.dead else args.status
+        return list(await store.outbox(status=status, limit=args.limit))
+    finally:
+        await store.close()
 
 
 # -- API clients -----------------------------------------------------------------------------------

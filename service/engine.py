@@ -125,6 +125,7 @@ class Engine:
         self._downloads = httpx.AsyncClient(timeout=60.0, follow_redirects=True, headers={"User-Agent": USER_AGENT})
         self.providers = providers
         self.tokens = tokens
+        self.media_tokens = verify.CallbackTokens(tokens.keys, salt=verify.MEDIA_SALT)
         self.hub = hub
         self.clock = clock
         self.rng = rng or random.Random()
@@ -169,10 +170,18 @@ class Engine:
         )
 
     def first_poll_at(self, job: Job, now: float) -> float:
-        """Callbacks expected: wait out the grace. Otherwise: the first poll interval (SPEC §5)."""
-        if job.callback_url_registered:
+        """Callbacks expected: wait out the grace. Otherwise, or when the provider's callbacks are
+        degraded, the first poll interval (SPEC §5)."""
+        if job.callback_url_registered and job.provider not in self.store.degraded:
             return now + self.settings.callback_grace
         return now + self.settings.poll_interval
+
+    def public_image_url(self, job: Job, index: int = 0) -> str | None:
+        """The best URL for people (Slack, email) to see image `index`: jobhook's copy, signed and
+        public under JOBHOOK_PUBLIC_URL, once it is held; else the provider's URL."""
+        if job.held(index) is not None and self.settings.public_url is not None:
+            return f"{self.settings.public_url}/media/{self.media_tokens.sign(job.id, str(index))}"
+        return job.images[index] if index < len(job.images) else None
 
     def _cost(self, job: Job, images: int) -> float | None:
         runtime = self.providers.get(job.provider)
@@ -296,6 +305,8 @@ class Engine:
                 SubmitKind.REJECTED,
                 {**detail, "provider_code": answer.error.provider_code, "message": answer.error.message},
                 error=answer.error,
+                credits_remaining=answer.credits_remaining,
+                credits_exhausted=response.status == 402 or answer.error.provider_code == "insufficient_credits",
             )
         if answer.answer is Answer.RETRY:
             assert answer.error is not None
@@ -323,6 +334,7 @@ class Engine:
             first_poll_at=first_poll,
             cost_usd=self._cost(job, images) if images else None,
             media=media,
+            credits_remaining=answer.credits_remaining,
         )
 
     async def _keep(self, job_id: str, images: tuple[ImageBytes, ...]) -> list[MediaFile]:

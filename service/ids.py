@@ -22,13 +22,22 @@ def _encode(value: int) -> str:
     return "".join(reversed(chars))
 
 
-def new_job_id() -> str:
-    """A new id, strictly greater than every id this process made before (monotonic ULID)."""
+def _next() -> int:
     global _last
     with _lock:
         candidate = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
         _last = candidate if candidate > _last else _last + 1
-        return "job_" + _encode(_last)
+        return _last
+
+
+def new_job_id() -> str:
+    """A new id, strictly greater than every id this process made before (monotonic ULID)."""
+    return "job_" + _encode(_next())
+
+
+def new_message_id() -> str:
+    """A notification's id: its Standard Webhooks `webhook-id`, kept across retries and resends."""
+    return "msg_" + _encode(_next())
 
 
 def is_job_id(value: str) -> bool:

@@ -31,3 +31,5 @@ def setup(log_format: str, level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # httpx logs every request URL at INFO: a Slack webhook URL is a credential, as are callback tokens.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

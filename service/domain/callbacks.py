@@ -16,6 +16,7 @@ import orjson
 
 MAX_BODY_BYTES = 256 * 1024
 _SALT = "jobhook.callback.v1"
+MEDIA_SALT = "jobhook.media.v1"  # public links to the images jobhook holds: (job id, image index)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,16 +36,18 @@ class CallbackTokens:
     """Signs and verifies the token in `/callbacks/{token}`: it binds a job id and a provider.
 
     `keys` are in SPEC order: the first signs, all verify (rotation without breaking old URLs).
+    A different `salt` makes tokens for another purpose that can never pass for these.
     """
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    def __init__(self, keys: Iterable[str], *, salt: str = _SALT) -> None:
         ordered = list(keys)
         if not ordered:
             raise ValueError("at least one key is needed")
+        self.keys = tuple(ordered)
         # itsdangerous signs with the last key of its list and verifies with all of them.
         self._serializer = itsdangerous.URLSafeSerializer(
             list(reversed(ordered)),
-            salt=_SALT,
+            salt=salt,
             signer_kwargs={"digest_method": hashlib.sha256},
         )
 

@@ -49,6 +49,8 @@ class SubmitResult:
     first_poll_at: float | None = None  # for ACCEPTED with a task id
     cost_usd: float | None = None
     media: tuple[MediaFile, ...] = ()  # images jobhook now holds (a synchronous provider's answer)
+    credits_remaining: float | None = None  # the balance the provider reported
+    credits_exhausted: bool = False  # the provider refused for want of credits (402, segmind's 406)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,44 @@ class CallbackResult:
     decision: Decision | None
 
 
+@dataclasses.dataclass(frozen=True)
+class OutboxPolicy:
+    """What the store writes to the outbox in the same transaction as a change (SPEC §5, §6)."""
+
+    destinations: tuple[str, ...] = ()
+    notify_on: frozenset[str] = frozenset({"completed", "failed", "timed_out"})
+    degraded_after: int = 3
+    credits_low: float = 20.0
+    base_url: str = ""  # where the job snapshots' links to jobhook's own images point
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    notification_id: str
+    destination: str
+    status: str
+    attempts: int
+    next_attempt_at: float | None
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+    type: str
+    job_id: str | None
+    provider: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredNotification:
+    id: str
+    type: str
+    job_id: str | None
+    provider: str | None
+    payload: Mapping[str, Any]
+    created_at: float
+
+
 class TaskIdConflict(Exception):
     """The task id is already bound to another job, or this job is bound to another task id."""
 
@@ -94,8 +134,11 @@ __all__ = [
     "Due",
     "JobNotFound",
     "NewJob",
+    "OutboxPolicy",
+    "OutboxRow",
     "ReceiptKind",
     "Source",
+    "StoredNotification",
     "SubmitKind",
     "SubmitResult",
     "TaskIdConflict",

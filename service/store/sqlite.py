@@ -24,6 +24,7 @@ from service.domain import status as status_machine
 from service.domain.job import Event, Job
 from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
 from service.errors import SchemaTooNew, StorageError
+from service.ids import new_message_id
 from service.media import MediaFile
 from service.store.base import (
     Applied,
@@ -31,11 +32,13 @@ from service.store.base import (
     Due,
     JobNotFound,
     NewJob,
+    OutboxPolicy,
     ReceiptKind,
     SubmitKind,
     SubmitResult,
     TaskIdConflict,
 )
+from service.store.sqlite_outbox import OutboxQueries
 
 REFUSED_LOG_SIZE = 1000
 LOCK_TIMEOUT = 5.0
@@ -99,11 +102,14 @@ def _job(row: sqlite3.Row) -> Job:
 class _Tx:
     """One open write transaction: a thin veneer that remembers which jobs it changed."""
 
-    def __init__(self, db: aiosqlite.Connection, now: float, *, mirror_images: bool) -> None:
+    def __init__(self, db: aiosqlite.Connection, now: float, *, mirror_images: bool, policy: OutboxPolicy) -> None:
         self.db = db
         self.now = now
         self.mirror_images = mirror_images
+        self.policy = policy
         self.changed: set[str] = set()
+        self.outbox_changed = False
+        self.health: dict[str, bool] = {}  # provider → degraded, for what this transaction changed
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
         return await self.db.execute(sql, tuple(params))
@@ -145,6 +151,93 @@ class _Tx:
         marks = ", ".join("?" for _ in kinds)
         await self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *kinds))
 
+    async def notify(
+        self,
+        type_: str,
+        *,
+        job: Job | None = None,
+        provider: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """An event for every configured destination, in this transaction (the outbox pattern)."""
+        policy = self.policy
+        if not policy.destinations:
+            return
+        if type_.startswith("job.") and type_.removeprefix("job.") not in policy.notify_on:
+            return
+        notification_id = new_message_id()
+        payload = {"job": job.to_json(base_url=policy.base_url)} if job is not None else {"detail": dict(detail or {})}
+        await self.execute(
+            "INSERT INTO notifications (id, type, job_id, provider, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                notification_id,
+                type_,
+                job.id if job is not None else None,
+                provider or (job.provider if job is not None else None),
+                _dumps(payload),
+                self.now,
+            ),
+        )
+        for destination in policy.destinations:
+            await self.execute(
+                "INSERT INTO outbox (notification_id, destination, status, next_attempt_at, created_at, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?, ?)",
+                (notification_id, destination, self.now, self.now, self.now),
+            )
+        if job is not None:
+            detail_out = {"type": type_, "id": notification_id, "destinations": list(policy.destinations)}
+            await self.event(job.id, "notification", "queued", detail_out)
+        self.outbox_changed = True
+
+    async def provider_state(self, provider: str) -> sqlite3.Row:
+        await self.execute(
+            "INSERT INTO provider_state (provider, updated_at) VALUES (?, ?) ON CONFLICT (provider) DO NOTHING",
+            (provider, self.now),
+        )
+        row = await self.one("SELECT * FROM provider_state WHERE provider = ?", (provider,))
+        assert row is not None
+        return row
+
+    async def finished_by_polling(self, provider: str) -> None:
+        """A job with a registered callback had to be finished by a poll: one more in a row."""
+        state = await self.provider_state(provider)
+        in_a_row = state["polled_in_a_row"] + 1
+        degrade = in_a_row >= self.policy.degraded_after and not state["degraded"]
+        await self.execute(
+            "UPDATE provider_state SET polled_in_a_row = ?, degraded = degraded OR ?, updated_at = ? WHERE provider = ?",
+            (in_a_row, int(degrade), self.now, provider),
+        )
+        if degrade:
+            self.health[provider] = True
+            await self.notify("provider.callbacks_degraded", provider=provider, detail={"polled_in_a_row": in_a_row})
+
+    async def callback_came(self, provider: str) -> None:
+        """A genuine callback: the run of polled jobs ends, and a degraded provider recovers."""
+        state = await self.provider_state(provider)
+        if not state["polled_in_a_row"] and not state["degraded"]:
+            return
+        await self.execute(
+            "UPDATE provider_state SET polled_in_a_row = 0, degraded = 0, updated_at = ? WHERE provider = ?",
+            (self.now, provider),
+        )
+        if state["degraded"]:
+            self.health[provider] = False
+            await self.notify("provider.callbacks_recovered", provider=provider, detail={})
+
+    async def credits(self, provider: str, remaining: float | None, exhausted: bool) -> None:
+        """A provider's balance: `provider.credits_low` once per crossing below the threshold."""
+        if remaining is None and not exhausted:
+            return
+        state = await self.provider_state(provider)
+        low = exhausted or (remaining is not None and remaining < self.policy.credits_low)
+        await self.execute(
+            "UPDATE provider_state SET credits = COALESCE(?, credits), credits_low = ?, updated_at = ? WHERE provider = ?",
+            (remaining, int(low), self.now, provider),
+        )
+        if low and not state["credits_low"]:
+            detail = {"credits": remaining, "threshold": self.policy.credits_low, "exhausted": exhausted}
+            await self.notify("provider.credits_low", provider=provider, detail=detail)
+
     async def apply(
         self,
         job: Job,
@@ -182,6 +275,9 @@ class _Tx:
             await self.event(job.id, "status", str(decision.status), {"from": str(job.status), "by": str(source)})
             if decision.status in FINAL:
                 await self.unschedule(job.id)
+                await self.notify(f"job.{decision.status}", job=await self.job(job.id))
+                if source is Source.POLL and job.callback_url_registered:
+                    await self.finished_by_polling(job.provider)
             if decision.status is Status.COMPLETED and observation.images and self.mirror_images:
                 await self.schedule(job.id, "mirror", MIRROR, self.now, 0)
         elif decision.outcome is Outcome.CONFLICT:
@@ -194,7 +290,7 @@ class _Tx:
         return decision
 
 
-class SQLiteStore:
+class SQLiteStore(OutboxQueries):
     """jobhook's state in one SQLite file."""
 
     def __init__(
@@ -204,10 +300,15 @@ class SQLiteStore:
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
         mirror_images: bool = False,
+        policy: OutboxPolicy | None = None,
     ) -> None:
-        """`mirror_images`: a job completed with provider URLs gets a 'mirror' row in the same commit."""
+        """`mirror_images`: a job completed with provider URLs gets a 'mirror' row in the same commit;
+        `policy`: which events go to the outbox, and the provider health thresholds."""
         self.path = path
         self.mirror_images = mirror_images
+        self.policy = policy or OutboxPolicy()
+        self.degraded: set[str] = set()
+        self._outbox_listeners: list[Callable[[], None]] = []
         self._synchronous = synchronous
         self._clock = clock
         self._writer: aiosqlite.Connection | None = None
@@ -226,6 +327,8 @@ class SQLiteStore:
             await self.migrate()
             self._reader = await self._connect()
             await self._reader.execute("PRAGMA query_only = ON")
+            rows = await self._read("SELECT provider FROM provider_state WHERE degraded = 1")
+            self.degraded = {row[0] for row in rows}
         except (sqlite3.Error, OSError) as exc:
             await self.close()
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
@@ -247,6 +350,10 @@ class SQLiteStore:
                 with contextlib.suppress(sqlite3.Error, ValueError):
                     await db.close()
         self._reader = self._writer = None
+
+    def add_outbox_listener(self, wake: Callable[[], None]) -> None:
+        """`wake()` is called after every commit that queued notifications."""
+        self._outbox_listeners.append(wake)
 
     def add_listener(self, listener: Listener) -> None:
         """`listener(job_ids)` is called after every commit that changed those jobs."""
@@ -301,7 +408,7 @@ class SQLiteStore:
             raise StorageError("the database is busy: no write lock within 5 s") from None
         try:
             db = self._db()
-            tx = _Tx(db, self._clock(), mirror_images=self.mirror_images)
+            tx = _Tx(db, self._clock(), mirror_images=self.mirror_images, policy=self.policy)
             try:
                 await db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -318,6 +425,11 @@ class SQLiteStore:
                 raise
         finally:
             self._lock.release()
+        for provider, degraded in tx.health.items():
+            (self.degraded.add if degraded else self.degraded.discard)(provider)
+        if tx.outbox_changed:
+            for wake in self._outbox_listeners:
+                wake()
         if tx.changed:
             changed = frozenset(tx.changed)
             for listener in self._listeners:
@@ -414,6 +526,7 @@ class SQLiteStore:
         async with self._tx() as tx:
             job = await tx.job(job_id)
             await tx.event(job_id, "submit", str(result.kind), result.detail)
+            await tx.credits(job.provider, result.credits_remaining, result.credits_exhausted)
             if job.status is not Status.QUEUED:
                 # Decided already (a deadline, or a callback that bound it first): keep the record only.
                 return job
@@ -447,6 +560,7 @@ class SQLiteStore:
                 )
                 await tx.event(job_id, "status", "failed", {"from": "queued", "by": "submit"})
                 await tx.unschedule(job_id)
+                await tx.notify("job.failed", job=await tx.job(job_id))
             elif result.kind is SubmitKind.RETRY:
                 await tx.update(job_id, submit_state=None)
                 retry_at = result.retry_at if result.retry_at is not None else tx.now
@@ -524,6 +638,7 @@ class SQLiteStore:
                 )
                 await tx.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
                 return CallbackResult(ReceiptKind.DUPLICATE, job, None)
+            await tx.callback_came(job.provider)
             decision = await tx.apply(
                 job,
                 observation,
@@ -562,6 +677,7 @@ class SQLiteStore:
                     # confirm again (one pending 'confirm' row per job, however many copies come).
                     await tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
                 return ReceiptKind.DUPLICATE
+            await tx.callback_came(job.provider)
             await tx.event(job_id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})
             await tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
             return ReceiptKind.ACCEPTED
@@ -631,7 +747,9 @@ class SQLiteStore:
             await tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
             if new_status in FINAL:
                 await tx.unschedule(job_id)
-            return await tx.job(job_id)
+            expired = await tx.job(job_id)
+            await tx.notify(f"job.{new_status}", job=expired)
+            return expired
 
     async def note(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
         """Record an event that changes nothing else (a refused delivery, a stopped poll, …)."""

@@ -126,3 +126,39 @@ async def test_synchronous_call_cut_by_kill_9_is_never_resent(tmp_path: Path) ->
         assert jobs[job_id]["status"] == "failed"
         assert jobs[job_id]["error"]["code"] == "submission_uncertain"
         assert len(segmind.calls) == 1
+
+
+async def test_notifications_owed_at_kill_9_are_delivered_once_after_restart(tmp_path: Path) -> None:
+    from tests.fakes.sinks import notify_env, sinks
+
+    async with sinks() as (slack, backend, smtp):
+        slack.always = backend.always = 500  # owed, not delivered, when the service dies
+        env = {
+            **notify_env(slack, backend, smtp, JOBHOOK_NOTIFY_RETRY_SCHEDULE="0,0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3"),
+            "JOBHOOK_SIMULATOR_LATENCY": "0.2",
+        }
+        service = ServeProcess(tmp_path, env)
+        await service.start()
+        try:
+            async with httpx.AsyncClient(base_url=service.url) as client:
+                ids = []
+                for n in range(5):
+                    response = await client.post("/v1/jobs", json={"provider": "simulator", "prompt": f"owed {n}"})
+                    ids.append(response.json()["id"])
+            await wait_all_finished(service.url, ids)
+            while len(smtp.messages) < 5 or len(backend.received) < 5:  # noqa: ASYNC110 - sinks record
+                await asyncio.sleep(0.05)
+            service.kill()
+            slack.always = backend.always = None
+            await service.start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (len(backend.delivered()) < 5 or len(slack.delivered()) < 5):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # a duplicate would have come by now
+        finally:
+            service.stop()
+        delivered_ids = [r.headers["webhook-id"] for r in backend.delivered()]
+        assert len(delivered_ids) == len(set(delivered_ids)) == 5
+        assert sorted(r.json()["data"]["id"] for r in backend.delivered()) == sorted(ids)
+        assert len(slack.delivered()) == 5
+        assert len(smtp.messages) == 5  # delivered before the kill, not again after it

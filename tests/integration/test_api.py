@@ -648,7 +648,7 @@ async def test_health_and_readiness(blank: Blank) -> None:
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
     response = await blank.svc.client.get("/readyz")
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "poller": "ok"}}
+    assert response.json() == {"status": "ready", "checks": {"database": "ok", "poller": "ok", "outbox": "ok"}}
 
 
 @shared_loop
