@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -17,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from service import api, callbacks
+from service import api, callbacks, operators, sessions
 from service.config import Settings, generate_secret
 from service.domain.callbacks import CallbackTokens
 from service.engine import Engine, ProviderRuntime
@@ -25,6 +26,7 @@ from service.errors import StorageError
 from service.http import ApiError, BearerAuth, JSONResponse, error_response
 from service.loop import MAX_SLEEP, WorkLoop
 from service.media import MediaStore
+from service.metrics import Metrics
 from service.notify.base import Destination
 from service.notify.email import EmailDestination
 from service.notify.slack import SlackDestination
@@ -32,11 +34,9 @@ from service.notify.webhook import WebhookDestination
 from service.outbox import OutboxWorker
 from service.poller import Poller
 from service.providers.aivideoapi import AivideoapiAdapter
-from service.providers.apiframe import ApiframeAdapter
-from service.providers.apiinone import ApiinoneAdapter
-from service.providers.base import Adapter, Tracking
+from service.providers.base import Tracking
 from service.providers.http import USER_AGENT, ProviderHTTP
-from service.providers.segmind import SegmindAdapter
+from service.providers.registry import adapters
 from service.simulator import Simulator
 from service.store.base import OutboxPolicy
 from service.store.sqlite import SQLiteStore
@@ -57,6 +57,8 @@ class Runtime:
     outbox: OutboxWorker
     hub: ChangeHub
     tasks: dict[str, asyncio.Task[None]]
+    sessions: sessions.Sessions
+    metrics: Metrics
 
     @property
     def loops(self) -> dict[str, WorkLoop]:
@@ -73,16 +75,6 @@ def build_destinations(settings: Settings, client: httpx.AsyncClient) -> dict[st
     if settings.forward is not None:
         destinations["webhook"] = WebhookDestination(settings.forward, client)
     return destinations
-
-
-def adapters() -> dict[str, Adapter]:
-    """Every provider jobhook can speak to, configured or not."""
-    return {
-        "aivideoapi": AivideoapiAdapter(),
-        "apiframe": ApiframeAdapter(),
-        "segmind": SegmindAdapter(),
-        "apiinone": ApiinoneAdapter(),
-    }
 
 
 def build_providers(settings: Settings, self_url: str | None) -> dict[str, ProviderRuntime]:
@@ -140,7 +132,8 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         store.add_listener(hub.notify)
         providers = build_providers(settings, self_url)
         media = MediaStore(settings.media_dir)
-        engine = Engine(settings, store, providers, CallbackTokens(keys), hub, media, clock=clock)
+        metrics = Metrics()
+        engine = Engine(settings, store, providers, CallbackTokens(keys), hub, media, metrics=metrics, clock=clock)
         poller = Poller(engine, concurrency=settings.poll_concurrency, clock=clock)
         notify_client = httpx.AsyncClient(timeout=30.0, headers={"User-Agent": USER_AGENT})
         destinations = build_destinations(settings, notify_client)
@@ -150,6 +143,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             schedule=settings.notify_retry_schedule,
             image_url=engine.public_image_url,
             clock=clock,
+            metrics=metrics,
         )
         if settings.public_url is None:
             log.warning(
@@ -161,7 +155,8 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         tasks = {
             loop.name: asyncio.create_task(loop.run(stop), name=f"jobhook-{loop.name}") for loop in (poller, outbox)
         }
-        app.state.runtime = Runtime(settings, store, engine, poller, outbox, hub, tasks)
+        signins = sessions.Sessions(keys, settings.api_tokens)
+        app.state.runtime = Runtime(settings, store, engine, poller, outbox, hub, tasks, signins, metrics)
         try:
             yield
         finally:
@@ -184,7 +179,10 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         Route("/", index, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
         *api.routes,
+        *operators.routes,
+        *sessions.routes,
         *callbacks.routes,
     ]
     if simulator is not None:
@@ -236,6 +234,12 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
     )
+
+
+async def metrics_route(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    body = await rt.metrics.render(rt.store, rt.engine.providers, rt.outbox.destinations, rt.loops)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

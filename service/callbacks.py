@@ -14,7 +14,8 @@ async def take_callback(request: Request) -> JSONResponse:
     rt = runtime(request)
     token = request.path_params["token"]
     # The token is checked before the body is read: a forged URL learns nothing, not even the limit.
-    if rt.engine.tokens.verify(token) is None:
+    claim = rt.engine.tokens.verify(token)
+    if claim is None:
         answer = await rt.engine.refuse_token()
         return JSONResponse(answer.body, status_code=answer.status)
     raw: bytes | None
@@ -23,7 +24,7 @@ async def take_callback(request: Request) -> JSONResponse:
     except BodyTooLarge:
         raw = None  # refused below, on the job's own history
     headers = {key.lower(): value for key, value in request.headers.items()}
-    answer = await rt.engine.take_callback(token, headers, raw)
+    answer = await rt.engine.take_callback(claim, headers, raw)
     return JSONResponse(answer.body, status_code=answer.status)
 
 

@@ -210,42 +210,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.dir, keep_serving=args.keep_serving)
 
 
-def provider_rows(settings: Settings) -> list[dict[str, Any]]:
-    """What `jobhook providers` shows, from the settings alone (no service needs to run)."""
-    from service.app import adapters
-    from service.providers.base import Tracking
-
-    rows = []
-    for name, adapter in adapters().items():
-        provider = settings.providers[name]
-        tracking = str(adapter.tracking)
-        if adapter.tracking in (Tracking.CALLBACK, Tracking.WEBHOOK_CONFIRM) and settings.public_url is None:
-            tracking = "polling (no JOBHOOK_PUBLIC_URL)"
-        rows.append(
-            {
-                "provider": name,
-                "configured": provider.configured,
-                "api_key": "set" if provider.configured else f"unset: JOBHOOK_{name.upper()}_API_KEY",
-                "base_url": provider.base_url,
-                "tracking": tracking,
-                "prices_usd": dict(adapter.price_list),
-            }
-        )
-    rows.append(
-        {
-            "provider": "simulator",
-            "configured": settings.simulator.enabled,
-            "api_key": "built in",
-            "base_url": "<this jobhook>/simulator",
-            "tracking": "callback" if settings.public_url else "polling (no JOBHOOK_PUBLIC_URL)",
-            "prices_usd": {},
-        }
-    )
-    return rows
-
-
 def cmd_providers(args: argparse.Namespace) -> int:
-    rows = provider_rows(load_settings(args))
+    from service.providers.registry import describe
+
+    rows = describe(load_settings(args))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

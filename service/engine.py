@@ -28,6 +28,7 @@ from service.domain.status import FINAL, JobError, Observation, Status
 from service.errors import JobhookError
 from service.ids import new_job_id
 from service.media import MediaFile, MediaStore
+from service.metrics import Metrics
 from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse, sniff
 from service.providers.http import USER_AGENT, NotSent, ProviderHTTP, Uncertain
 from service.store.base import NewJob, ReceiptKind, SubmitKind, SubmitResult, TaskIdConflict
@@ -91,6 +92,7 @@ class NotBackendSubmitted(JobhookError):
 class CallbackAnswer:
     status: int
     body: dict[str, Any]
+    provider: str = "unknown"
 
 
 def request_fingerprint(submission: Submission) -> str:
@@ -116,12 +118,14 @@ class Engine:
         hub: ChangeHub,
         media: MediaStore,
         *,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.media = media
+        self.metrics = metrics or Metrics()
         self._downloads = httpx.AsyncClient(timeout=60.0, follow_redirects=True, headers={"User-Agent": USER_AGENT})
         self.providers = providers
         self.tokens = tokens
@@ -256,6 +260,7 @@ class Engine:
         assert runtime.http is not None
         callback_url = self.callback_url(job) if job.callback_url_registered else None
         wire = runtime.adapter.submit_request(GenerationRequest.from_json(job.request), callback_url)
+        started = time.monotonic()
         try:
             response = await runtime.http.send(wire, submission=True)
         except NotSent as exc:
@@ -264,6 +269,8 @@ class Engine:
             result = self._uncertain(runtime, {"reason": "no_answer", "message": str(exc)})
         else:
             result = await self._submit_result(job, runtime, response)
+        self.metrics.submit_seconds.labels(job.provider).observe(time.monotonic() - started)
+        self.metrics.submissions.labels(job.provider, str(result.kind)).inc()
         stored = await self.store.record_submit(job.id, result)
         level = logging.WARNING if result.kind is not SubmitKind.ACCEPTED else logging.INFO
         log.log(level, "submit %s %s: %s", job.id, job.provider, result.kind)
@@ -415,6 +422,7 @@ class Engine:
                     if asked is not None:
                         next_delay = max(next_delay, asked)
                         self.paused_until[job.provider] = now + asked
+        self.metrics.polls.labels(job.provider, outcome).inc()
         if outcome in ("rate_limited", "error", "unreachable", "unreadable"):
             log.warning("poll %s %s: %s %s", job.id, job.provider, outcome, detail.get("message", ""))
         images = len(observation.images) if observation is not None else 0
@@ -508,17 +516,34 @@ class Engine:
     async def refuse_token(self) -> CallbackAnswer:
         """A delivery to a URL whose token is not ours: 404, and nothing about any job is revealed."""
         await self._refused_unknown("invalid_token", {})
+        self.metrics.callbacks.labels("unknown", "refused", "invalid_token").inc()
         return _not_found()
 
-    async def take_callback(self, token: str, headers: Mapping[str, str], raw: bytes | None) -> CallbackAnswer:
-        """Every check of SPEC §4 in order; the delivery is committed before this returns 200.
+    async def take_callback(
+        self, claim: verify.TokenClaim, headers: Mapping[str, str], raw: bytes | None
+    ) -> CallbackAnswer:
+        """Every check of SPEC §4 after the token's (the route verified it: `claim`), in order; the
+        delivery is committed before this returns 200.
 
         `headers` have lower-case names; `raw` is None when the body was over the size limit.
         """
-        claim = self.tokens.verify(token)
-        runtime = self.providers.get(claim.provider) if claim else None
-        if claim is None or runtime is None:
-            return await self.refuse_token()
+        started = time.monotonic()
+        answer = await self._take_callback(claim, headers, raw)
+        if answer.status == 200:
+            outcome, reason = str(answer.body["status"]), ""
+        else:
+            outcome, reason = "refused", str(answer.body["error"]["code"])
+        self.metrics.callbacks.labels(answer.provider, outcome, reason).inc()
+        self.metrics.callback_seconds.labels(answer.provider).observe(time.monotonic() - started)
+        return answer
+
+    async def _take_callback(
+        self, claim: verify.TokenClaim, headers: Mapping[str, str], raw: bytes | None
+    ) -> CallbackAnswer:
+        runtime = self.providers.get(claim.provider)
+        if runtime is None:
+            await self._refused_unknown("invalid_token", {})
+            return _not_found()
         job = await self.store.get_job(claim.job_id)
         if job is None or job.provider != claim.provider:
             await self._refused_unknown("unknown_job", {"job_id": claim.job_id})
@@ -562,7 +587,7 @@ class Engine:
             return await self._refuse(job, refusal, _delivery_detail(headers, body))
         if result.kind is ReceiptKind.ACCEPTED and result.decision is not None and result.decision.applied:
             log.info("callback %s %s: %s", job.id, job.provider, result.job.status)
-        return CallbackAnswer(200, {"status": str(result.kind)})
+        return CallbackAnswer(200, {"status": str(result.kind)}, job.provider)
 
     async def _take_claim(self, job: Job, runtime: ProviderRuntime, body: Mapping[str, Any]) -> CallbackAnswer:
         """A bare webhook (apiframe): the job id it names must be the job's, and what it claims is
@@ -587,14 +612,15 @@ class Engine:
             refusal = verify.Refusal(409, "task_id_conflict", "this job id belongs to another job")
             return await self._refuse(job, refusal, detail)
         self._nudge(self.clock())  # a confirming poll is due now (a duplicate may re-arm one)
-        return CallbackAnswer(200, {"status": str(kind)})
+        return CallbackAnswer(200, {"status": str(kind)}, job.provider)
 
     async def _refuse(self, job: Job, refusal: verify.Refusal, detail: dict[str, Any]) -> CallbackAnswer:
         log.warning("callback refused for %s: %s", job.id, refusal.code)
         await self.store.note(
             job.id, "callback", "refused", {**detail, "code": refusal.code, "message": refusal.message}
         )
-        return CallbackAnswer(refusal.status, {"error": {"code": refusal.code, "message": refusal.message}})
+        body = {"error": {"code": refusal.code, "message": refusal.message}}
+        return CallbackAnswer(refusal.status, body, job.provider)
 
     async def _refused_unknown(self, code: str, detail: dict[str, Any]) -> None:
         log.warning("callback refused: %s", code)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import hmac
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -78,37 +78,60 @@ def decode_cursor(cursor: str) -> str | None:
 
 
 class BearerAuth:
-    """Pure ASGI middleware: `/v1/*` needs `Authorization: Bearer <token>` when tokens are set."""
+    """Pure ASGI middleware: with JOBHOOK_API_TOKENS set, `/v1/*` and the dashboard need a bearer token
+    or a dashboard session cookie (see service.sessions); the sign-in page and its assets do not."""
 
-    def __init__(self, app: ASGIApp, tokens: Sequence[str], prefixes: Sequence[str] = ("/v1/", "/v1")) -> None:
+    PROTECTED = ("/v1/", "/v1", "/dashboard")
+    OPEN = ("/dashboard/login", "/dashboard/static/")
+
+    def __init__(self, app: ASGIApp, tokens: Sequence[str]) -> None:
         self.app = app
-        self.tokens = [token.encode() for token in tokens]
-        self.prefixes = tuple(prefixes)
+        self.enabled = bool(tokens)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.tokens and scope["path"].startswith(self.prefixes):
-            header = dict(scope["headers"]).get(b"authorization", b"")
-            scheme, _, presented = header.partition(b" ")
-            if scheme.lower() != b"bearer" or not presented.strip():
-                response = error_response(
-                    401,
-                    "unauthorized",
-                    "send Authorization: Bearer <token> (one of JOBHOOK_API_TOKENS)",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or not self.enabled
+            or not path.startswith(self.PROTECTED)
+            or path.startswith(self.OPEN)
+        ):
+            await self.app(scope, receive, send)
+            return
+        sessions = scope["app"].state.runtime.sessions
+        headers = dict(scope["headers"])
+        scheme, _, presented = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer" and presented.strip():
+            if sessions.token_matches(presented.strip().decode("latin-1")):
+                await self.app(scope, receive, send)
                 return
-            if not self.valid(presented.strip()):
-                response = error_response(
-                    401, "unauthorized", "the bearer token is not valid", headers={"WWW-Authenticate": "Bearer"}
-                )
-                await response(scope, receive, send)
+            response: Response = error_response(
+                401, "unauthorized", "the bearer token is not valid", headers={"WWW-Authenticate": "Bearer"}
+            )
+            await response(scope, receive, send)
+            return
+        if sessions.valid(_cookie(headers.get(b"cookie", b""), "jobhook_session")):
+            unsafe = scope["method"] not in ("GET", "HEAD", "OPTIONS")
+            if unsafe and b"x-jobhook-csrf" not in headers:
+                response = error_response(403, "csrf_required", "send the X-Jobhook-CSRF header with this request")
+            else:
+                await self.app(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        elif path.startswith("/dashboard") and scope["method"] in ("GET", "HEAD"):
+            response = RedirectResponse(f"/dashboard/login?next={quote(path)}", status_code=303)
+        else:
+            response = error_response(
+                401,
+                "unauthorized",
+                "send Authorization: Bearer <token> (one of JOBHOOK_API_TOKENS)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        await response(scope, receive, send)
 
-    def valid(self, presented: bytes) -> bool:
-        # Compare against every token, in constant time each, without stopping at the first match.
-        matched = False
-        for token in self.tokens:
-            matched |= hmac.compare_digest(presented, token)
-        return matched
+
+def _cookie(header: bytes, name: str) -> str | None:
+    for part in header.decode("latin-1").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None

@@ -35,6 +35,11 @@ def new_job_id() -> str:
     return "job_" + _encode(_next())
 
 
+def job_id_floor(timestamp: float) -> str:
+    """The smallest job id made at or after `timestamp`: a range of ids is a range of creation times."""
+    return "job_" + _encode(int(timestamp * 1000) << 80)
+
+
 def new_message_id() -> str:
     """A notification's id: its Standard Webhooks `webhook-id`, kept across retries and resends."""
     return "msg_" + _encode(_next())

@@ -17,6 +17,7 @@ from typing import Any
 from service.domain.delivery import Breaker, next_attempt_at
 from service.domain.job import Job
 from service.loop import WorkLoop
+from service.metrics import Metrics
 from service.notify.base import DeliveryResult, Destination, Notification
 from service.store.base import OutboxRow
 from service.store.sqlite import SQLiteStore
@@ -38,8 +39,10 @@ class OutboxWorker(WorkLoop):
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         concurrency: int = CONCURRENCY,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__(clock)
+        self.metrics = metrics or Metrics()
         self.store = store
         self.destinations = destinations
         self.schedule = tuple(schedule)
@@ -88,6 +91,8 @@ class OutboxWorker(WorkLoop):
         await self.store.record_delivery(
             row.id, ok=result.ok, status=result.status, error=result.error, next_attempt_at=due, gone=result.gone
         )
+        outcome = "delivered" if result.ok else ("retry" if due is not None else "dead")
+        self.metrics.notifications.labels(row.destination, outcome).inc()
         if result.ok:
             self.log.info("%s delivered to %s", row.type, row.destination)
         else:

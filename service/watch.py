@@ -6,18 +6,42 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
+STREAM_BUFFER = 1000
+
 
 class ChangeHub:
-    """Futures per job id, resolved by the store's after-commit listener. No polling, no busy loop."""
+    """Futures per job id, resolved by the store's after-commit listener. No polling, no busy loop.
+
+    Streams (the dashboard's live view) get every changed job id through a bounded queue; a reader too
+    slow to keep up gets `None`, meaning "you missed some: read the list again".
+    """
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._streams: set[asyncio.Queue[str | None]] = set()
 
     def notify(self, job_ids: frozenset[str]) -> None:
         for job_id in job_ids:
             for future in self._waiters.pop(job_id, ()):
                 if not future.done():
                     future.set_result(None)
+        for queue in self._streams:
+            for job_id in job_ids:
+                try:
+                    queue.put_nowait(job_id)
+                except asyncio.QueueFull:
+                    _overflow(queue)
+                    break
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[asyncio.Queue[str | None]]:
+        """Every job id changed from now on, in commit order (`None`: some were dropped)."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue(STREAM_BUFFER)
+        self._streams.add(queue)
+        try:
+            yield queue
+        finally:
+            self._streams.discard(queue)
 
     @contextlib.contextmanager
     def subscribe(self, job_id: str) -> Iterator[asyncio.Future[None]]:
@@ -36,4 +60,11 @@ class ChangeHub:
 
     @property
     def waiting(self) -> int:
-        return sum(len(futures) for futures in self._waiters.values())
+        return sum(len(futures) for futures in self._waiters.values()) + len(self._streams)
+
+
+def _overflow(queue: asyncio.Queue[str | None]) -> None:
+    """Empty a full queue and leave one `None`: the reader must resynchronise."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(None)

@@ -24,7 +24,7 @@ from service.domain import status as status_machine
 from service.domain.job import Event, Job
 from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
 from service.errors import SchemaTooNew, StorageError
-from service.ids import new_message_id
+from service.ids import job_id_floor, new_message_id
 from service.media import MediaFile
 from service.store.base import (
     Applied,
@@ -830,12 +830,32 @@ class SQLiteStore(OutboxQueries):
             for row in rows
         ]
 
+    async def usage_since(self, timestamp: float) -> dict[str, dict[str, Any]]:
+        """Jobs created since `timestamp` per provider, and what they cost (ids are time-ordered)."""
+        rows = await self._read(
+            "SELECT provider, COUNT(*), COALESCE(SUM(cost_usd), 0) FROM jobs WHERE id >= ? GROUP BY provider",
+            (job_id_floor(timestamp),),
+        )
+        return {row[0]: {"jobs": row[1], "cost_usd": round(row[2], 4)} for row in rows}
+
+    async def job_counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (provider, status), kept by triggers in the same transactions as the jobs."""
+        rows = await self._read("SELECT provider, status, n FROM job_counts")
+        return {(row[0], row[1]): row[2] for row in rows}
+
     async def counts(self) -> dict[str, int]:
         rows = await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")
         return {row[0]: row[1] for row in rows}
 
 
 def _statements(sql: str) -> list[str]:
-    """Split a migration file into statements (no `;` inside string literals in our migrations)."""
+    """Split a migration file into statements; a trigger's body keeps its inner `;`s."""
     lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+    statements, buffer = [], ""
+    for piece in "\n".join(lines).split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                statements.append(buffer.strip())
+            buffer = ""
+    return statements

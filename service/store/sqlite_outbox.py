@@ -170,6 +170,16 @@ class OutboxQueries:
             tx.outbox_changed = True
             return rows
 
+    async def outbox_counts(self) -> dict[str, dict[str, int]]:
+        """Per destination, how many deliveries are pending and dead (delivered ones are not counted)."""
+        rows = await self._read(
+            "SELECT destination, status, COUNT(*) FROM outbox WHERE status IN ('pending', 'dead') GROUP BY 1, 2"
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for destination, status, count in rows:
+            counts.setdefault(destination, {"pending": 0, "dead": 0})[status] = count
+        return counts
+
     async def stopped_destinations(self) -> dict[str, str]:
         rows = await self._read("SELECT destination, stopped FROM destination_state WHERE stopped IS NOT NULL")
         return {row[0]: row[1] for row in rows}

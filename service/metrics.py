@@ -1,0 +1,98 @@
+"""Prometheus metrics (`/metrics`), with prometheus-client's own registry per app.
+
+Counters and histograms are incremented where things happen; gauges that describe stored state (jobs
+by status, outbox depth) are read from the database at scrape time, from tables kept in step by the
+same transactions (job_counts is maintained by triggers), so a scrape never scans the jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.loop import WorkLoop
+from service.store.sqlite import SQLiteStore
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.callbacks = Counter(
+            "jobhook_callback_deliveries",
+            "Callback deliveries by provider and outcome (accepted, duplicate, refused) and refusal reason",
+            ["provider", "outcome", "reason"],
+            registry=r,
+        )
+        self.callback_seconds = Histogram(
+            "jobhook_callback_seconds",
+            "Time from a callback's arrival to its answer (verification and commit)",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.submissions = Counter(
+            "jobhook_submissions",
+            "Submission attempts by provider and outcome (accepted, rejected, retry, uncertain, failed)",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.submit_seconds = Histogram(
+            "jobhook_submit_seconds",
+            "Time of a submission call to the provider",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.polls = Counter(
+            "jobhook_polls",
+            "Polls by provider and outcome (the status seen, or the failure)",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            "jobhook_notification_attempts",
+            "Notification delivery attempts by destination and outcome (delivered, retry, dead)",
+            ["destination", "outcome"],
+            registry=r,
+        )
+        self.jobs = Gauge("jobhook_jobs", "Jobs by provider and status", ["provider", "status"], registry=r)
+        self.outbox_pending = Gauge(
+            "jobhook_outbox_pending", "Notification deliveries waiting to be made", ["destination"], registry=r
+        )
+        self.outbox_dead = Gauge(
+            "jobhook_outbox_dead",
+            "Notification deliveries given up (see jobhook outbox --dead)",
+            ["destination"],
+            registry=r,
+        )
+        self.degraded = Gauge(
+            "jobhook_provider_callbacks_degraded",
+            "1 while a provider's callbacks are marked degraded",
+            ["provider"],
+            registry=r,
+        )
+        self.loop_age = Gauge(
+            "jobhook_loop_heartbeat_age_seconds", "Seconds since each background loop last woke", ["loop"], registry=r
+        )
+
+    async def render(
+        self, store: SQLiteStore, providers: Iterable[str], destinations: Iterable[str], loops: Mapping[str, WorkLoop]
+    ) -> bytes:
+        """Read the stored state into the gauges, then the exposition text."""
+        for (provider, status), count in (await store.job_counts()).items():
+            self.jobs.labels(provider, status).set(count)
+        counts = await store.outbox_counts()
+        for destination in destinations:
+            self.outbox_pending.labels(destination).set(counts.get(destination, {}).get("pending", 0))
+            self.outbox_dead.labels(destination).set(counts.get(destination, {}).get("dead", 0))
+        for provider in providers:
+            self.degraded.labels(provider).set(1 if provider in store.degraded else 0)
+        now = time.monotonic()
+        for name, loop in loops.items():
+            self.loop_age.labels(name).set(round(now - loop.heartbeat, 3))
+        return generate_latest(self.registry)

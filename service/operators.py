@@ -1,0 +1,120 @@
+"""Routes for operators and the dashboard: providers and their health, the outbox, the live stream.
+
+All under `/v1/` (bearer token or dashboard session). The stream is server-sent events: one `job`
+event with the job's JSON each time a commit changes a job, a `resync` event when the reader fell
+behind, and a comment every 15 s so that proxies keep the connection open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from service.api import job_json, json_body, runtime
+from service.http import ApiError, JSONResponse
+from service.providers.registry import describe
+
+KEEPALIVE = 15.0
+
+
+async def providers(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    now = rt.engine.clock()
+    midnight = dt.datetime.fromtimestamp(now, tz=dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    usage = await rt.store.usage_since(midnight.timestamp())
+    states = {state["provider"]: state for state in await rt.store.provider_states()}
+    rows = []
+    for row in describe(rt.settings):
+        name = row["provider"]
+        state = states.get(name, {})
+        rows.append(
+            {
+                **row,
+                "callbacks": "degraded" if name in rt.store.degraded else "ok",
+                "polled_in_a_row": state.get("polled_in_a_row", 0),
+                "credits": state.get("credits"),
+                "credits_low": bool(state.get("credits_low", 0)),
+                "today": usage.get(name, {"jobs": 0, "cost_usd": 0.0}),
+            }
+        )
+    return JSONResponse({"providers": rows})
+
+
+async def outbox(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    status = request.query_params.get("status") or None
+    if status is not None and status not in ("pending", "delivered", "dead"):
+        raise ApiError(400, "invalid_status", f"status must be pending, delivered or dead, got {status[:40]!r}")
+    raw_limit = request.query_params.get("limit") or "50"
+    if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3) or not 1 <= int(raw_limit) <= 200:
+        raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to 200, got {raw_limit[:40]!r}")
+    rows = await rt.store.outbox(status=status, limit=int(raw_limit))
+    stopped = await rt.store.stopped_destinations()
+    destinations = {
+        name: {"breaker": state, "stopped": stopped.get(name)} for name, state in rt.outbox.status().items()
+    }
+    return JSONResponse(
+        {
+            "deliveries": [dataclasses.asdict(row) for row in rows],
+            "counts": await rt.store.outbox_counts(),
+            "destinations": destinations,
+        }
+    )
+
+
+async def resend(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    body = await json_body(request)
+    if not isinstance(body, dict) or set(body) - {"ids", "dead"} or ("ids" in body) == bool(body.get("dead")):
+        raise ApiError(422, "invalid_body", 'send {"ids": [delivery ids]} or {"dead": true}', field="body")
+    ids = body.get("ids")
+    if ids is not None and (
+        not isinstance(ids, list)
+        or not ids
+        or len(ids) > 1000
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)
+    ):
+        raise ApiError(422, "invalid_field", "ids must be a list of 1 to 1000 delivery ids", field="ids")
+    rows = await rt.store.resend(None if body.get("dead") else ids)
+    rt.outbox.wake()
+    return JSONResponse({"resent": [row.id for row in rows]})
+
+
+async def stream(request: Request) -> StreamingResponse:
+    rt = runtime(request)
+
+    async def events() -> AsyncIterator[bytes]:
+        with rt.hub.stream() as changes:
+            yield b"retry: 2000\n\n"
+            while True:
+                try:
+                    job_id = await asyncio.wait_for(changes.get(), KEEPALIVE)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield b": keep-alive\n\n"
+                    continue
+                if job_id is None:
+                    yield b"event: resync\ndata: {}\n\n"
+                    continue
+                job = await rt.store.get_job(job_id)
+                if job is not None:
+                    yield b"event: job\ndata: " + orjson.dumps(job_json(request, job)) + b"\n\n"
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+routes = [
+    Route("/v1/providers", providers, methods=["GET"]),
+    Route("/v1/outbox", outbox, methods=["GET"]),
+    Route("/v1/outbox/resend", resend, methods=["POST"]),
+    Route("/v1/stream", stream, methods=["GET"]),
+]
