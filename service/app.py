@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from service import api, callbacks, operators, sessions
@@ -200,12 +200,21 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
     )
 
 
-async def index(request: Request) -> JSONResponse:
+async def index(request: Request) -> Response:
+    """A browser goes to the dashboard; a program gets the map of the service."""
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/dashboard", status_code=303)
     return JSONResponse(
         {
             "service": "jobhook",
             "version": VERSION,
-            "links": {"jobs": "/v1/jobs", "health": "/healthz", "ready": "/readyz"},
+            "links": {
+                "dashboard": "/dashboard",
+                "jobs": "/v1/jobs",
+                "health": "/healthz",
+                "ready": "/readyz",
+                "metrics": "/metrics",
+            },
         }
     )
 

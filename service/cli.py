@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from service import maintenance
 from service.config import Settings
 from service.errors import ConfigError, StorageError
 
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--dir", default="jobhook-demo", help="where the demo keeps its database (default: %(default)s)")
     demo.add_argument("--keep-serving", action="store_true", help="keep the service running after the demo")
+    demo.add_argument(
+        "--linger",
+        type=float,
+        help="seconds to stay up after the demo for a look at the dashboard (default: 60 in a terminal, else 0)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
     migrate = commands.add_parser(
@@ -82,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Apply pending migrations to JOBHOOK_DATABASE.",
     )
     migrate.set_defaults(handler=cmd_migrate)
+    maintenance.add_commands(commands)
 
     providers = commands.add_parser(
         "providers",
@@ -182,6 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     self_url = f"http://{local_host}:{args.port}"
     app = create_app(settings, self_url=self_url)
     print(f"jobhook on {self_url}  (database {settings.database})", file=sys.stderr, flush=True)
+    print(f"dashboard  {self_url}/dashboard", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on")
     return 0
 
@@ -207,7 +215,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
-    return run_demo(args.dir, keep_serving=args.keep_serving)
+    return run_demo(args.dir, keep_serving=args.keep_serving, linger=args.linger)
 
 
 def cmd_providers(args: argparse.Namespace) -> int:

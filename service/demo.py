@@ -133,15 +133,27 @@ def demo_settings(folder: Path, url: str) -> Settings:
     )
 
 
-def run_demo(directory: str, *, keep_serving: bool = False) -> int:
+def run_demo(
+    directory: str, *, keep_serving: bool = False, lead_in: float | None = None, linger: float | None = None
+) -> int:
+    """`lead_in`/`linger`: seconds to wait before the batch and to stay up after it — by default 5 and
+    60 in a terminal (time to open the dashboard and look around), none otherwise."""
     folder = Path(directory).resolve()
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    return asyncio.run(_run(folder, keep_serving))
+    interactive = sys.stdout.isatty()
+    return asyncio.run(
+        _run(
+            folder,
+            keep_serving,
+            lead_in if lead_in is not None else (5.0 if interactive else 0.0),
+            linger if linger is not None else (60.0 if interactive else 0.0),
+        )
+    )
 
 
-async def _run(folder: Path, keep_serving: bool) -> int:
+async def _run(folder: Path, keep_serving: bool, lead_in: float, linger: float) -> int:
     out = Out()
     sock = _free_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -157,12 +169,20 @@ async def _run(folder: Path, keep_serving: bool) -> int:
             return 1
         await asyncio.sleep(0.02)
     out.line(out.paint("jobhook demo", "1") + f" — the service is up on {url} with the built-in simulator provider")
+    out.line(f"dashboard {url}/dashboard — open it now to watch the jobs move")
     out.line(f"database {settings.database}\n")
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            if lead_in:
+                out.line(f"(starting in {lead_in:g} s)\n")
+                await asyncio.sleep(lead_in)
             ok = await _scenario(client, out, url)
+            if linger and not keep_serving:
+                out.line(f"\nthe dashboard stays up for {linger:g} s ({url}/dashboard) — Ctrl-C to stop now")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(linger)
             if keep_serving:
-                out.line(f"\nstill serving on {url} — press Ctrl-C to stop")
+                out.line(f"\nstill serving on {url} — the dashboard: {url}/dashboard — press Ctrl-C to stop")
                 await serving
     finally:
         server.should_exit = True
@@ -171,7 +191,9 @@ async def _run(folder: Path, keep_serving: bool) -> int:
         sock.close()
     out.line("")
     out.line("where to look:")
+    out.line(f"  dashboard      {url}/dashboard  (live while the demo runs; --keep-serving keeps it up)")
     out.line(f"  database       {settings.database}")
+    out.line(f"  images         {settings.media_dir} (jobhook's own copies)")
     out.line(f"  serve it again JOBHOOK_DATABASE={settings.database} jobhook serve")
     out.line("  then           jobhook jobs   ·   jobhook job <id>   ·   curl localhost:8000/v1/jobs")
     if not keep_serving:
