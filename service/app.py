@@ -77,6 +77,11 @@ def build_destinations(settings: Settings, client: httpx.AsyncClient) -> dict[st
     return destinations
 
 
+def simulator_enabled(settings: Settings) -> bool:
+    """JOBHOOK_SIMULATOR=auto (unset) counts as on here; `jobhook serve` turns it off for a public host."""
+    return settings.simulator.enabled is not False
+
+
 def build_providers(settings: Settings, self_url: str | None) -> dict[str, ProviderRuntime]:
     runtimes: dict[str, ProviderRuntime] = {}
     timeout, submit_timeout = 30.0, settings.submit_timeout
@@ -90,7 +95,7 @@ def build_providers(settings: Settings, self_url: str | None) -> dict[str, Provi
                 provider.base_url, adapter.auth_headers(provider.api_key), timeout=timeout, submit_timeout=limit
             )
         runtimes[name] = ProviderRuntime(name, adapter, http)
-    if settings.simulator.enabled and self_url is not None:
+    if simulator_enabled(settings) and self_url is not None:
         simulator = AivideoapiAdapter(name="simulator", prices={})
         http = ProviderHTTP(
             f"{self_url}/simulator",
@@ -105,7 +110,7 @@ def build_providers(settings: Settings, self_url: str | None) -> dict[str, Provi
 def create_app(settings: Settings, *, self_url: str | None = None, clock: Callable[[], float] = time.time) -> Starlette:
     """The ASGI app. `self_url` is where this process listens (the simulator's base URL hangs off it)."""
     simulator = None
-    if settings.simulator.enabled and self_url is not None:
+    if simulator_enabled(settings) and self_url is not None:
         # Only jobhook's own callback URLs: the simulator sits on the public port.
         prefix = f"{settings.public_url or self_url}/callbacks/"
         simulator = Simulator(settings.simulator, callback_prefix=prefix)
@@ -127,7 +132,10 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             policy=policy,
         )
         await store.open()
-        keys = settings.secrets or (await store.secret(generate_secret),)
+        # The key kept in the database stays a verifying key when JOBHOOK_SECRET is set, so that the
+        # callback URLs and image links made before keep working.
+        stored_key = await store.secret(generate_secret)
+        keys = (*settings.secrets, stored_key) if settings.secrets else (stored_key,)
         hub = ChangeHub()
         store.add_listener(hub.notify)
         providers = build_providers(settings, self_url)

@@ -17,10 +17,11 @@ import httpx
 
 from service import maintenance
 from service.config import Settings
-from service.errors import ConfigError, StorageError
+from service.errors import ConfigError, SchemaTooNew, StorageError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # a setting or an argument is wrong: starting again will not help
+EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: the database could not be used just now
 
 
 class CLIError(Exception):
@@ -35,9 +36,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(EXIT_USAGE)
     try:
         code = args.handler(args)
-    except (ConfigError, StorageError, CLIError) as exc:
+    except (ConfigError, CLIError, SchemaTooNew, maintenance.MaintenanceError) as exc:
         print(f"jobhook: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+    except StorageError as exc:  # maybe passing (locked, disk full): a supervisor may try again
+        print(f"jobhook: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_TEMPFAIL) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     raise SystemExit(code or 0)
@@ -59,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the service", description="Run the service (one uvicorn process).")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        help="proxies trusted for X-Forwarded-Proto/For, comma-separated or * (env FORWARDED_ALLOW_IPS, "
+        "default %(default)s): behind TLS termination this makes the dashboard cookie Secure",
+    )
     serve.add_argument(
         "--insecure",
         action="store_true",
@@ -178,6 +188,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be between 1 and 65535, got {args.port}")
+    if settings.simulator.enabled is None and not _is_loopback(args.host):
+        # JOBHOOK_SIMULATOR=auto: a free renderer has no place on a public address.
+        settings = dataclasses.replace(settings, simulator=dataclasses.replace(settings.simulator, enabled=False))
     asyncio.run(_migrate(settings))  # a database that cannot be opened stops us here, in one line
     import uvicorn
 
@@ -190,7 +203,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, self_url=self_url)
     print(f"jobhook on {self_url}  (database {settings.database})", file=sys.stderr, flush=True)
     print(f"dashboard  {self_url}/dashboard", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on")
+    # No access log: callback and image URLs carry tokens. Long `?wait=` requests are cut after 15 s
+    # at shutdown; nothing acknowledged depends on them.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        timeout_graceful_shutdown=15,
+    )
     return 0
 
 
@@ -279,9 +304,9 @@ async def _outbox(settings: Settings, args: argparse.Namespace) -> list[Any]:
 
 def _client(args: argparse.Namespace) -> httpx.Client:
     token = args.token
-    if token is None:
-        tokens = os.environ.get("JOBHOOK_API_TOKENS", "")
-        token = tokens.split(",")[0].strip() or None
+    if token is None:  # the first of JOBHOOK_API_TOKENS, from the environment or --env-file
+        tokens = load_settings(args).api_tokens
+        token = tokens[0] if tokens else None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=args.url.rstrip("/"), headers=headers, timeout=75)
 

@@ -38,7 +38,7 @@ class Secret(str):
 class SimulatorSettings:
     """How the built-in `simulator` provider behaves (SPEC §7). Rates are probabilities in [0, 1]."""
 
-    enabled: bool = True
+    enabled: bool | None = None  # None ("auto"): on when jobhook listens on loopback only, off otherwise
     latency: float = 2.0
     failure_rate: float = 0.0
     drop_rate: float = 0.0
@@ -330,7 +330,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         sqlite_synchronous=choice("JOBHOOK_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA"), upper=True),
         log_format=choice("JOBHOOK_LOG_FORMAT", "text", ("text", "json")),
         simulator=SimulatorSettings(
-            enabled=boolean("JOBHOOK_SIMULATOR", True),
+            enabled=None
+            if (get("JOBHOOK_SIMULATOR") or "auto").lower() == "auto"
+            else boolean("JOBHOOK_SIMULATOR", True),
             latency=duration("JOBHOOK_SIMULATOR_LATENCY", 2.0),
             failure_rate=rate("JOBHOOK_SIMULATOR_FAILURE_RATE", 0.0),
             drop_rate=rate("JOBHOOK_SIMULATOR_DROP_RATE", 0.0),

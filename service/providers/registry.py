@@ -43,7 +43,7 @@ def describe(settings: Settings) -> list[dict[str, Any]]:
     rows.append(
         {
             "provider": "simulator",
-            "configured": settings.simulator.enabled,
+            "configured": settings.simulator.enabled is not False,
             "api_key": "built in",
             "base_url": "<this jobhook>/simulator",
             "tracking": "callback" if settings.public_url else "polling (no JOBHOOK_PUBLIC_URL)",

@@ -53,7 +53,7 @@ class HTTPSink:
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> HTTPSink:
-        app = Starlette(routes=[Route("/hook", self._hook, methods=["POST"])])
+        app = Starlette(routes=[Route("/hook{rest:path}", self._hook, methods=["POST"])])
         self.url = await self._stack.enter_async_context(serve_asgi(app)) + "/hook"
         return self
 
