@@ -88,7 +88,12 @@ async def test_failed_sends_are_retried_with_the_same_event_id(jobhook: ServiceF
         assert [r.answered for r in backend.received] == [500, 503, 200]
         assert len(ids) == 1
         assert len({r.body for r in backend.received}) == 1  # the same message, only re-signed
-        outcomes = [(o, d) for o, d in notifications(await svc.events(job["id"])) if d == "webhook"]
+
+        async def webhook_outcomes() -> list[tuple[str | None, str | None]] | None:
+            found = [(o, d) for o, d in notifications(await svc.events(job["id"])) if d == "webhook"]
+            return found if ("delivered", "webhook") in found else None  # recorded just after the 200
+
+        outcomes = await eventually(webhook_outcomes)
         assert outcomes == [("retry", "webhook"), ("retry", "webhook"), ("delivered", "webhook")]
         assert len(smtp.messages) == 1
 
