@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from service import api, callbacks, operators, sessions
+from service import api, callbacks, dashboard, operators, sessions
 from service.config import Settings, generate_secret
 from service.domain.callbacks import CallbackTokens
 from service.engine import Engine, ProviderRuntime
@@ -191,6 +191,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         *api.routes,
         *operators.routes,
         *sessions.routes,
+        *dashboard.routes,
         *callbacks.routes,
     ]
     if simulator is not None:
