@@ -27,10 +27,7 @@ from service.http import ApiError, BearerAuth, JSONResponse, error_response
 from service.loop import MAX_SLEEP, WorkLoop
 from service.media import MediaStore
 from service.metrics import Metrics
-from service.notify.base import Destination
-from service.notify.email import EmailDestination
-from service.notify.slack import SlackDestination
-from service.notify.webhook import WebhookDestination
+from service.notify import destinations_from_settings
 from service.outbox import OutboxWorker
 from service.poller import Poller
 from service.providers.aivideoapi import AivideoapiAdapter
@@ -63,18 +60,6 @@ class Runtime:
     @property
     def loops(self) -> dict[str, WorkLoop]:
         return {"poller": self.poller, "outbox": self.outbox}
-
-
-def build_destinations(settings: Settings, client: httpx.AsyncClient) -> dict[str, Destination]:
-    """The configured notification destinations (SPEC §6), keyed as the outbox names them."""
-    destinations: dict[str, Destination] = {}
-    if settings.slack_webhook_url is not None:
-        destinations["slack"] = SlackDestination(settings.slack_webhook_url, client)
-    if settings.smtp is not None:
-        destinations["email"] = EmailDestination(settings.smtp)
-    if settings.forward is not None:
-        destinations["webhook"] = WebhookDestination(settings.forward, client)
-    return destinations
 
 
 def simulator_enabled(settings: Settings) -> bool:
@@ -144,7 +129,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         engine = Engine(settings, store, providers, CallbackTokens(keys), hub, media, metrics=metrics, clock=clock)
         poller = Poller(engine, concurrency=settings.poll_concurrency, clock=clock)
         notify_client = httpx.AsyncClient(timeout=30.0, headers={"User-Agent": USER_AGENT})
-        destinations = build_destinations(settings, notify_client)
+        destinations = destinations_from_settings(settings, notify_client)
         outbox = OutboxWorker(
             store,
             destinations,

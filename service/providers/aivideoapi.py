@@ -18,11 +18,11 @@ from service.providers.base import (
     Tracking,
     WireRequest,
     WireResponse,
-    classify_error,
     image_urls,
     observation_of,
+    poll_answer,
     read_status,
-    unwrap,
+    submit_payload,
 )
 
 CAPABILITIES = Capabilities(
@@ -61,14 +61,9 @@ class AivideoapiAdapter:
         return WireRequest("POST", "/v1/images/generations", body)
 
     def parse_submit(self, response: WireResponse) -> SubmitAnswer:
-        data = response.json()
-        refusal = classify_error(response, data)
-        if refusal is not None:
-            answer, error = refusal
-            return SubmitAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
-        payload = unwrap(data)
-        if not isinstance(payload, dict):
-            raise ProtocolError("the answer to a submission is not a JSON object")
+        payload = submit_payload(response)
+        if isinstance(payload, SubmitAnswer):
+            return payload
         task_id = payload.get("taskId") or payload.get("task_id") or payload.get("id")
         if not isinstance(task_id, str) or not task_id:
             raise ProtocolError("the answer to a submission has no data.taskId")
@@ -78,15 +73,7 @@ class AivideoapiAdapter:
         return WireRequest("GET", f"/v1/tasks/{task_id}")
 
     def parse_poll(self, response: WireResponse) -> PollAnswer:
-        data = response.json()
-        refusal = classify_error(response, data)
-        if refusal is not None:
-            answer, error = refusal
-            return PollAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
-        task = unwrap(data)
-        if not isinstance(task, dict):
-            raise ProtocolError("the task is not a JSON object")
-        return PollAnswer(Answer.OK, observation=self.parse_callback(task))
+        return poll_answer(response, self.parse_callback)
 
     def parse_callback(self, body: Mapping[str, Any]) -> Observation:
         """The task object (a poll's answer or a callback's body) as an observation."""

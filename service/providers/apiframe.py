@@ -15,11 +15,11 @@ from service.providers.base import (
     Tracking,
     WireRequest,
     WireResponse,
-    classify_error,
     image_urls,
     observation_of,
+    poll_answer,
     read_status,
-    unwrap,
+    submit_payload,
 )
 
 # SPEC tier → (model id, ideogramParams.rendering_speed); the model id is required, balanced by default.
@@ -76,14 +76,9 @@ class ApiframeAdapter:
         return WireRequest("POST", "/v2/images/generate", body)
 
     def parse_submit(self, response: WireResponse) -> SubmitAnswer:
-        data = response.json()
-        refusal = classify_error(response, data)
-        if refusal is not None:
-            answer, error = refusal
-            return SubmitAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
-        payload = unwrap(data)
-        if not isinstance(payload, dict):
-            raise ProtocolError("the answer to a submission is not a JSON object")
+        payload = submit_payload(response)
+        if isinstance(payload, SubmitAnswer):
+            return payload
         job_id = self.callback_task_id(payload)
         if job_id is None:
             raise ProtocolError("the answer to a submission has no jobId")
@@ -93,15 +88,7 @@ class ApiframeAdapter:
         return WireRequest("GET", f"/v2/jobs/{task_id}")
 
     def parse_poll(self, response: WireResponse) -> PollAnswer:
-        data = response.json()
-        refusal = classify_error(response, data)
-        if refusal is not None:
-            answer, error = refusal
-            return PollAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
-        job = unwrap(data)
-        if not isinstance(job, dict):
-            raise ProtocolError("the job is not a JSON object")
-        return PollAnswer(Answer.OK, observation=self.parse_callback(job))
+        return poll_answer(response, self.parse_callback)
 
     def parse_callback(self, body: Mapping[str, Any]) -> Observation:
         """The job object (a poll's answer or the webhook's body) as an observation."""

@@ -16,11 +16,11 @@ from service.providers.base import (
     Tracking,
     WireRequest,
     WireResponse,
-    classify_error,
     image_urls,
     observation_of,
+    poll_answer,
     read_status,
-    unwrap,
+    submit_payload,
 )
 
 CAPABILITIES = Capabilities(
@@ -61,14 +61,9 @@ class ApiinoneAdapter:
         return WireRequest("POST", "/api/v1/images/generations", body)
 
     def parse_submit(self, response: WireResponse) -> SubmitAnswer:
-        data = response.json()
-        refusal = classify_error(response, data)
-        if refusal is not None:
-            answer, error = refusal
-            return SubmitAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
-        payload = unwrap(data)
-        if not isinstance(payload, dict):
-            raise ProtocolError("the answer to a submission is not a JSON object")
+        payload = submit_payload(response)
+        if isinstance(payload, SubmitAnswer):
+            return payload
         task_id = self.callback_task_id(payload)
         urls = _urls(payload)
         if urls:  # "returns directly": the job is complete at once
@@ -86,15 +81,7 @@ class ApiinoneAdapter:
         return WireRequest("GET", f"/api/v1/tasks/{task_id}")
 
     def parse_poll(self, response: WireResponse) -> PollAnswer:
-        data = response.json()
-        refusal = classify_error(response, data)
-        if refusal is not None:
-            answer, error = refusal
-            return PollAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
-        task = unwrap(data)
-        if not isinstance(task, dict):
-            raise ProtocolError("the task is not a JSON object")
-        return PollAnswer(Answer.OK, observation=self.parse_callback(task))
+        return poll_answer(response, self.parse_callback)
 
     def parse_callback(self, body: Mapping[str, Any]) -> Observation:
         status = read_status(body.get("status"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeGuard
 
 import orjson
@@ -238,3 +238,29 @@ def classify_error(
     if status == 429 or status >= 500 or status == 408:
         return Answer.RETRY, JobError("provider_unavailable", message, provider_code)
     return Answer.REJECTED, JobError("provider_rejected", message, provider_code)
+
+
+def submit_payload(response: WireResponse) -> SubmitAnswer | dict[str, Any]:
+    """A JSON answer to a submission: the refusal as a SubmitAnswer, or the (unwrapped) object."""
+    data = response.json()
+    refusal = classify_error(response, data)
+    if refusal is not None:
+        answer, error = refusal
+        return SubmitAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
+    payload = unwrap(data)
+    if not isinstance(payload, dict):
+        raise ProtocolError("the answer to a submission is not a JSON object")
+    return payload
+
+
+def poll_answer(response: WireResponse, parse: Callable[[Mapping[str, Any]], Observation]) -> PollAnswer:
+    """A JSON answer to a poll: the refusal, or the (unwrapped) task object read by `parse`."""
+    data = response.json()
+    refusal = classify_error(response, data)
+    if refusal is not None:
+        answer, error = refusal
+        return PollAnswer(answer, error=error, retry_after=response.headers.get("retry-after"))
+    task = unwrap(data)
+    if not isinstance(task, dict):
+        raise ProtocolError("the task is not a JSON object")
+    return PollAnswer(Answer.OK, observation=parse(task))

@@ -189,6 +189,22 @@ class _Tx:
             await self.event(job.id, "notification", "queued", detail_out)
         self.outbox_changed = True
 
+    async def first_receipt(self, job_id: str, event_key: str, detail: Mapping[str, Any]) -> bool:
+        """Is this the first delivery of this event for this job? A repeat is counted and recorded."""
+        cursor = await self.execute(
+            "INSERT INTO callback_receipts (job_id, event_key, first_at, last_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (job_id, event_key) DO NOTHING",
+            (job_id, event_key, self.now, self.now),
+        )
+        if cursor.rowcount:
+            return True
+        await self.execute(
+            "UPDATE callback_receipts SET count = count + 1, last_at = ? WHERE job_id = ? AND event_key = ?",
+            (self.now, job_id, event_key),
+        )
+        await self.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
+        return False
+
     async def provider_state(self, provider: str) -> sqlite3.Row:
         await self.execute(
             "INSERT INTO provider_state (provider, updated_at) VALUES (?, ?) ON CONFLICT (provider) DO NOTHING",
@@ -619,24 +635,11 @@ class SQLiteStore(OutboxQueries):
         """Write one genuine delivery: bind the task id if new, then apply it once per event key."""
         async with self._tx() as tx:
             job = await tx.job(job_id)
-            if bind_task_id is not None and job.provider_task_id != bind_task_id:
-                if job.provider_task_id is not None:
-                    raise TaskIdConflict(bind_task_id)
-                await self._bind(tx, job, bind_task_id, by="callback")
+            if await self._bind_from_callback(tx, job, bind_task_id):
                 job = await tx.job(job_id)
                 if poll_if_bound is not None and not job.finished:
                     await tx.schedule(job_id, "poll", job.provider, poll_if_bound, 0)
-            cursor = await tx.execute(
-                "INSERT INTO callback_receipts (job_id, event_key, first_at, last_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (job_id, event_key) DO NOTHING",
-                (job_id, event_key, tx.now, tx.now),
-            )
-            if cursor.rowcount == 0:
-                await tx.execute(
-                    "UPDATE callback_receipts SET count = count + 1, last_at = ? WHERE job_id = ? AND event_key = ?",
-                    (tx.now, job_id, event_key),
-                )
-                await tx.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
+            if not await tx.first_receipt(job_id, event_key, detail):
                 return CallbackResult(ReceiptKind.DUPLICATE, job, None)
             await tx.callback_came(job.provider)
             decision = await tx.apply(
@@ -657,21 +660,8 @@ class SQLiteStore(OutboxQueries):
         """
         async with self._tx() as tx:
             job = await tx.job(job_id)
-            if bind_task_id is not None and job.provider_task_id != bind_task_id:
-                if job.provider_task_id is not None:
-                    raise TaskIdConflict(bind_task_id)
-                await self._bind(tx, job, bind_task_id, by="callback")
-            cursor = await tx.execute(
-                "INSERT INTO callback_receipts (job_id, event_key, first_at, last_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (job_id, event_key) DO NOTHING",
-                (job_id, event_key, tx.now, tx.now),
-            )
-            if cursor.rowcount == 0:
-                await tx.execute(
-                    "UPDATE callback_receipts SET count = count + 1, last_at = ? WHERE job_id = ? AND event_key = ?",
-                    (tx.now, job_id, event_key),
-                )
-                await tx.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
+            await self._bind_from_callback(tx, job, bind_task_id)
+            if not await tx.first_receipt(job_id, event_key, detail):
                 if not job.finished:
                     # An earlier copy's claim may have been refuted by its poll, and this one be true now:
                     # confirm again (one pending 'confirm' row per job, however many copies come).
@@ -702,6 +692,15 @@ class SQLiteStore(OutboxQueries):
             await tx.job(job_id)
             await tx.schedule(job_id, kind, lane, due_at, attempt)
             await tx.event(job_id, *event)
+
+    async def _bind_from_callback(self, tx: _Tx, job: Job, task_id: str | None) -> bool:
+        """A genuine callback names its task: bind the job to it if it has none yet (True if bound)."""
+        if task_id is None or job.provider_task_id == task_id:
+            return False
+        if job.provider_task_id is not None:
+            raise TaskIdConflict(task_id)
+        await self._bind(tx, job, task_id, by="callback")
+        return True
 
     async def _bind(self, tx: _Tx, job: Job, task_id: str, *, by: str) -> None:
         other = await tx.one(
