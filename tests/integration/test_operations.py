@@ -170,3 +170,16 @@ async def test_dashboard_sign_in_keeps_a_session_and_never_a_token_in_a_url(jobh
         assert (await browser.get("/v1/jobs")).status_code == 401
         browser.cookies.set("jobhook_session", "eyJhIjoxfQ.forged.sig")
         assert (await browser.get("/v1/jobs")).status_code == 401
+
+
+async def test_readyz_fails_when_a_background_loop_has_stopped(jobhook: ServiceFactory) -> None:
+    async with jobhook() as svc:
+        assert (await svc.client.get("/readyz")).status_code == 200
+        task = svc.runtime.tasks["outbox"]
+        task.cancel()  # as if the loop had died
+        await asyncio.gather(task, return_exceptions=True)
+        response = await svc.client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["checks"]["outbox"] == "stopped"
+        assert response.json()["checks"]["poller"] == "ok"
+        assert (await svc.client.get("/healthz")).status_code == 200  # liveness is not readiness
