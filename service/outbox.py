@@ -22,7 +22,7 @@ from service.notify.base import DeliveryResult, Destination, Notification
 from service.store.base import OutboxRow
 from service.store.sqlite import SQLiteStore
 
-OUTBOX_LEASE = 120.0  # a send is bounded by its client's timeout (30 s); this is well past it
+OUTBOX_LEASE = 45.0  # a send is bounded by its client's timeout (30 s); a crashed one is retried after this
 CONCURRENCY = 4
 
 
