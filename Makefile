@@ -35,6 +35,13 @@ test: $(STAMP) browser
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# Performance is measured, never asserted: the service against a bare Starlette app, same run, same load.
+bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { echo "installing Debian's wrk for the load…"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }; } || \
+	  echo "NOTE: wrk is missing: the bench uses its own asyncio load generator"
+	$(BIN)/python bench/run.py
+
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 

@@ -64,6 +64,8 @@ class InFlight:
         total = sum(levels.values()) or 1.0
         return {
             "count": self.count,
+            "first_mono": self.first,
+            "last_end_mono": self.last_end,
             "window_s": round(window, 4),
             "per_s": round(self.count / window, 1) if window > 0 else None,
             "max_in_flight": self.max,

@@ -85,7 +85,8 @@ def run(
         "statuses": statuses,
         "ok_2xx": sum(n for code, n in statuses.items() if code.startswith("2")),
         "errors": raw["errors"],
-        "sent": raw["sent"],
+        # wrk calls request() once before the run to check the script (its answer is never sent).
+        "sent": raw["sent"] - (1 if generator == "wrk" else 0),
         "lines": raw["lines"],
         "ended_at": ended,  # monotonic, for the CPU window
     }

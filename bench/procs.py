@@ -29,12 +29,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all its threads), in seconds, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
+def cpu_seconds(pid: int, path: str | None = None) -> float:
+    """utime + stime of the whole process (all its threads), in seconds, from /proc/<pid>/stat
+    (or of one thread, from /proc/<pid>/task/<tid>/stat given as `path`)."""
+    with open(path or f"/proc/{pid}/stat", "rb") as fh:
         fields = fh.read().rsplit(b")", 1)[1].split()
     # After "pid (comm)": field 3 is state, so utime (14) and stime (15) are at 11 and 12 here.
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy (not idle, not waiting for I/O), from /proc/stat."""
+    with open("/proc/stat", "rb") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -102,7 +111,6 @@ def start_jobhook(workdir: Path, name: str, db: Path, port: int, settings: dict[
         JOBHOOK_PUBLIC_URL=f"http://{HOST}:{port}",
         JOBHOOK_SIMULATOR="false",
         JOBHOOK_MIRROR_IMAGES="false",
-        JOBHOOK_SQLITE_SYNCHRONOUS="FULL",
         **settings,
     )
     proc = Proc(name, [JOBHOOK, "serve", "--host", HOST, "--port", str(port)], env, workdir / f"{name}.log", port)
@@ -116,7 +124,9 @@ def migrate(db: Path, log: Path) -> None:
         subprocess.run([JOBHOOK, "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT, check=True, cwd=REPO)
 
 
-def start_bare(workdir: Path, name: str, port: int, job_json: Path | None = None, list_json: Path | None = None) -> Proc:
+def start_bare(
+    workdir: Path, name: str, port: int, job_json: Path | None = None, list_json: Path | None = None
+) -> Proc:
     argv = [PYTHON, str(BENCH / "bare.py"), "--port", str(port)]
     if job_json is not None:
         argv += ["--job-json", str(job_json)]
@@ -137,8 +147,11 @@ def start_fake(workdir: Path, name: str, port: int, latency: float) -> Proc:
 class CPUSampler:
     """Samples utime+stime of some processes every `interval` s in a thread, for windows cut later."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
+    def __init__(self, pids: dict[str, int], interval: float = 0.1, threads_of: str | None = None) -> None:
+        """`threads_of`: the name (in `pids`) of a process whose threads are sampled one by one too,
+        as "<name>:<tid>" (the main thread's tid is the pid)."""
         self.pids = dict(pids)
+        self.threads_of = threads_of
         self.interval = interval
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
@@ -148,10 +161,16 @@ class CPUSampler:
         self.pids[name] = pid
 
     def _sample(self) -> None:
-        values = {}
+        values = {"machine": machine_busy_seconds()}
         for name, pid in list(self.pids.items()):
             with contextlib.suppress(OSError, IndexError, ValueError):
                 values[name] = cpu_seconds(pid)
+        if self.threads_of in self.pids:
+            pid = self.pids[self.threads_of]
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with contextlib.suppress(OSError, IndexError, ValueError):
+                        values[f"{self.threads_of}:{tid}"] = cpu_seconds(int(tid), f"/proc/{pid}/task/{tid}/stat")
         self.samples.append((time.monotonic(), values))
 
     def _run(self) -> None:
@@ -168,9 +187,14 @@ class CPUSampler:
         self._thread.join()
         self._sample()
 
+    def names(self) -> set[str]:
+        return {key for _, values in self.samples for key in values}
+
     def percent(self, name: str, start: float, end: float) -> float | None:
         """CPU of `name` over [start, end] (monotonic), as % of one core, from the nearest samples."""
-        inside = [(t, v[name]) for t, v in self.samples if name in v and start - self.interval <= t <= end + self.interval]
+        inside = [
+            (t, v[name]) for t, v in self.samples if name in v and start - self.interval <= t <= end + self.interval
+        ]
         if len(inside) < 2:
             return None
         first = min(inside, key=lambda item: abs(item[0] - start))
