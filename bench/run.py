@@ -286,7 +286,11 @@ class Bench:
             time.sleep(s.idle_seconds)
             end = time.monotonic()
         out["idle_seconds"] = s.idle_seconds
-        out["idle_cpu_percent"] = {name: _round(sampler.percent(name, start, end), 3) for name in [*pids, "machine"]}
+        idle = {name: _round(sampler.percent(name, start, end), 3) for name in [*pids, "machine"]}
+        if idle["machine"] is not None:
+            idle["others"] = round(max(0.0, idle["machine"] - sum(idle[name] or 0.0 for name in pids)), 3)
+        out["idle_cpu_percent"] = idle
+        out["idle"] = {"cpu_percent": {"others": idle.get("others")}}  # for the other-load check
         for proc in (empty, bare, server):
             self.stop(proc)
 
@@ -505,7 +509,8 @@ class Bench:
                 self.stop(proc)
         results["total_seconds"] = round(time.monotonic() - started, 1)
         results["verdicts"] = verdicts(results["phases"], self.args.sqlite_synchronous)
-        print_verdicts(results["verdicts"], results["total_seconds"])
+        results["disturbed_by_other_load"] = disturbed_runs(results["phases"])
+        print_verdicts(results["verdicts"], results["total_seconds"], results["disturbed_by_other_load"])
         return results
 
     def cleanup(self) -> None:
@@ -701,8 +706,16 @@ def row(label: str, run: dict[str, Any]) -> str:
     return (
         f"  {label:<22}{fmt(run['rps'], 0):>9}{fmt(lat['p50'], 2):>9}{fmt(lat['p99'], 2):>9}{fmt(lat['max'], 1):>9}"
         f"{fmt(cpu.get('server'), 0, '%'):>9}{fmt(cpu.get('generator'), 0, '%'):>8}{fmt(cpu.get('others'), 0, '%'):>8}"
-        f"{fmt(run['requests']):>10}{fmt(non2xx):>8}"
+        f"{fmt(run['requests']):>10}{fmt(non2xx):>8}" + ("  ← other load on the machine" if _disturbed(run) else "")
     )
+
+
+OTHER_LOAD_LIMIT = 10.0  # % of a core used by processes outside the bench during a window
+
+
+def _disturbed(run: dict[str, Any]) -> bool:
+    others = run.get("cpu_percent", {}).get("others")
+    return others is not None and others > OTHER_LOAD_LIMIT
 
 
 HEADER = (
@@ -715,7 +728,8 @@ CPU_NOTE = "  (CPU as % of one core over the load window: server, load generator
 def print_machine(m: dict[str, Any], generator: str, threads: int) -> None:
     print("\njobhook bench")
     print(
-        f"  machine     {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}, load average at start {' '.join(m['loadavg_at_start'])}"
+        f"  machine     {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}; Python's sum(range(10**7)) in"
+        f" {m['python_sum_range_1e7_ms']} ms; load average at start {' '.join(m['loadavg_at_start'])}"
     )
     p = m["packages"]
     print(
@@ -796,7 +810,7 @@ def print_poller(r: dict[str, Any]) -> None:
     print(f"    jobhook, {r['open_jobs']:,} open jobs   {fmt(idle['jobhook_open_jobs'], 3, ' %')}")
     print(f"    jobhook, no jobs            {fmt(idle['jobhook_empty'], 3, ' %')}")
     print(f"    bare Starlette              {fmt(idle['bare'], 3, ' %')}")
-    print(f"    (whole machine meanwhile    {fmt(idle['machine'], 1, ' %')})")
+    print(f"    (everything else meanwhile  {fmt(idle.get('others'), 1, ' %')})")
     d = r["due_now"]
     b = r["baseline"]
     print(
@@ -816,7 +830,7 @@ def print_poller(r: dict[str, Any]) -> None:
     print(
         f"  jobhook polled {d['count']:,} times in {fmt(d.get('window_s'), 1)} s, {d['completed_by_poll']:,} jobs completed by poll"
         f" ({'all' if d['all_polled'] else 'NOT all'}); CPU meanwhile: jobhook {fmt(cpu.get('jobhook'), 0, '%')},"
-        f" fake {fmt(cpu.get('fake'), 0, '%')}, machine {fmt(cpu.get('machine'), 0, '%')}"
+        f" fake {fmt(cpu.get('fake'), 0, '%')}, everything else {fmt(cpu.get('others'), 0, '%')}"
     )
     print(f"  jobhook / baseline: {fmt(r['ratio'], 3)}×")
     if "profile" in r:
@@ -932,11 +946,27 @@ def verdicts(phases: dict[str, Any], synchronous: str = "FULL") -> list[dict[str
     return out
 
 
-def print_verdicts(items: list[dict[str, Any]], total: float) -> None:
+def disturbed_runs(phases: dict[str, Any]) -> list[str]:
+    """Which measured windows had more than OTHER_LOAD_LIMIT % of a core used by something else."""
+    found = []
+    for phase, result in phases.items():
+        for key, value in result.items():
+            if isinstance(value, dict) and "cpu_percent" in value and _disturbed(value):
+                found.append(f"{phase}/{key}")
+            elif isinstance(value, dict):
+                found += [f"{phase}/{key}/{k}" for k, v in value.items() if isinstance(v, dict) and _disturbed(v)]
+    return found
+
+
+def print_verdicts(items: list[dict[str, Any]], total: float, disturbed: list[str] | None = None) -> None:
     print("\ntargets")
     for item in items:
         mark = "met" if item["met"] else "NOT met"
         print(f"  {mark:<8} {item['target']}: {item['figure']} (wanted {item['wanted']})")
+    if disturbed:
+        print(
+            f"  WARNING: other processes used > {OTHER_LOAD_LIMIT:g} % of a core during {', '.join(disturbed)}: run again on a quiet machine"
+        )
     print(f"\ntotal {total:.0f} s", flush=True)
 
 
