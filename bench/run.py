@@ -325,9 +325,10 @@ class Bench:
         }
         first, last = stats.get("first_mono"), stats.get("last_end_mono")
         window = (first, last) if first and last and last > first else (started, time.monotonic())
-        drain["cpu_percent"] = {
-            name: _round(sampler.percent(name, *window), 1) for name in ("jobhook", "fake", "machine")
-        }
+        cpu = {name: _round(sampler.percent(name, *window), 1) for name in ("jobhook", "fake", "machine")}
+        if cpu["machine"] is not None:
+            cpu["others"] = round(max(0.0, cpu["machine"] - (cpu["jobhook"] or 0.0) - (cpu["fake"] or 0.0)), 1)
+        drain["cpu_percent"] = cpu
         out["due_now"] = drain
 
         self.step(
