@@ -4,9 +4,8 @@ Both work on JOBHOOK_DATABASE beside a running `jobhook serve`. The backup reads
 snapshot with SQLite's online backup API (writers go on: the database is in WAL mode). The purge
 deletes in short write transactions, one batch each, so the service keeps answering between them.
 
-The purge's SQL is written here, in the functions under "purge queries", against SQLiteStore's own
-write transaction (`_tx`) and reader (`_read`); those functions belong in the store and should move
-there once it can be edited.
+The purge's SQL lives in the store (service/store/sqlite_purge.py); this module decides what to
+remove, in what order, and reports it.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import math
 import os
 import sqlite3
@@ -24,24 +22,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from service import ids
 from service.config import Settings, parse_duration
 from service.errors import StorageError
 from service.media import MediaStore
+from service.store.base import PURGEABLE, PurgedRows
 
 if TYPE_CHECKING:
-    from service.store.sqlite import SQLiteStore, _Tx
+    from service.store.sqlite import SQLiteStore
 
 # Pages copied per backup step: progress is reported after each (256 pages = 1 MiB at 4 KiB pages).
 PAGES_PER_STEP = 256
 # Finished jobs a purge deletes per write transaction.
 PURGE_BATCH = 500
-# What a purge may remove. `timed_out` is included: see `purge`.
-PURGEABLE = ("completed", "failed", "timed_out")
 
 
 class MaintenanceError(StorageError):
@@ -329,20 +326,6 @@ class PurgeReport:
         return lines
 
 
-@dataclasses.dataclass
-class _Rows:
-    events: int = 0
-    receipts: int = 0
-    notifications: int = 0
-    deliveries: int = 0
-
-    def add(self, other: _Rows) -> None:
-        self.events += other.events
-        self.receipts += other.receipts
-        self.notifications += other.notifications
-        self.deliveries += other.deliveries
-
-
 async def purge(
     store: SQLiteStore,
     media: MediaStore,
@@ -385,25 +368,23 @@ async def purge(
     started = time.monotonic()
     cutoff = now - older_than
     jobs = dict.fromkeys(PURGEABLE, 0)
-    rows = _Rows()
+    rows = PurgedRows()
     media_bytes = 0
     after = ""
     while True:
         if dry_run:
-            chosen = await _purgeable_jobs(store._read, cutoff, after, batch)
+            chosen = await store.purgeable(cutoff, after, batch)
             if not chosen:
                 break
             job_ids = [job_id for job_id, _ in chosen]
-            rows.add(await _count_job_rows(store._read, job_ids))
+            rows.add(await store.count_job_rows(job_ids))
             media_bytes += await asyncio.to_thread(_media_bytes, media, job_ids)
         else:
-            async with store._tx() as tx:
-                chosen = await _purgeable_jobs(_tx_reader(tx), cutoff, after, batch)
-                job_ids = [job_id for job_id, _ in chosen]
-                if chosen:
-                    rows.add(await _delete_jobs(tx, job_ids))
+            chosen, removed = await store.delete_purgeable(cutoff, after, batch)
             if not chosen:
                 break
+            rows.add(removed)
+            job_ids = [job_id for job_id, _ in chosen]
             media_bytes += await _delete_media(media, job_ids)
         after = job_ids[-1]
         for _, status in chosen:
@@ -411,14 +392,9 @@ async def purge(
         if progress is not None:
             progress(sum(jobs.values()))
         await asyncio.sleep(0)  # let this process's other writers in between batches
-    if dry_run:
-        rows.add(await _count_provider_notifications(store._read, cutoff))
-        refused = await _count_refused(store._read, cutoff)
-    else:
-        async with store._tx() as tx:
-            rows.add(await _delete_provider_notifications(tx, cutoff))
-            refused = await _delete_refused(tx, cutoff)
-    kept = await _count_kept(store._read, cutoff)
+    rest, refused = await (store.count_old_rest(cutoff) if dry_run else store.delete_old_rest(cutoff))
+    rows.add(rest)
+    kept = await store.count_kept(cutoff)
     return PurgeReport(
         dry_run=dry_run,
         cutoff=cutoff,
@@ -456,101 +432,6 @@ async def _delete_media(media: MediaStore, job_ids: Sequence[str]) -> int:
         with contextlib.suppress(OSError):
             freed += await media.delete_job(job_id)
     return freed
-
-
-# -- purge queries (to move into SQLiteStore) ------------------------------------------------------
-
-Reader = Callable[[str, Iterable[Any]], Awaitable[list[sqlite3.Row]]]
-
-_STATUSES = ", ".join(f"'{status}'" for status in PURGEABLE)
-_OLD_FINISHED = f"status IN ({_STATUSES}) AND COALESCE(finished_at, updated_at) < ?"
-# Work the running service may be doing on a job right now: a due row (leased while it runs), or a
-# delivery still pending.
-_BUSY = (
-    "(EXISTS (SELECT 1 FROM due WHERE due.job_id = jobs.id)"
-    " OR EXISTS (SELECT 1 FROM notifications n JOIN outbox o ON o.notification_id = n.id"
-    " WHERE n.job_id = jobs.id AND o.status = 'pending'))"
-)
-_IDS = "SELECT value FROM json_each(?1)"  # a batch's ids, as one JSON array parameter
-_PROVIDER_NOTIFICATIONS = (
-    "SELECT id FROM notifications WHERE job_id IS NULL AND created_at < ?1 AND NOT EXISTS"
-    " (SELECT 1 FROM outbox WHERE outbox.notification_id = notifications.id AND outbox.status = 'pending')"
-)
-
-
-def _tx_reader(tx: _Tx) -> Reader:
-    async def read(sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        cursor = await tx.execute(sql, params)
-        return list(await cursor.fetchall())
-
-    return read
-
-
-async def _purgeable_jobs(read: Reader, cutoff: float, after: str, limit: int) -> list[tuple[str, str]]:
-    """The next `limit` jobs a purge may remove, by id after `after`: (id, status)."""
-    rows = await read(
-        f"SELECT id, status FROM jobs WHERE {_OLD_FINISHED} AND id > ? AND NOT {_BUSY} ORDER BY id LIMIT ?",
-        (cutoff, after, limit),
-    )
-    return [(str(row[0]), str(row[1])) for row in rows]
-
-
-async def _count_job_rows(read: Reader, job_ids: Sequence[str]) -> _Rows:
-    rows = await read(
-        f"SELECT (SELECT COUNT(*) FROM job_events WHERE job_id IN ({_IDS})),"
-        f" (SELECT COUNT(*) FROM callback_receipts WHERE job_id IN ({_IDS})),"
-        f" (SELECT COUNT(*) FROM notifications WHERE job_id IN ({_IDS})),"
-        f" (SELECT COUNT(*) FROM outbox WHERE notification_id IN (SELECT id FROM notifications WHERE job_id IN ({_IDS})))",
-        (json.dumps(list(job_ids)),),
-    )
-    events, receipts, notifications, deliveries = rows[0]
-    return _Rows(events, receipts, notifications, deliveries)
-
-
-async def _delete_jobs(tx: _Tx, job_ids: Sequence[str]) -> _Rows:
-    """Delete the jobs and every row they own, children first (the counts are these deletes' own;
-    ON DELETE CASCADE would do the same, but would not say how many)."""
-    batch = (json.dumps(list(job_ids)),)
-    deliveries = await tx.execute(
-        f"DELETE FROM outbox WHERE notification_id IN (SELECT id FROM notifications WHERE job_id IN ({_IDS}))", batch
-    )
-    notifications = await tx.execute(f"DELETE FROM notifications WHERE job_id IN ({_IDS})", batch)
-    events = await tx.execute(f"DELETE FROM job_events WHERE job_id IN ({_IDS})", batch)
-    receipts = await tx.execute(f"DELETE FROM callback_receipts WHERE job_id IN ({_IDS})", batch)
-    await tx.execute(f"DELETE FROM due WHERE job_id IN ({_IDS})", batch)  # none: busy jobs are not chosen
-    await tx.execute(f"DELETE FROM jobs WHERE id IN ({_IDS})", batch)
-    return _Rows(events.rowcount, receipts.rowcount, notifications.rowcount, deliveries.rowcount)
-
-
-async def _count_provider_notifications(read: Reader, cutoff: float) -> _Rows:
-    rows = await read(
-        f"SELECT (SELECT COUNT(*) FROM ({_PROVIDER_NOTIFICATIONS})),"
-        f" (SELECT COUNT(*) FROM outbox WHERE notification_id IN ({_PROVIDER_NOTIFICATIONS}))",
-        (cutoff,),
-    )
-    notifications, deliveries = rows[0]
-    return _Rows(notifications=notifications, deliveries=deliveries)
-
-
-async def _delete_provider_notifications(tx: _Tx, cutoff: float) -> _Rows:
-    deliveries = await tx.execute(f"DELETE FROM outbox WHERE notification_id IN ({_PROVIDER_NOTIFICATIONS})", (cutoff,))
-    notifications = await tx.execute(f"DELETE FROM notifications WHERE id IN ({_PROVIDER_NOTIFICATIONS})", (cutoff,))
-    return _Rows(notifications=notifications.rowcount, deliveries=deliveries.rowcount)
-
-
-async def _count_refused(read: Reader, cutoff: float) -> int:
-    rows = await read("SELECT COUNT(*) FROM refused_callbacks WHERE at < ?", (cutoff,))
-    return int(rows[0][0])
-
-
-async def _delete_refused(tx: _Tx, cutoff: float) -> int:
-    cursor = await tx.execute("DELETE FROM refused_callbacks WHERE at < ?", (cutoff,))
-    return int(cursor.rowcount)
-
-
-async def _count_kept(read: Reader, cutoff: float) -> int:
-    rows = await read(f"SELECT COUNT(*) FROM jobs WHERE {_OLD_FINISHED} AND {_BUSY}", (cutoff,))
-    return int(rows[0][0])
 
 
 # -- the commands ----------------------------------------------------------------------------------

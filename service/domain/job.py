@@ -14,8 +14,8 @@ def rfc3339(ts: float | None) -> str | None:
     """Unix seconds → `2026-11-22T09:11:31.123Z` (UTC, milliseconds)."""
     if ts is None:
         return None
-    moment = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat is several times faster than strftime (a list page formats hundreds of these).
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 @dataclasses.dataclass(frozen=True)

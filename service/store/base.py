@@ -143,3 +143,23 @@ __all__ = [
     "SubmitResult",
     "TaskIdConflict",
 ]
+
+
+# What a purge may remove: finished jobs. `timed_out` is included: see `service.maintenance.purge`.
+PURGEABLE = ("completed", "failed", "timed_out")
+
+
+@dataclasses.dataclass
+class PurgedRows:
+    """Rows a purge removed (or would remove) beside the jobs themselves."""
+
+    events: int = 0
+    receipts: int = 0
+    notifications: int = 0
+    deliveries: int = 0
+
+    def add(self, other: PurgedRows) -> None:
+        self.events += other.events
+        self.receipts += other.receipts
+        self.notifications += other.notifications
+        self.deliveries += other.deliveries

@@ -7,15 +7,14 @@ answer 2xx after it. Listeners hear which jobs changed after each commit (for `?
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.resources
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -39,9 +38,10 @@ from service.store.base import (
     TaskIdConflict,
 )
 from service.store.sqlite_outbox import OutboxQueries
+from service.store.sqlite_purge import PurgeQueries
+from service.store.sqlite_writer import Writer, WriterStats
 
 REFUSED_LOG_SIZE = 1000
-LOCK_TIMEOUT = 5.0
 BUSY_TIMEOUT_MS = 5000
 DEADLINE = "deadline"
 # The `provider` column of due rows is the lane that bounds how many run at once: a provider's name,
@@ -52,6 +52,7 @@ MIRROR = "_mirror"  # downloads of completed images
 TRACKING_KINDS = ("submit", "poll", "deadline", "confirm")
 
 Listener = Callable[[frozenset[str]], None]
+T = TypeVar("T")
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -102,7 +103,7 @@ def _job(row: sqlite3.Row) -> Job:
 class _Tx:
     """One open write transaction: a thin veneer that remembers which jobs it changed."""
 
-    def __init__(self, db: aiosqlite.Connection, now: float, *, mirror_images: bool, policy: OutboxPolicy) -> None:
+    def __init__(self, db: sqlite3.Connection, now: float, *, mirror_images: bool, policy: OutboxPolicy) -> None:
         self.db = db
         self.now = now
         self.mirror_images = mirror_images
@@ -111,47 +112,46 @@ class _Tx:
         self.outbox_changed = False
         self.health: dict[str, bool] = {}  # provider → degraded, for what this transaction changed
 
-    async def execute(self, sql: str, params: Iterable[Any] = ()) -> aiosqlite.Cursor:
-        return await self.db.execute(sql, tuple(params))
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, tuple(params))
 
-    async def one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        async with self.db.execute(sql, tuple(params)) as cursor:
-            row = await cursor.fetchone()
+    def one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.db.execute(sql, tuple(params)).fetchone()
         return row
 
-    async def job(self, job_id: str) -> Job:
-        row = await self.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    def job(self, job_id: str) -> Job:
+        row = self.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if row is None:
             raise JobNotFound(job_id)
         return _job(row)
 
-    async def event(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
-        await self.execute(
+    def event(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
+        self.execute(
             "INSERT INTO job_events (job_id, at, type, outcome, detail) VALUES (?, ?, ?, ?, ?)",
             (job_id, self.now, type_, outcome, _dumps(dict(detail))),
         )
         self.changed.add(job_id)
 
-    async def update(self, job_id: str, **fields: Any) -> None:
+    def update(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = self.now
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        await self.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+        self.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
         self.changed.add(job_id)
 
-    async def schedule(self, job_id: str, kind: str, provider: str, due_at: float, attempt: int) -> None:
-        await self.execute(
+    def schedule(self, job_id: str, kind: str, provider: str, due_at: float, attempt: int) -> None:
+        self.execute(
             "INSERT INTO due (job_id, kind, provider, due_at, attempt) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (job_id, kind) DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt",
             (job_id, kind, provider, due_at, attempt),
         )
 
-    async def unschedule(self, job_id: str, *kinds: str) -> None:
+    def unschedule(self, job_id: str, *kinds: str) -> None:
         """Drop the job's due rows of `kinds`; by default those that track it (not its mirroring)."""
         kinds = kinds or TRACKING_KINDS
         marks = ", ".join("?" for _ in kinds)
-        await self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *kinds))
+        self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *kinds))
 
-    async def notify(
+    def notify(
         self,
         type_: str,
         *,
@@ -167,7 +167,7 @@ class _Tx:
             return
         notification_id = new_message_id()
         payload = {"job": job.to_json(base_url=policy.base_url)} if job is not None else {"detail": dict(detail or {})}
-        await self.execute(
+        self.execute(
             "INSERT INTO notifications (id, type, job_id, provider, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (
                 notification_id,
@@ -179,82 +179,82 @@ class _Tx:
             ),
         )
         for destination in policy.destinations:
-            await self.execute(
+            self.execute(
                 "INSERT INTO outbox (notification_id, destination, status, next_attempt_at, created_at, updated_at) "
                 "VALUES (?, ?, 'pending', ?, ?, ?)",
                 (notification_id, destination, self.now, self.now, self.now),
             )
         if job is not None:
             detail_out = {"type": type_, "id": notification_id, "destinations": list(policy.destinations)}
-            await self.event(job.id, "notification", "queued", detail_out)
+            self.event(job.id, "notification", "queued", detail_out)
         self.outbox_changed = True
 
-    async def first_receipt(self, job_id: str, event_key: str, detail: Mapping[str, Any]) -> bool:
+    def first_receipt(self, job_id: str, event_key: str, detail: Mapping[str, Any]) -> bool:
         """Is this the first delivery of this event for this job? A repeat is counted and recorded."""
-        cursor = await self.execute(
+        cursor = self.execute(
             "INSERT INTO callback_receipts (job_id, event_key, first_at, last_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (job_id, event_key) DO NOTHING",
             (job_id, event_key, self.now, self.now),
         )
         if cursor.rowcount:
             return True
-        await self.execute(
+        self.execute(
             "UPDATE callback_receipts SET count = count + 1, last_at = ? WHERE job_id = ? AND event_key = ?",
             (self.now, job_id, event_key),
         )
-        await self.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
+        self.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
         return False
 
-    async def provider_state(self, provider: str) -> sqlite3.Row:
-        await self.execute(
+    def provider_state(self, provider: str) -> sqlite3.Row:
+        self.execute(
             "INSERT INTO provider_state (provider, updated_at) VALUES (?, ?) ON CONFLICT (provider) DO NOTHING",
             (provider, self.now),
         )
-        row = await self.one("SELECT * FROM provider_state WHERE provider = ?", (provider,))
+        row = self.one("SELECT * FROM provider_state WHERE provider = ?", (provider,))
         assert row is not None
         return row
 
-    async def finished_by_polling(self, provider: str) -> None:
+    def finished_by_polling(self, provider: str) -> None:
         """A job with a registered callback had to be finished by a poll: one more in a row."""
-        state = await self.provider_state(provider)
+        state = self.provider_state(provider)
         in_a_row = state["polled_in_a_row"] + 1
         degrade = in_a_row >= self.policy.degraded_after and not state["degraded"]
-        await self.execute(
+        self.execute(
             "UPDATE provider_state SET polled_in_a_row = ?, degraded = degraded OR ?, updated_at = ? WHERE provider = ?",
             (in_a_row, int(degrade), self.now, provider),
         )
         if degrade:
             self.health[provider] = True
-            await self.notify("provider.callbacks_degraded", provider=provider, detail={"polled_in_a_row": in_a_row})
+            self.notify("provider.callbacks_degraded", provider=provider, detail={"polled_in_a_row": in_a_row})
 
-    async def callback_came(self, provider: str) -> None:
+    def callback_came(self, provider: str) -> None:
         """A genuine callback: the run of polled jobs ends, and a degraded provider recovers."""
-        state = await self.provider_state(provider)
+        state = self.provider_state(provider)
         if not state["polled_in_a_row"] and not state["degraded"]:
             return
-        await self.execute(
+        self.execute(
             "UPDATE provider_state SET polled_in_a_row = 0, degraded = 0, updated_at = ? WHERE provider = ?",
             (self.now, provider),
         )
         if state["degraded"]:
             self.health[provider] = False
-            await self.notify("provider.callbacks_recovered", provider=provider, detail={})
+            self.notify("provider.callbacks_recovered", provider=provider, detail={})
 
-    async def credits(self, provider: str, remaining: float | None, exhausted: bool) -> None:
+    def credits(self, provider: str, remaining: float | None, exhausted: bool) -> None:
         """A provider's balance: `provider.credits_low` once per crossing below the threshold."""
         if remaining is None and not exhausted:
             return
-        state = await self.provider_state(provider)
+        state = self.provider_state(provider)
         low = exhausted or (remaining is not None and remaining < self.policy.credits_low)
-        await self.execute(
+        self.execute(
             "UPDATE provider_state SET credits = COALESCE(?, credits), credits_low = ?, updated_at = ? WHERE provider = ?",
             (remaining, int(low), self.now, provider),
         )
         if low and not state["credits_low"]:
             detail = {"credits": remaining, "threshold": self.policy.credits_low, "exhausted": exhausted}
-            await self.notify("provider.credits_low", provider=provider, detail=detail)
+            self.notify("provider.credits_low", provider=provider, detail=detail)
 
-    async def apply(
+    def apply(
         self,
         job: Job,
         observation: Observation,
@@ -271,7 +271,7 @@ class _Tx:
         decision = status_machine.apply(job.status, observation)
         if record is not None:
             type_, outcome, detail = record
-            await self.event(job.id, type_, outcome, {**detail, "effect": str(decision.outcome)})
+            self.event(job.id, type_, outcome, {**detail, "effect": str(decision.outcome)})
         if decision.applied:
             fields: dict[str, Any] = {"status": str(decision.status)}
             if observation.images:
@@ -287,17 +287,17 @@ class _Tx:
                 fields["resolved_by"] = str(source)
             if job.submitted_at is None:
                 fields["submitted_at"] = self.now
-            await self.update(job.id, **fields)
-            await self.event(job.id, "status", str(decision.status), {"from": str(job.status), "by": str(source)})
+            self.update(job.id, **fields)
+            self.event(job.id, "status", str(decision.status), {"from": str(job.status), "by": str(source)})
             if decision.status in FINAL:
-                await self.unschedule(job.id)
-                await self.notify(f"job.{decision.status}", job=await self.job(job.id))
+                self.unschedule(job.id)
+                self.notify(f"job.{decision.status}", job=self.job(job.id))
                 if source is Source.POLL and job.callback_url_registered:
-                    await self.finished_by_polling(job.provider)
+                    self.finished_by_polling(job.provider)
             if decision.status is Status.COMPLETED and observation.images and self.mirror_images:
-                await self.schedule(job.id, "mirror", MIRROR, self.now, 0)
+                self.schedule(job.id, "mirror", MIRROR, self.now, 0)
         elif decision.outcome is Outcome.CONFLICT:
-            await self.event(
+            self.event(
                 job.id,
                 "conflict",
                 str(observation.status),
@@ -306,7 +306,7 @@ class _Tx:
         return decision
 
 
-class SQLiteStore(OutboxQueries):
+class SQLiteStore(OutboxQueries, PurgeQueries):
     """jobhook's state in one SQLite file."""
 
     def __init__(
@@ -327,9 +327,8 @@ class SQLiteStore(OutboxQueries):
         self._outbox_listeners: list[Callable[[], None]] = []
         self._synchronous = synchronous
         self._clock = clock
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
         self._listeners: list[Listener] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -338,10 +337,13 @@ class SQLiteStore(OutboxQueries):
         """Connect, set the pragmas, and bring the schema up to date."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await self._connect()
-            await self._writer.execute("PRAGMA journal_mode = WAL")
+            self._writer = Writer(self._connect_writer)
+            await self._writer.start()
             await self.migrate()
-            self._reader = await self._connect()
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader.row_factory = sqlite3.Row
+            for pragma in self._pragmas():
+                await self._reader.execute(pragma)
             await self._reader.execute("PRAGMA query_only = ON")
             rows = await self._read("SELECT provider FROM provider_state WHERE degraded = 1")
             self.degraded = {row[0] for row in rows}
@@ -349,23 +351,41 @@ class SQLiteStore(OutboxQueries):
             await self.close()
             raise StorageError(f"cannot open database {self.path}: {exc}") from exc
         except BaseException:
-            await self.close()  # aiosqlite's thread would keep the process alive
+            await self.close()  # a connection's thread would keep the process alive
             raise
 
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await db.execute(f"PRAGMA synchronous = {self._synchronous}")
-        await db.execute("PRAGMA foreign_keys = ON")
+    def _pragmas(self) -> list[str]:
+        return [
+            f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
+            f"PRAGMA synchronous = {self._synchronous}",
+            "PRAGMA foreign_keys = ON",
+        ]
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        """The write connection, made in the writer's thread (the only one that uses it)."""
+        db = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
+        try:
+            db.row_factory = sqlite3.Row
+            for pragma in self._pragmas():
+                db.execute(pragma)
+            db.execute("PRAGMA journal_mode = WAL")
+        except BaseException:
+            db.close()
+            raise
         return db
 
     async def close(self) -> None:
-        for db in (self._reader, self._writer):
-            if db is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await db.close()
+        if self._reader is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._reader.close()
+        if self._writer is not None:
+            await self._writer.stop()
         self._reader = self._writer = None
+
+    @property
+    def write_stats(self) -> WriterStats:
+        """How many commits, and how many writes they held (group commit at work)."""
+        return self._writer.stats if self._writer is not None else WriterStats()
 
     def add_outbox_listener(self, wake: Callable[[], None]) -> None:
         """`wake()` is called after every commit that queued notifications."""
@@ -376,31 +396,30 @@ class SQLiteStore(OutboxQueries):
         self._listeners.append(listener)
 
     async def migrate(self) -> int:
-        """Apply the migrations this database lacks, under the write lock; return the schema version."""
-        db = self._db()
+        """Apply the migrations this database lacks, in one transaction; return the schema version."""
+        return await self._writer_or_fail().alone(self._migrate)
+
+    def _migrate(self, db: sqlite3.Connection) -> int:
         known = migrations()
         latest = known[-1][0]
-        async with self._lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                async with db.execute("PRAGMA user_version") as cursor:
-                    row = await cursor.fetchone()
-                current = int(row[0]) if row else 0
-                if current > latest:
-                    raise SchemaTooNew(
-                        f"database {self.path} has schema version {current}, newer than this jobhook "
-                        f"knows ({latest}); upgrade jobhook"
-                    )
-                for version, sql in known:
-                    if version > current:
-                        for statement in _statements(sql):
-                            await db.execute(statement)
-                        await db.execute(f"PRAGMA user_version = {version}")
-                await db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    await db.execute("ROLLBACK")
-                raise
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            current = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if current > latest:
+                raise SchemaTooNew(
+                    f"database {self.path} has schema version {current}, newer than this jobhook "
+                    f"knows ({latest}); upgrade jobhook"
+                )
+            for version, sql in known:
+                if version > current:
+                    for statement in _statements(sql):
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {version}")
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
         return latest
 
     async def schema_version(self) -> int:
@@ -409,38 +428,25 @@ class SQLiteStore(OutboxQueries):
 
     # -- plumbing ----------------------------------------------------------------------------------
 
-    def _db(self) -> aiosqlite.Connection:
+    def _writer_or_fail(self) -> Writer:
         if self._writer is None:
             raise StorageError("the database is not open")
         return self._writer
 
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[_Tx]:
-        # Waiting for the in-process lock is bounded like SQLite's own busy wait: when the database
-        # is locked from outside, queued writers fail in ~LOCK_TIMEOUT each, not one after another.
-        try:
-            await asyncio.wait_for(self._lock.acquire(), LOCK_TIMEOUT)
-        except TimeoutError:
-            raise StorageError("the database is busy: no write lock within 5 s") from None
-        try:
-            db = self._db()
+    async def _write(self, work: Callable[[_Tx], T]) -> T:
+        """Run `work` in a write transaction (in the writer's thread, grouped with whatever else is
+        queued); return its value once committed. A sqlite3 error is a StorageError."""
+
+        def run(db: sqlite3.Connection) -> tuple[_Tx, T]:
             tx = _Tx(db, self._clock(), mirror_images=self.mirror_images, policy=self.policy)
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StorageError(f"cannot start a write transaction: {exc}") from exc
-            try:
-                yield tx
-                await db.execute("COMMIT")
-            except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    if db.in_transaction:
-                        await db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StorageError(f"write failed: {exc}") from exc
-                raise
-        finally:
-            self._lock.release()
+            return tx, work(tx)
+
+        _, value = await self._writer_or_fail().transaction(run, after=self._committed)
+        return value
+
+    def _committed(self, done: tuple[_Tx, Any]) -> None:
+        """After a commit, in the event loop: tell whoever listens what it changed."""
+        tx = done[0]
         for provider, degraded in tx.health.items():
             (self.degraded.add if degraded else self.degraded.discard)(provider)
         if tx.outbox_changed:
@@ -452,9 +458,10 @@ class SQLiteStore(OutboxQueries):
                 listener(changed)
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        db = self._reader or self._db()
+        if self._reader is None:
+            raise StorageError("the database is not open")
         try:
-            rows = await db.execute_fetchall(sql, tuple(params))
+            rows = await self._reader.execute_fetchall(sql, tuple(params))
         except sqlite3.Error as exc:
             raise StorageError(f"read failed: {exc}") from exc
         return list(rows)
@@ -463,34 +470,41 @@ class SQLiteStore(OutboxQueries):
 
     async def secret(self, generate: Callable[[], str]) -> str:
         """The signing key kept in the database, made once on first use."""
-        async with self._tx() as tx:
-            row = await tx.one("SELECT value FROM meta WHERE key = 'secret'")
+
+        def write(tx: _Tx) -> str:
+            row = tx.one("SELECT value FROM meta WHERE key = 'secret'")
             if row is not None:
                 return str(row["value"])
             value = generate()
-            await tx.execute("INSERT INTO meta (key, value) VALUES ('secret', ?)", (value,))
+            tx.execute("INSERT INTO meta (key, value) VALUES ('secret', ?)", (value,))
             return value
+
+        return await self._write(write)
 
     async def write_probe(self) -> None:
         """A real write (readiness: the disk takes writes, the lock can be had)."""
-        async with self._tx() as tx:
-            await tx.execute(
+
+        def write(tx: _Tx) -> None:
+            tx.execute(
                 "INSERT INTO meta (key, value) VALUES ('probe', ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (repr(tx.now),),
             )
 
+        return await self._write(write)
+
     # -- jobs --------------------------------------------------------------------------------------
 
     async def create_job(self, new: NewJob) -> tuple[Job, bool]:
         """Insert a job, or return the one with the same idempotency key (created = False)."""
-        async with self._tx() as tx:
+
+        def write(tx: _Tx) -> tuple[Job, bool]:
             if new.idempotency_key is not None:
-                row = await tx.one("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
+                row = tx.one("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
                 if row is not None:
                     return _job(row), False
             sending = new.submit_lease_until is not None
-            await tx.execute(
+            tx.execute(
                 "INSERT INTO jobs (id, provider, status, request, metadata, callback_url_registered, "
                 "submitted_by_backend, submit_state, submit_attempts, idempotency_key, request_hash, "
                 "created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -509,64 +523,70 @@ class SQLiteStore(OutboxQueries):
                     tx.now,
                 ),
             )
-            await tx.schedule(new.id, DEADLINE, INTERNAL, new.deadline_at, 0)
+            tx.schedule(new.id, DEADLINE, INTERNAL, new.deadline_at, 0)
             if new.submit_lease_until is not None:
-                await tx.schedule(new.id, "submit", new.provider, new.submit_lease_until, 0)
+                tx.schedule(new.id, "submit", new.provider, new.submit_lease_until, 0)
             elif new.submit_at is not None:
-                await tx.schedule(new.id, "submit", new.provider, new.submit_at, 0)
-            await tx.event(
+                tx.schedule(new.id, "submit", new.provider, new.submit_at, 0)
+            tx.event(
                 new.id,
                 "created",
                 None,
                 {"provider": new.provider, "submitted_by": "backend" if new.submitted_by_backend else "jobhook"},
             )
-            return await tx.job(new.id), True
+            return tx.job(new.id), True
+
+        return await self._write(write)
 
     async def begin_submit(self, job_id: str, lease_until: float) -> Job | None:
         """Mark a queued job's next attempt as in flight; None if it is no longer to be sent."""
-        async with self._tx() as tx:
-            job = await tx.job(job_id)
+
+        def write(tx: _Tx) -> Job | None:
+            job = tx.job(job_id)
             if job.status is not Status.QUEUED or job.submit_state == "sending" or job.submitted_by_backend:
                 return None
-            await tx.execute(
+            tx.execute(
                 "UPDATE jobs SET submit_state = 'sending', submit_attempts = submit_attempts + 1, "
                 "updated_at = ? WHERE id = ?",
                 (tx.now, job_id),
             )
-            await tx.schedule(job_id, "submit", job.provider, lease_until, 0)
+            tx.schedule(job_id, "submit", job.provider, lease_until, 0)
             tx.changed.add(job_id)
-            return await tx.job(job_id)
+            return tx.job(job_id)
+
+        return await self._write(write)
 
     async def record_submit(self, job_id: str, result: SubmitResult) -> Job:
         """Write the outcome of a submission attempt (SPEC §3)."""
-        async with self._tx() as tx:
-            job = await tx.job(job_id)
-            await tx.event(job_id, "submit", str(result.kind), result.detail)
-            await tx.credits(job.provider, result.credits_remaining, result.credits_exhausted)
+
+        def write(tx: _Tx) -> Job:
+            job = tx.job(job_id)
+            tx.event(job_id, "submit", str(result.kind), result.detail)
+            tx.credits(job.provider, result.credits_remaining, result.credits_exhausted)
             if job.status is not Status.QUEUED:
                 # Decided already (a deadline, or a callback that bound it first): keep the record only.
                 return job
             if result.kind is SubmitKind.ACCEPTED:
-                await tx.unschedule(job_id, "submit")
+                tx.unschedule(job_id, "submit")
                 fields: dict[str, Any] = {"status": "submitted", "submit_state": "done", "submitted_at": tx.now}
                 if result.task_id is not None:
                     fields["provider_task_id"] = result.task_id
                 try:
-                    await tx.update(job_id, **fields)
+                    tx.update(job_id, **fields)
                 except sqlite3.IntegrityError:
                     raise TaskIdConflict(result.task_id) from None
-                await tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit"})
+                tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit"})
                 if result.media:
-                    await tx.update(job_id, media=_dumps([media.to_json() for media in result.media]))
-                job = await tx.job(job_id)
+                    tx.update(job_id, media=_dumps([media.to_json() for media in result.media]))
+                job = tx.job(job_id)
                 if result.observation is not None:
-                    await tx.apply(job, result.observation, Source.SUBMIT, result.cost_usd)
-                    job = await tx.job(job_id)
+                    tx.apply(job, result.observation, Source.SUBMIT, result.cost_usd)
+                    job = tx.job(job_id)
                 if not job.finished and result.first_poll_at is not None and job.provider_task_id:
-                    await tx.schedule(job_id, "poll", job.provider, result.first_poll_at, 0)
+                    tx.schedule(job_id, "poll", job.provider, result.first_poll_at, 0)
             elif result.kind in (SubmitKind.REJECTED, SubmitKind.FAILED):
                 error = result.error or JobError("provider_rejected", "the provider refused the job")
-                await tx.update(
+                tx.update(
                     job_id,
                     status="failed",
                     submit_state="done",
@@ -574,18 +594,20 @@ class SQLiteStore(OutboxQueries):
                     finished_at=tx.now,
                     resolved_by="submit",
                 )
-                await tx.event(job_id, "status", "failed", {"from": "queued", "by": "submit"})
-                await tx.unschedule(job_id)
-                await tx.notify("job.failed", job=await tx.job(job_id))
+                tx.event(job_id, "status", "failed", {"from": "queued", "by": "submit"})
+                tx.unschedule(job_id)
+                tx.notify("job.failed", job=tx.job(job_id))
             elif result.kind is SubmitKind.RETRY:
-                await tx.update(job_id, submit_state=None)
+                tx.update(job_id, submit_state=None)
                 retry_at = result.retry_at if result.retry_at is not None else tx.now
-                await tx.schedule(job_id, "submit", job.provider, retry_at, 0)
+                tx.schedule(job_id, "submit", job.provider, retry_at, 0)
             else:  # UNCERTAIN: never sent again; a callback may still bind it, the deadline ends it.
-                await tx.update(job_id, status="submitted", submit_state="uncertain", submitted_at=tx.now)
-                await tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit", "uncertain": True})
-                await tx.unschedule(job_id, "submit")
-            return await tx.job(job_id)
+                tx.update(job_id, status="submitted", submit_state="uncertain", submitted_at=tx.now)
+                tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit", "uncertain": True})
+                tx.unschedule(job_id, "submit")
+            return tx.job(job_id)
+
+        return await self._write(write)
 
     async def record_poll(
         self,
@@ -602,24 +624,27 @@ class SQLiteStore(OutboxQueries):
 
         `confirming`: the poll that checks a bare webhook's claim; what it confirms is the callback's.
         """
-        async with self._tx() as tx:
-            job = await tx.job(job_id)
+
+        def write(tx: _Tx) -> Applied:
+            job = tx.job(job_id)
             decision = None
             if confirming:
-                await tx.unschedule(job_id, "confirm")
+                tx.unschedule(job_id, "confirm")
             if observation is not None:
                 source = Source.CALLBACK if confirming else Source.POLL
-                decision = await tx.apply(job, observation, source, cost_if_completed, record=("poll", outcome, detail))
-                job = await tx.job(job_id)
+                decision = tx.apply(job, observation, source, cost_if_completed, record=("poll", outcome, detail))
+                job = tx.job(job_id)
             else:
-                await tx.event(job_id, "poll", outcome, detail)
+                tx.event(job_id, "poll", outcome, detail)
             if job.status in FINAL:
-                await tx.unschedule(job_id)
+                tx.unschedule(job_id)
             elif next_poll is not None:
-                await tx.schedule(job_id, "poll", job.provider, next_poll[0], next_poll[1])
+                tx.schedule(job_id, "poll", job.provider, next_poll[0], next_poll[1])
             else:
-                await tx.unschedule(job_id, "poll")
+                tx.unschedule(job_id, "poll")
             return Applied(job, decision)
+
+        return await self._write(write)
 
     async def record_callback(
         self,
@@ -633,23 +658,26 @@ class SQLiteStore(OutboxQueries):
         poll_if_bound: float | None = None,
     ) -> CallbackResult:
         """Write one genuine delivery: bind the task id if new, then apply it once per event key."""
-        async with self._tx() as tx:
-            job = await tx.job(job_id)
-            if await self._bind_from_callback(tx, job, bind_task_id):
-                job = await tx.job(job_id)
+
+        def write(tx: _Tx) -> CallbackResult:
+            job = tx.job(job_id)
+            if self._bind_from_callback(tx, job, bind_task_id):
+                job = tx.job(job_id)
                 if poll_if_bound is not None and not job.finished:
-                    await tx.schedule(job_id, "poll", job.provider, poll_if_bound, 0)
-            if not await tx.first_receipt(job_id, event_key, detail):
+                    tx.schedule(job_id, "poll", job.provider, poll_if_bound, 0)
+            if not tx.first_receipt(job_id, event_key, detail):
                 return CallbackResult(ReceiptKind.DUPLICATE, job, None)
-            await tx.callback_came(job.provider)
-            decision = await tx.apply(
+            tx.callback_came(job.provider)
+            decision = tx.apply(
                 job,
                 observation,
                 Source.CALLBACK,
                 cost_if_completed,
                 record=("callback", "accepted", {**detail, "event": event_key}),
             )
-            return CallbackResult(ReceiptKind.ACCEPTED, await tx.job(job_id), decision)
+            return CallbackResult(ReceiptKind.ACCEPTED, tx.job(job_id), decision)
+
+        return await self._write(write)
 
     async def record_claim(
         self, job_id: str, event_key: str, detail: Mapping[str, Any], *, bind_task_id: str | None
@@ -658,52 +686,61 @@ class SQLiteStore(OutboxQueries):
 
         Nothing is applied from the claim itself; the confirming poll, due now, applies what it sees.
         """
-        async with self._tx() as tx:
-            job = await tx.job(job_id)
-            await self._bind_from_callback(tx, job, bind_task_id)
-            if not await tx.first_receipt(job_id, event_key, detail):
+
+        def write(tx: _Tx) -> ReceiptKind:
+            job = tx.job(job_id)
+            self._bind_from_callback(tx, job, bind_task_id)
+            if not tx.first_receipt(job_id, event_key, detail):
                 if not job.finished:
                     # An earlier copy's claim may have been refuted by its poll, and this one be true now:
                     # confirm again (one pending 'confirm' row per job, however many copies come).
-                    await tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
+                    tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
                 return ReceiptKind.DUPLICATE
-            await tx.callback_came(job.provider)
-            await tx.event(job_id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})
-            await tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
+            tx.callback_came(job.provider)
+            tx.event(job_id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})
+            tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
             return ReceiptKind.ACCEPTED
+
+        return await self._write(write)
 
     async def record_media(self, job_id: str, held: Mapping[int, MediaFile], detail: Mapping[str, Any]) -> Job:
         """Images jobhook now holds (index → file); the 'mirror' row is done."""
-        async with self._tx() as tx:
-            job = await tx.job(job_id)
+
+        def write(tx: _Tx) -> Job:
+            job = tx.job(job_id)
             media: list[Any] = list(job.media) + [None] * max(0, job.image_count() - len(job.media))
             for index, file in held.items():
                 media[index] = file.to_json()
-            await tx.update(job_id, media=_dumps(media))
-            await tx.unschedule(job_id, "mirror")
-            await tx.event(job_id, "mirror", "done", {**detail, "images": sorted(held)})
-            return await tx.job(job_id)
+            tx.update(job_id, media=_dumps(media))
+            tx.unschedule(job_id, "mirror")
+            tx.event(job_id, "mirror", "done", {**detail, "images": sorted(held)})
+            return tx.job(job_id)
+
+        return await self._write(write)
 
     async def reschedule(
         self, job_id: str, kind: str, lane: str, due_at: float, attempt: int, event: tuple[str, str, Mapping[str, Any]]
     ) -> None:
         """Try `kind` again at `due_at` (attempt number `attempt`), recording why."""
-        async with self._tx() as tx:
-            await tx.job(job_id)
-            await tx.schedule(job_id, kind, lane, due_at, attempt)
-            await tx.event(job_id, *event)
 
-    async def _bind_from_callback(self, tx: _Tx, job: Job, task_id: str | None) -> bool:
+        def write(tx: _Tx) -> None:
+            tx.job(job_id)
+            tx.schedule(job_id, kind, lane, due_at, attempt)
+            tx.event(job_id, *event)
+
+        return await self._write(write)
+
+    def _bind_from_callback(self, tx: _Tx, job: Job, task_id: str | None) -> bool:
         """A genuine callback names its task: bind the job to it if it has none yet (True if bound)."""
         if task_id is None or job.provider_task_id == task_id:
             return False
         if job.provider_task_id is not None:
             raise TaskIdConflict(task_id)
-        await self._bind(tx, job, task_id, by="callback")
+        self._bind(tx, job, task_id, by="callback")
         return True
 
-    async def _bind(self, tx: _Tx, job: Job, task_id: str, *, by: str) -> None:
-        other = await tx.one(
+    def _bind(self, tx: _Tx, job: Job, task_id: str, *, by: str) -> None:
+        other = tx.one(
             "SELECT id FROM jobs WHERE provider = ? AND provider_task_id = ? AND id != ?",
             (job.provider, task_id, job.id),
         )
@@ -714,62 +751,77 @@ class SQLiteStore(OutboxQueries):
             fields["submitted_at"] = tx.now
         if job.status is Status.QUEUED:
             fields["status"] = "submitted"
-        await tx.update(job.id, **fields)
-        await tx.event(job.id, "bound", None, {"provider_task_id": task_id, "by": by})
+        tx.update(job.id, **fields)
+        tx.event(job.id, "bound", None, {"provider_task_id": task_id, "by": by})
         if job.status is Status.QUEUED:
-            await tx.event(job.id, "status", "submitted", {"from": "queued", "by": by})
+            tx.event(job.id, "status", "submitted", {"from": "queued", "by": by})
 
     async def bind_task_id(self, job_id: str, task_id: str, first_poll_at: float) -> Job:
         """`PATCH /v1/jobs/{id}`: the backend says which task it created. Idempotent for the same id."""
-        async with self._tx() as tx:
-            job = await tx.job(job_id)
+
+        def write(tx: _Tx) -> Job:
+            job = tx.job(job_id)
             if job.provider_task_id == task_id:
                 return job
             if job.provider_task_id is not None:
                 raise TaskIdConflict(task_id)
-            await self._bind(tx, job, task_id, by="backend")
-            job = await tx.job(job_id)
+            self._bind(tx, job, task_id, by="backend")
+            job = tx.job(job_id)
             if not job.finished:
-                await tx.schedule(job_id, "poll", job.provider, first_poll_at, 0)
+                tx.schedule(job_id, "poll", job.provider, first_poll_at, 0)
             return job
+
+        return await self._write(write)
 
     async def expire(self, job_id: str) -> Job:
         """The job's deadline (JOBHOOK_JOB_TIMEOUT) has come: time it out, unless it is finished."""
-        async with self._tx() as tx:
-            job = await tx.job(job_id)
-            await tx.unschedule(job_id, DEADLINE)
+
+        def write(tx: _Tx) -> Job:
+            job = tx.job(job_id)
+            tx.unschedule(job_id, DEADLINE)
             verdict = status_machine.on_deadline(job.status, has_task_id=job.provider_task_id is not None)
             if verdict is None:
                 return job
             new_status, error = verdict
-            await tx.update(job_id, status=str(new_status), error=_dumps(error.to_json()), finished_at=tx.now)
-            await tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
+            tx.update(job_id, status=str(new_status), error=_dumps(error.to_json()), finished_at=tx.now)
+            tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
             if new_status in FINAL:
-                await tx.unschedule(job_id)
-            expired = await tx.job(job_id)
-            await tx.notify(f"job.{new_status}", job=expired)
+                tx.unschedule(job_id)
+            expired = tx.job(job_id)
+            tx.notify(f"job.{new_status}", job=expired)
             return expired
+
+        return await self._write(write)
 
     async def note(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
         """Record an event that changes nothing else (a refused delivery, a stopped poll, …)."""
-        async with self._tx() as tx:
-            await tx.event(job_id, type_, outcome, detail)
+
+        def write(tx: _Tx) -> None:
+            tx.event(job_id, type_, outcome, detail)
+
+        return await self._write(write)
 
     async def unschedule(self, job_id: str, kind: str) -> None:
-        async with self._tx() as tx:
-            await tx.unschedule(job_id, kind)
+
+        def write(tx: _Tx) -> None:
+            tx.unschedule(job_id, kind)
+
+        return await self._write(write)
 
     async def log_refused(self, code: str, detail: Mapping[str, Any]) -> None:
         """A delivery refused before any job could be named: kept in a bounded log."""
-        async with self._tx() as tx:
-            await tx.execute(
+
+        def write(tx: _Tx) -> None:
+            tx.execute(
                 "INSERT INTO refused_callbacks (at, code, detail) VALUES (?, ?, ?)",
                 (tx.now, code, _dumps(dict(detail))),
             )
-            await tx.execute(
+            tx.execute(
                 "DELETE FROM refused_callbacks WHERE id <= (SELECT MAX(id) FROM refused_callbacks) - ?",
                 (REFUSED_LOG_SIZE,),
             )
+
+        return await self._write(write)
 
     async def refused_log(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self._read("SELECT * FROM refused_callbacks ORDER BY id DESC LIMIT ?", (limit,))
@@ -781,14 +833,17 @@ class SQLiteStore(OutboxQueries):
         """Take up to `limit` due rows of `provider`, pushing their due time to `lease_until`."""
         if limit <= 0:
             return []
-        async with self._tx() as tx:
-            cursor = await tx.execute(
+
+        def write(tx: _Tx) -> list[sqlite3.Row]:
+            cursor = tx.execute(
                 "UPDATE due SET due_at = ? WHERE (job_id, kind) IN ("
                 " SELECT job_id, kind FROM due WHERE provider = ? AND due_at <= ? ORDER BY due_at LIMIT ?"
                 ") RETURNING job_id, kind, provider, attempt",
                 (lease_until, provider, now, limit),
             )
-            rows = await cursor.fetchall()
+            return cursor.fetchall()
+
+        rows = await self._write(write)
         return [Due(row["job_id"], row["kind"], row["provider"], lease_until, row["attempt"]) for row in rows]
 
     async def next_due_at(self, provider: str) -> float | None:

@@ -7,9 +7,8 @@ with the same notification id, so that a receiver can drop what it has already s
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -17,6 +16,8 @@ from service.store.base import OutboxRow, StoredNotification
 
 if TYPE_CHECKING:
     from service.store.sqlite import _Tx
+
+T = TypeVar("T")
 
 _ROW = "SELECT o.*, n.type, n.job_id, n.provider FROM outbox o JOIN notifications n ON n.id = o.notification_id"
 
@@ -42,7 +43,7 @@ def _row(row: sqlite3.Row) -> OutboxRow:
 class OutboxQueries:
     if TYPE_CHECKING:
 
-        def _tx(self) -> AbstractAsyncContextManager[_Tx]: ...
+        async def _write(self, work: Callable[[_Tx], T]) -> T: ...
 
         async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]: ...
 
@@ -50,19 +51,21 @@ class OutboxQueries:
         """Take up to `limit` pending deliveries to `destination` that are due, leased until `lease_until`."""
         if limit <= 0:
             return []
-        async with self._tx() as tx:
-            cursor = await tx.execute(
+
+        def write(tx: _Tx) -> list[OutboxRow]:
+            cursor = tx.execute(
                 "UPDATE outbox SET next_attempt_at = ? WHERE id IN ("
                 " SELECT id FROM outbox WHERE status = 'pending' AND destination = ? AND next_attempt_at <= ?"
                 " ORDER BY next_attempt_at LIMIT ?) RETURNING id",
                 (lease_until, destination, now, limit),
             )
-            ids = [row[0] for row in await cursor.fetchall()]
-        if not ids:
-            return []
-        marks = ", ".join("?" for _ in ids)
-        rows = await self._read(f"{_ROW} WHERE o.id IN ({marks}) ORDER BY o.id", ids)
-        return [_row(row) for row in rows]
+            ids = [row[0] for row in cursor.fetchall()]
+            if not ids:
+                return []
+            marks = ", ".join("?" for _ in ids)
+            return [_row(row) for row in tx.execute(f"{_ROW} WHERE o.id IN ({marks}) ORDER BY o.id", ids)]
+
+        return await self._write(write)
 
     async def next_outbox_due(self, destination: str) -> float | None:
         rows = await self._read(
@@ -91,8 +94,9 @@ class OutboxQueries:
         gone: bool = False,
     ) -> OutboxRow:
         """One attempt's outcome: delivered, due again at `next_attempt_at`, or dead (None)."""
-        async with self._tx() as tx:
-            current = await tx.one(f"{_ROW} WHERE o.id = ?", (row_id,))
+
+        def write(tx: _Tx) -> OutboxRow:
+            current = tx.one(f"{_ROW} WHERE o.id = ?", (row_id,))
             assert current is not None
             attempt = current["attempts"] + 1
             if ok:
@@ -101,13 +105,13 @@ class OutboxQueries:
                 state, due = "dead", None
             else:
                 state, due = "pending", next_attempt_at
-            await tx.execute(
+            tx.execute(
                 "UPDATE outbox SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, last_error = ?,"
                 " updated_at = ?, delivered_at = ? WHERE id = ?",
                 (state, attempt, due, status, None if ok else error, tx.now, tx.now if ok else None, row_id),
             )
             if gone:
-                await tx.execute(
+                tx.execute(
                     "INSERT INTO destination_state (destination, stopped, updated_at) VALUES (?, ?, ?) "
                     "ON CONFLICT (destination) DO UPDATE SET stopped = excluded.stopped, updated_at = excluded.updated_at",
                     (current["destination"], f"HTTP {status}: gone; resend to resume", tx.now),
@@ -126,10 +130,12 @@ class OutboxQueries:
                 if due is not None:
                     detail["next_attempt_in"] = round(due - tx.now, 1)
                 outcome = "delivered" if ok else ("retry" if state == "pending" else "dead")
-                await tx.event(current["job_id"], "notification", outcome, detail)
-            updated = await tx.one(f"{_ROW} WHERE o.id = ?", (row_id,))
+                tx.event(current["job_id"], "notification", outcome, detail)
+            updated = tx.one(f"{_ROW} WHERE o.id = ?", (row_id,))
             assert updated is not None
             return _row(updated)
+
+        return await self._write(write)
 
     async def outbox(self, *, status: str | None = None, limit: int = 100) -> list[OutboxRow]:
         """Deliveries, newest first; `status` one of pending, delivered, dead."""
@@ -145,30 +151,33 @@ class OutboxQueries:
         The notification keeps its id, so a receiver that already has it can drop it. A destination
         stopped by a 410 resumes.
         """
-        async with self._tx() as tx:
+
+        def write(tx: _Tx) -> list[OutboxRow]:
             if ids is None:
-                cursor = await tx.execute("SELECT id FROM outbox WHERE status = 'dead'")
-                chosen = [row[0] for row in await cursor.fetchall()]
+                cursor = tx.execute("SELECT id FROM outbox WHERE status = 'dead'")
+                chosen = [row[0] for row in cursor.fetchall()]
             else:
                 chosen = list(ids)
             if not chosen:
                 return []
             marks = ", ".join("?" for _ in chosen)
-            await tx.execute(
+            tx.execute(
                 f"UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,"
                 f" delivered_at = NULL WHERE id IN ({marks})",
                 (tx.now, tx.now, *chosen),
             )
-            cursor = await tx.execute(f"{_ROW} WHERE o.id IN ({marks}) ORDER BY o.id", chosen)
-            rows = [_row(row) for row in await cursor.fetchall()]
+            cursor = tx.execute(f"{_ROW} WHERE o.id IN ({marks}) ORDER BY o.id", chosen)
+            rows = [_row(row) for row in cursor.fetchall()]
             for destination in {row.destination for row in rows}:
-                await tx.execute("DELETE FROM destination_state WHERE destination = ?", (destination,))
+                tx.execute("DELETE FROM destination_state WHERE destination = ?", (destination,))
             for row in rows:
                 if row.job_id is not None:
                     detail = {"destination": row.destination, "type": row.type, "id": row.notification_id}
-                    await tx.event(row.job_id, "notification", "resent", detail)
+                    tx.event(row.job_id, "notification", "resent", detail)
             tx.outbox_changed = True
             return rows
+
+        return await self._write(write)
 
     async def outbox_counts(self) -> dict[str, dict[str, int]]:
         """Per destination, how many deliveries are pending and dead (delivered ones are not counted)."""
