@@ -213,6 +213,7 @@ class Bench:
         profiler = self.start_profiler(server)
         out["jobhook"] = self.load(server, request_file, connections=s.callback_connections, seconds=s.callback_seconds)
         self.finish_profiler(profiler, out)
+        out["group_commit"] = _group_commit(server.url)
         # A crash, not a shutdown: whatever was answered 2xx must be in the database all the same.
         self.stop(server, kill=True)
         out["durability"] = self.check_callbacks(db, out["jobhook"], mix["x_timestamp"])
@@ -544,6 +545,17 @@ def _fetch(url: str) -> bytes:
         return response.read()
 
 
+def _group_commit(url: str) -> dict[str, Any]:
+    """The writer's commits and the writes they held, from /metrics (writes / commits = mean group)."""
+    found: dict[str, float] = {}
+    for line in _fetch(f"{url}/metrics").decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("jobhook_sqlite_commits_total", "jobhook_sqlite_writes_total"):
+            found[name] = float(value)
+    commits, writes = found.get("jobhook_sqlite_commits_total"), found.get("jobhook_sqlite_writes_total")
+    return {"commits": commits, "writes": writes, "mean_group": _round(_ratio(writes, commits), 1)}
+
+
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
@@ -767,6 +779,12 @@ def print_callbacks(r: dict[str, Any]) -> None:
     print(CPU_NOTE)
     print(f"  jobhook's threads: {_threads(r['jobhook'])}")
     print(f"  jobhook / bare: {fmt(r['ratio'], 3)}× the ceiling")
+    g = r.get("group_commit") or {}
+    if g.get("commits"):
+        print(
+            f"  group commit: {g['writes']:,.0f} writes in {g['commits']:,.0f} commits"
+            f" ({fmt(g['mean_group'])} writes per commit and fsync)"
+        )
     d = r["durability"]
     print(
         f"  durability (after SIGKILL): {d['answered_2xx']:,} answered 2xx; the database holds {d['in_db_accepted']:,} accepted +"

@@ -169,6 +169,8 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             await store.close()
 
     routes: list[BaseRoute] = [
+        # First: a retry storm is matched on the first route tried, not after every other pattern.
+        *callbacks.routes,
         Route("/", index, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -177,7 +179,6 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         *operators.routes,
         *sessions.routes,
         *dashboard.routes,
-        *callbacks.routes,
     ]
     if simulator is not None:
         routes.append(Mount("/simulator", app=simulator.app))

@@ -586,7 +586,9 @@ class Engine:
             refusal = verify.Refusal(409, "task_id_conflict", "this task id belongs to another job")
             return await self._refuse(job, refusal, _delivery_detail(headers, body))
         if result.kind is ReceiptKind.ACCEPTED and result.decision is not None and result.decision.applied:
-            log.info("callback %s %s: %s", job.id, job.provider, result.job.status)
+            # DEBUG: at a retry storm's rate a line each costs more than the delivery; the job's events
+            # and /metrics keep what happened.
+            log.debug("callback %s %s: %s", job.id, job.provider, result.job.status)
         return CallbackAnswer(200, {"status": str(result.kind)}, job.provider)
 
     async def _take_claim(self, job: Job, runtime: ProviderRuntime, body: Mapping[str, Any]) -> CallbackAnswer:

@@ -11,9 +11,12 @@ import time
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from service.loop import WorkLoop
 from service.store.sqlite import SQLiteStore
+from service.store.sqlite_writer import WriterStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -76,6 +79,8 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.group_commit = _GroupCommit()
+        r.register(self.group_commit)
         self.loop_age = Gauge(
             "jobhook_loop_heartbeat_age_seconds", "Seconds since each background loop last woke", ["loop"], registry=r
         )
@@ -92,7 +97,25 @@ class Metrics:
             self.outbox_dead.labels(destination).set(counts.get(destination, {}).get("dead", 0))
         for provider in providers:
             self.degraded.labels(provider).set(1 if provider in store.degraded else 0)
+        self.group_commit.stats = store.write_stats
         now = time.monotonic()
         for name, loop in loops.items():
             self.loop_age.labels(name).set(round(now - loop.heartbeat, 3))
         return generate_latest(self.registry)
+
+
+class _GroupCommit(Collector):
+    """The writer's commits and the writes they held: writes / commits is the mean group size."""
+
+    def __init__(self) -> None:
+        self.stats = WriterStats()
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "jobhook_sqlite_commits", "SQLite write transactions committed", value=self.stats.commits
+        )
+        yield CounterMetricFamily(
+            "jobhook_sqlite_writes",
+            "Writes committed (several share one commit when they queue up: group commit)",
+            value=self.stats.writes,
+        )

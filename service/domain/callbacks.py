@@ -7,6 +7,7 @@ and asks; each refusal carries the HTTP status and the code that the answer and 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,6 +16,7 @@ import itsdangerous
 import orjson
 
 MAX_BODY_BYTES = 256 * 1024
+VERIFIED_TOKENS = 8192  # verdicts kept per CallbackTokens (a few MiB at most)
 _SALT = "jobhook.callback.v1"
 MEDIA_SALT = "jobhook.media.v1"  # public links to the images jobhook holds: (job id, image index)
 
@@ -44,6 +46,9 @@ class CallbackTokens:
         if not ordered:
             raise ValueError("at least one key is needed")
         self.keys = tuple(ordered)
+        # A provider's retries repeat the same URL: each distinct token is checked once (a verdict
+        # depends on the token and the keys alone, and the keys never change for this object).
+        self.verify = functools.lru_cache(maxsize=VERIFIED_TOKENS)(self._verify)  # type: ignore[method-assign]
         # itsdangerous signs with the last key of its list and verifies with all of them.
         self._serializer = itsdangerous.URLSafeSerializer(
             list(reversed(ordered)),
@@ -56,6 +61,9 @@ class CallbackTokens:
 
     def verify(self, token: str) -> TokenClaim | None:
         """The claim of a genuine token, or None (bad signature, garbled, wrong shape)."""
+        return self._verify(token)  # replaced by a cached version in __init__
+
+    def _verify(self, token: str) -> TokenClaim | None:
         if len(token) > 512 or not _canonical(token):
             return None
         try:

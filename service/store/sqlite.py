@@ -43,6 +43,9 @@ from service.store.sqlite_writer import Writer, WriterStats
 
 REFUSED_LOG_SIZE = 1000
 BUSY_TIMEOUT_MS = 5000
+# Page cache per connection (SQLite's default is 2 MiB): a callback touches ~10 B-tree pages of jobs
+# spread over the whole history; those a cache holds are not read again from the OS.
+CACHE_KIB = 64 * 1024
 DEADLINE = "deadline"
 # The `provider` column of due rows is the lane that bounds how many run at once: a provider's name,
 # or one of these for work that calls no provider.
@@ -151,6 +154,12 @@ class _Tx:
         marks = ", ".join("?" for _ in kinds)
         self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *kinds))
 
+    def wants(self, type_: str) -> bool:
+        """Does any destination want events of this type?"""
+        if not self.policy.destinations:
+            return False
+        return not type_.startswith("job.") or type_.removeprefix("job.") in self.policy.notify_on
+
     def notify(
         self,
         type_: str,
@@ -160,11 +169,9 @@ class _Tx:
         detail: Mapping[str, Any] | None = None,
     ) -> None:
         """An event for every configured destination, in this transaction (the outbox pattern)."""
+        if not self.wants(type_):
+            return
         policy = self.policy
-        if not policy.destinations:
-            return
-        if type_.startswith("job.") and type_.removeprefix("job.") not in policy.notify_on:
-            return
         notification_id = new_message_id()
         payload = {"job": job.to_json(base_url=policy.base_url)} if job is not None else {"detail": dict(detail or {})}
         self.execute(
@@ -191,17 +198,14 @@ class _Tx:
 
     def first_receipt(self, job_id: str, event_key: str, detail: Mapping[str, Any]) -> bool:
         """Is this the first delivery of this event for this job? A repeat is counted and recorded."""
-        cursor = self.execute(
+        count = self.execute(
             "INSERT INTO callback_receipts (job_id, event_key, first_at, last_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (job_id, event_key) DO NOTHING",
+            "ON CONFLICT (job_id, event_key) DO UPDATE SET count = count + 1, last_at = excluded.last_at "
+            "RETURNING count",
             (job_id, event_key, self.now, self.now),
-        )
-        if cursor.rowcount:
+        ).fetchone()[0]
+        if count == 1:
             return True
-        self.execute(
-            "UPDATE callback_receipts SET count = count + 1, last_at = ? WHERE job_id = ? AND event_key = ?",
-            (self.now, job_id, event_key),
-        )
         self.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
         return False
 
@@ -229,8 +233,11 @@ class _Tx:
 
     def callback_came(self, provider: str) -> None:
         """A genuine callback: the run of polled jobs ends, and a degraded provider recovers."""
-        state = self.provider_state(provider)
-        if not state["polled_in_a_row"] and not state["degraded"]:
+        state = self.one(
+            "SELECT degraded FROM provider_state WHERE provider = ? AND (polled_in_a_row > 0 OR degraded)",
+            (provider,),
+        )
+        if state is None:  # the usual case: nothing to reset (no row at all means the same)
             return
         self.execute(
             "UPDATE provider_state SET polled_in_a_row = 0, degraded = 0, updated_at = ? WHERE provider = ?",
@@ -291,7 +298,8 @@ class _Tx:
             self.event(job.id, "status", str(decision.status), {"from": str(job.status), "by": str(source)})
             if decision.status in FINAL:
                 self.unschedule(job.id)
-                self.notify(f"job.{decision.status}", job=self.job(job.id))
+                if self.wants(f"job.{decision.status}"):
+                    self.notify(f"job.{decision.status}", job=self.job(job.id))
                 if source is Source.POLL and job.callback_url_registered:
                     self.finished_by_polling(job.provider)
             if decision.status is Status.COMPLETED and observation.images and self.mirror_images:
@@ -337,7 +345,7 @@ class SQLiteStore(OutboxQueries, PurgeQueries):
         """Connect, set the pragmas, and bring the schema up to date."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = Writer(self._connect_writer)
+            self._writer = Writer(self._connect_writer, busy_timeout_ms=BUSY_TIMEOUT_MS)
             await self._writer.start()
             await self.migrate()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -359,11 +367,12 @@ class SQLiteStore(OutboxQueries, PurgeQueries):
             f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
             f"PRAGMA synchronous = {self._synchronous}",
             "PRAGMA foreign_keys = ON",
+            f"PRAGMA cache_size = -{CACHE_KIB}",
         ]
 
     def _connect_writer(self) -> sqlite3.Connection:
-        """The write connection, made in the writer's thread (the only one that uses it)."""
-        db = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
+        """The write connection (used by the writer's thread and the event loop in turn, never at once)."""
+        db = sqlite3.connect(self.path, isolation_level=None, cached_statements=256, check_same_thread=False)
         try:
             db.row_factory = sqlite3.Row
             for pragma in self._pragmas():

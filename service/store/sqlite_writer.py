@@ -1,30 +1,38 @@
-"""The one thread that writes to SQLite, and its group commit.
+"""jobhook's one SQLite writer, and its group commit.
 
-SQLite lets one connection write at a time, so jobhook has exactly one writer: a thread that owns the
-write connection. A write is a plain function, run whole in that thread (one hop from the event loop,
-however many statements it makes). Writes that queue while a COMMIT and its fsync are under way go
-into the next transaction together, each in its own SAVEPOINT: one that raises is rolled back alone,
-the others commit. Every caller is answered only after the COMMIT that made its write durable, so a
-2xx still means "on disk", while a burst of N callbacks costs one fsync instead of N.
+SQLite lets one connection write at a time, so jobhook has exactly one write connection. A write is a
+plain function of that connection, run whole at once. Writes that arrive while a COMMIT and its fsync
+are under way go into the next transaction together, each in its own SAVEPOINT: one that raises is
+rolled back alone, the others commit. Every caller is answered only after the COMMIT that made its
+write durable, so a 2xx still means "on disk", while a burst of N callbacks costs one fsync, not N.
 
-The connection is used by this thread alone; nothing else may touch it.
+Where each part runs, and why:
+- What may wait runs in a thread of its own: COMMIT (fsync, WAL checkpoints), and BEGIN IMMEDIATE
+  when another process holds the write lock (a `jobhook purge` batch): the loop first tries it with
+  no busy wait at all, and hands it to the thread, with the busy timeout, only if the lock is taken.
+- The writes themselves run in the event loop, between the two, one batch at a time. They hold the
+  write lock already, so they never wait on it; what they cost is CPU (~0.1 ms for a callback), which
+  the loop would spend anyway handing them to a thread and back. Running them in a thread instead
+  was measured slower (bench/, README): the sqlite3 module releases the GIL around every statement,
+  and each of a write's ten statements then waited for a busy event loop to give the GIL back; and
+  every hop back to a loop under load waits for its turn behind the requests it is serving.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from service.errors import StorageError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("jobhook.store")
 
 T = TypeVar("T")
 MAX_BATCH = 256  # writes per transaction: bounds how long the last of a burst waits for the first
@@ -34,9 +42,8 @@ MAX_BATCH = 256  # writes per transaction: bounds how long the last of a burst w
 class _Work:
     run: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-    alone: bool  # outside any transaction: opening, migrations, closing
-    after: Callable[[Any], None] | None = None  # in the loop, after the commit, before the caller resumes
+    alone: bool  # in the thread, outside any transaction: migrations, maintenance
+    after: Callable[[Any], None] | None = None  # after the commit, before the caller resumes
 
 
 @dataclasses.dataclass
@@ -56,23 +63,28 @@ class WriterStats:
 
 
 class Writer:
-    """The write connection's thread. `start()`, then `transaction(fn)` and `alone(fn)`, then `stop()`."""
+    """The write connection. `start()`, then `transaction(fn)` and `alone(fn)`, then `stop()`; all from
+    one event loop."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], *, name: str = "jobhook-sqlite-writer") -> None:
+    def __init__(
+        self, connect: Callable[[], sqlite3.Connection], *, busy_timeout_ms: int, name: str = "jobhook-sqlite-writer"
+    ) -> None:
+        """`connect()` makes the connection (called in the writer's thread; it must allow use from the
+        loop's thread too: `check_same_thread=False`; only one of them ever uses it at a time).
+        `busy_timeout_ms`: how long the thread waits for a lock another process holds."""
         self._connect = connect
-        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._db: sqlite3.Connection | None = None
+        self._pending: collections.deque[_Work] = collections.deque()
+        self._pump: asyncio.Task[None] | None = None
         self._stopped = False
         self.stats = WriterStats()
 
-    # -- the loop's side ---------------------------------------------------------------------------
-
     async def start(self) -> None:
-        """Start the thread and open the connection in it (its error, if any, is raised here)."""
-        self._thread.start()
+        """Open the connection (its error, if any, is raised here)."""
         try:
-            await self.alone(self._open)
+            self._db = await self._in_thread(self._open)
         except BaseException:
             await self.stop()
             raise
@@ -82,145 +94,151 @@ class Writer:
     ) -> T:
         """Run `fn` in a write transaction; return what it returned once that transaction is committed.
 
-        `after(value)` runs in the event loop right after the commit, even if the caller has been
-        cancelled meanwhile (a committed change is announced whatever happens to who asked for it).
+        `after(value)` runs right after the commit, even if the caller has been cancelled meanwhile (a
+        committed change is announced whatever happens to who asked for it).
         """
-        return await self._submit(fn, alone=False, after=after)
+        return await self._submit(_Work(fn, self._future(), alone=False, after=after))
 
     async def alone(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in the thread outside any transaction (it manages its own, if it needs one)."""
-        return await self._submit(fn, alone=True, after=None)
+        """Run `fn` in the writer's thread, outside any transaction (it manages its own if it needs one),
+        in turn with the transactions."""
+        return await self._submit(_Work(fn, self._future(), alone=True))
 
     async def stop(self) -> None:
-        """Finish what is queued, close the connection, end the thread."""
+        """Finish what is queued, then close the connection."""
         if self._stopped:
             return
         self._stopped = True
-        if self._thread.is_alive():
-            self._queue.put(None)
-            await asyncio.to_thread(self._thread.join)
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._pump)
+        if self._db is not None:
+            db, self._db = self._db, None
+            with contextlib.suppress(sqlite3.Error):
+                await self._in_thread(db.close)
+        self._thread.shutdown(wait=False)
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], Any], *, alone: bool, after: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if self._stopped or not self._thread.is_alive():
-            future.set_exception(StorageError("the database is not open"))
-        else:
-            self._queue.put(_Work(fn, future, loop, alone, after))
-        return future
+    # -- internals ---------------------------------------------------------------------------------
 
-    # -- the thread's side -------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        db = self._connect()
+        db.execute("PRAGMA busy_timeout = 0")  # the loop never waits for a lock; see _waiting
+        return db
 
-    def _open(self, _: Any) -> None:
-        self._db = self._connect()
-
-    def _main(self) -> None:
-        pending: list[_Work | None] = []  # taken from the queue, not yet run (a lone work or the stop)
+    def _waiting(self, db: sqlite3.Connection, fn: Callable[[], T]) -> T:
+        """In the thread: `fn()` with the busy timeout, so that it waits out another process's lock."""
+        db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         try:
-            while True:
-                work = pending.pop() if pending else self._queue.get()
-                if work is None:
-                    break
-                if work.alone:
-                    self._settle([self._run_alone(work)])
-                    continue
-                batch = [work]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None or more.alone:
-                        pending.append(more)
-                        break
-                    batch.append(more)
-                self._settle(self._commit(batch))
-            self._drain(StorageError("the database was closed"))
-        except BaseException as exc:  # the thread must never leave a caller waiting
-            log.exception("the SQLite writer stopped")
-            self._drain(StorageError(f"the database writer stopped: {exc}"))
+            return fn()
         finally:
-            if self._db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.close()
-                self._db = None
+            db.execute("PRAGMA busy_timeout = 0")
 
-    def _drain(self, error: StorageError) -> None:
-        self._stopped = True
-        while True:
-            try:
-                work = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if work is not None:
-                self._settle([_Outcome(work, error=error)])
+    @staticmethod
+    def _future() -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
 
-    def _run_alone(self, work: _Work) -> _Outcome:
+    def _submit(self, work: _Work) -> asyncio.Future[Any]:
+        if self._stopped or self._db is None:
+            work.future.set_exception(StorageError("the database is not open"))
+            return work.future
+        self._pending.append(work)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._run(), name="jobhook-sqlite-writer")
+        return work.future
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    async def _run(self) -> None:
+        """Take what is pending, a batch at a time, until nothing is."""
         try:
-            return _Outcome(work, value=work.run(self._db))  # type: ignore[arg-type]
+            await self._drain()
+        except BaseException as exc:  # a bug or a cancellation: no caller may be left waiting
+            log.exception("the SQLite writer stopped")
+            failed = _failed(list(self._pending), StorageError(f"the database writer stopped: {exc!r}"))
+            self._pending.clear()
+            _answer(failed)
+            raise
+
+    async def _drain(self) -> None:
+        while self._pending:
+            if self._pending[0].alone:
+                work = self._pending.popleft()
+                _answer([await self._run_alone(work)])
+                continue
+            batch: list[_Work] = []
+            while self._pending and not self._pending[0].alone and len(batch) < MAX_BATCH:
+                batch.append(self._pending.popleft())
+            _answer(await self._commit(batch))
+
+    async def _run_alone(self, work: _Work) -> _Outcome:
+        db = self._db
+        try:
+            if db is None:
+                raise StorageError("the database is not open")
+            return _Outcome(work, value=await self._in_thread(lambda: self._waiting(db, lambda: work.run(db))))
         except Exception as exc:
             return _Outcome(work, error=exc)
 
-    def _commit(self, batch: list[_Work]) -> list[_Outcome]:
+    async def _commit(self, batch: list[_Work]) -> list[_Outcome]:
         db = self._db
         if db is None:
-            return [_Outcome(work, error=StorageError("the database is not open")) for work in batch]
+            return _failed(batch, StorageError("the database is not open"))
         try:
-            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("BEGIN IMMEDIATE")  # at once, unless another process holds the lock
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+                await self._in_thread(lambda: self._waiting(db, lambda: db.execute("BEGIN IMMEDIATE")))
         except sqlite3.Error as exc:
-            error = StorageError(f"cannot start a write transaction: {exc}")
-            return [_Outcome(work, error=error) for work in batch]
+            return _failed(batch, StorageError(f"cannot start a write transaction: {exc}"))
         outcomes = []
         for work in batch:
-            outcome = self._run_one(db, work)
-            if outcome is None:  # SQLite rolled the whole transaction back: every write in it is lost
-                error = StorageError("write failed: the transaction was rolled back")
-                return [_Outcome(work, error=error) for work in batch]
+            outcome = _run_one(db, work)
+            if outcome is None:  # a failure took the whole transaction with it: every write in it is lost
+                with contextlib.suppress(sqlite3.Error):
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                return _failed(batch, StorageError("write failed: the transaction was rolled back"))
             outcomes.append(outcome)
         try:
-            db.execute("COMMIT")
+            await self._in_thread(lambda: self._waiting(db, lambda: db.execute("COMMIT")))
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 if db.in_transaction:
-                    db.execute("ROLLBACK")
-            error = StorageError(f"commit failed: {exc}")
-            return [_Outcome(work, error=error) for work in batch]
+                    await self._in_thread(lambda: db.execute("ROLLBACK"))
+            return _failed(batch, StorageError(f"commit failed: {exc}"))
         self.stats.commits += 1
         self.stats.writes += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))
         return outcomes
 
-    @staticmethod
-    def _run_one(db: sqlite3.Connection, work: _Work) -> _Outcome | None:
-        """One write in its savepoint; None if a failure took the whole transaction with it."""
-        db.execute("SAVEPOINT write")
-        try:
-            value = work.run(db)
-        except Exception as exc:
-            if not db.in_transaction:
-                return None
-            try:
-                db.execute("ROLLBACK TO write")
-                db.execute("RELEASE write")
-            except sqlite3.Error:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                return None
-            if isinstance(exc, sqlite3.Error):
-                return _Outcome(work, error=_storage_error(exc))
-            return _Outcome(work, error=exc)
-        db.execute("RELEASE write")
-        return _Outcome(work, value=value)
 
-    @staticmethod
-    def _settle(outcomes: list[_Outcome]) -> None:
-        """Answer each caller in its own event loop (one wake-up per loop for the whole batch)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-        for outcome in outcomes:
-            by_loop.setdefault(outcome.work.loop, []).append(outcome)
-        for loop, mine in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_answer, mine)
+def _run_one(db: sqlite3.Connection, work: _Work) -> _Outcome | None:
+    """One write in its savepoint; None if a failure took the whole transaction with it."""
+    db.execute("SAVEPOINT write")
+    try:
+        value = work.run(db)
+    except Exception as exc:
+        if not db.in_transaction:
+            return None
+        try:
+            db.execute("ROLLBACK TO write")
+            db.execute("RELEASE write")
+        except sqlite3.Error:
+            return None
+        if isinstance(exc, sqlite3.Error):
+            error = StorageError(f"write failed: {exc}")
+            error.__cause__ = exc
+            return _Outcome(work, error=error)
+        return _Outcome(work, error=exc)
+    db.execute("RELEASE write")
+    return _Outcome(work, value=value)
+
+
+def _failed(batch: list[_Work], error: StorageError) -> list[_Outcome]:
+    return [_Outcome(work, error=error) for work in batch]
 
 
 def _answer(outcomes: list[_Outcome]) -> None:
@@ -237,9 +255,3 @@ def _answer(outcomes: list[_Outcome]) -> None:
             work.future.set_exception(outcome.error)
         else:
             work.future.set_result(outcome.value)
-
-
-def _storage_error(exc: sqlite3.Error) -> StorageError:
-    error = StorageError(f"write failed: {exc}")
-    error.__cause__ = exc
-    return error

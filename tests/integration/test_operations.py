@@ -65,6 +65,9 @@ async def test_metrics_count_what_happened(jobhook: ServiceFactory) -> None:
         assert value(samples, "jobhook_callback_seconds_count", provider="simulator") == 3
         assert value(samples, "jobhook_provider_callbacks_degraded", provider="simulator") == 0
         assert 0 <= value(samples, "jobhook_loop_heartbeat_age_seconds", loop="poller") < 60
+        # Every write so far was committed, some perhaps several to one commit (group commit).
+        commits, writes = value(samples, "jobhook_sqlite_commits_total"), value(samples, "jobhook_sqlite_writes_total")
+        assert 0 < commits <= writes
         text = (await svc.client.get("/metrics")).text
         assert "secret-token-1" not in text
         assert "/callbacks/" not in text
