@@ -47,13 +47,17 @@ class Poller(WorkLoop):
                 next_times.append(paused)
                 continue
             free = limit - self.inflight(lane)
-            lease = now + self.leases.get(lane, POLL_LEASE)
-            for due in await self.store.claim_due(lane, now, free, lease):
-                self.start(lane, self._run(due), f"{due.kind} of {due.job_id}")
-            if self.inflight(lane) < limit:
-                upcoming = await self.store.next_due_at(lane)
-                if upcoming is not None:
-                    next_times.append(upcoming)
+            if free <= 0:
+                continue  # a finishing task wakes the loop again
+            # Looked up first (a read): a lane with nothing due costs no write transaction.
+            upcoming = await self.store.next_due_at(lane)
+            if upcoming is not None and upcoming <= now:
+                lease = now + self.leases.get(lane, POLL_LEASE)
+                for due in await self.store.claim_due(lane, now, free, lease):
+                    self.start(lane, self._run(due), f"{due.kind} of {due.job_id}")
+                upcoming = await self.store.next_due_at(lane) if self.inflight(lane) < limit else None
+            if upcoming is not None:
+                next_times.append(upcoming)
         return self.sleep_until(next_times)
 
     async def _run(self, due: Due) -> None:
