@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeGuard
 
@@ -37,6 +38,12 @@ class WireRequest:
     method: str
     path: str
     json: Mapping[str, Any] | None = None
+
+
+def segment(value: str) -> str:
+    """`value` as one URL path segment: a task id (the backend's or a callback's) can never change the
+    path it is put in (`/`, `?`, `#`, `..`) nor make a URL that cannot be sent (control characters)."""
+    return urllib.parse.quote(value, safe="")
 
 
 @dataclasses.dataclass(frozen=True)

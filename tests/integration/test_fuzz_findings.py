@@ -1,0 +1,41 @@
+"""What the route fuzz (test_fuzz.py) found, each pinned by a targeted test over real HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import ServiceFactory
+
+
+@pytest.mark.parametrize("task_id", ["bad\x13id", "line\nbreak", "del\x7f", "c1\x85"])
+async def test_a_task_id_with_control_characters_is_refused(jobhook: ServiceFactory, task_id: str) -> None:
+    async with jobhook() as svc:
+        job = await svc.submit(provider="simulator", prompt="the backend submits this one", submit=False)
+        response = await svc.client.patch(f"/v1/jobs/{job['id']}", json={"provider_task_id": task_id})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_field"
+        assert response.json()["error"]["field"] == "provider_task_id"
+        assert (await svc.job(job["id"]))["provider_task_id"] is None
+
+
+async def test_a_task_id_bound_by_a_callback_is_polled_whatever_it_holds(jobhook: ServiceFactory) -> None:
+    """A genuine callback may bind a task id with a tab in it (a header value may hold one). It was put in
+    the poll's URL as is: the URL could not be built, the poller failed on that job at each turn, and
+    `POST /v1/jobs/{id}/refresh` answered 500."""
+    async with jobhook() as svc:
+        job = await svc.submit(provider="simulator", prompt="the backend submits this one", submit=False)
+        task_id = "task\tid/../x?y"
+        callback = await svc.client.post(
+            job["callback_url"],
+            json={"id": task_id, "status": "processing"},
+            headers={"X-Task-Id": task_id, "X-Timestamp": str(int(time.time())), "X-Event": "task.processing"},
+        )
+        assert callback.status_code == 200, callback.text
+        assert (await svc.job(job["id"]))["provider_task_id"] == task_id
+        refreshed = await svc.client.post(f"/v1/jobs/{job['id']}/refresh")
+        assert refreshed.status_code == 200, refreshed.text
+        polls = [event for event in await svc.events(job["id"]) if event["type"] == "poll"]
+        # The simulator was asked about that task, by its quoted id, and does not know it.
+        assert polls[-1]["detail"]["http_status"] == 404, polls
