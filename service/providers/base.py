@@ -167,13 +167,18 @@ def is_url(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) > len("https://")
 
 
-def image_urls(value: Any) -> tuple[str, ...]:
+# The shapes below nest two deep at most; a body nested deeper holds no URL of ours (and, followed
+# all the way down, a thousand levels of {"urls": {"urls": …}} would exhaust Python's stack).
+MAX_URL_NESTING = 4
+
+
+def image_urls(value: Any, _depth: int = 0) -> tuple[str, ...]:
     """Image URLs from the shapes resellers use: a URL, a list of URLs or of {"url"}, or an object
     holding one of those under `urls`, `images`, `image_urls` or `url`."""
     if isinstance(value, dict):
         for key in ("urls", "images", "image_urls"):
             if key in value:
-                return image_urls(value[key])
+                return image_urls(value[key], _depth + 1) if _depth < MAX_URL_NESTING else ()
         return (value["url"],) if is_url(value.get("url")) else ()
     if is_url(value):
         return (value,)

@@ -39,3 +39,20 @@ async def test_a_task_id_bound_by_a_callback_is_polled_whatever_it_holds(jobhook
         polls = [event for event in await svc.events(job["id"]) if event["type"] == "poll"]
         # The simulator was asked about that task, by its quoted id, and does not know it.
         assert polls[-1]["detail"]["http_status"] == 404, polls
+
+
+async def test_a_callback_nested_past_the_stack_is_refused(jobhook: ServiceFactory) -> None:
+    """It was a 500: looking for image URLs followed {"urls": {"urls": …}} a thousand levels down."""
+    async with jobhook() as svc:
+        job = await svc.submit(provider="simulator", prompt="the backend submits this one", submit=False)
+        output = '"https://file.example/a.png"'
+        for _ in range(1000):
+            output = '{"urls": ' + output + "}"
+        response = await svc.client.post(
+            job["callback_url"],
+            content=b'{"id": "t1", "status": "completed", "output": ' + output.encode() + b"}",
+            headers={"X-Task-Id": "t1", "X-Timestamp": str(int(time.time())), "X-Event": "task.completed"},
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_payload"
+        assert (await svc.job(job["id"]))["status"] == "queued"
