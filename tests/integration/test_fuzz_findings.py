@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
-from tests.conftest import ServiceFactory
+from tests.conftest import Service, ServiceFactory, eventually
+from tests.fakes.sinks import HTTPSink
 
 
 @pytest.mark.parametrize("task_id", ["bad\x13id", "line\nbreak", "del\x7f", "c1\x85"])
@@ -56,3 +58,40 @@ async def test_a_callback_nested_past_the_stack_is_refused(jobhook: ServiceFacto
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == "invalid_payload"
         assert (await svc.job(job["id"]))["status"] == "queued"
+
+
+RESEND_REFUSALS = [
+    pytest.param({"dead": "no"}, "dead", id="dead-a-string"),
+    pytest.param({"dead": 1}, "dead", id="dead-a-number"),
+    pytest.param({"dead": -1.454953133514034e16}, "dead", id="dead-a-float"),
+    pytest.param({"ids": None}, "ids", id="ids-null"),
+    pytest.param({"ids": [2**63]}, "ids", id="id-over-sqlite-integer"),
+    pytest.param({"ids": [2**64 - 1]}, "ids", id="id-largest-u64"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), RESEND_REFUSALS)
+async def test_resend_is_strict_about_what_it_resends(jobhook: ServiceFactory, body: Any, field: str) -> None:
+    """It was: `"dead"` of any truthy value, or `"ids": null`, resent every dead delivery; an id past
+    SQLite's INTEGER answered 500."""
+    async with HTTPSink() as backend:
+        backend.always = 500
+        env = {
+            "JOBHOOK_FORWARD_URL": backend.url,
+            "JOBHOOK_FORWARD_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "JOBHOOK_NOTIFY_RETRY_SCHEDULE": "0",
+        }
+        async with jobhook(**env) as svc:
+            job = await svc.submit(provider="simulator", prompt="undeliverable")
+            await svc.wait_finished(job["id"])
+            await eventually(lambda: _dead(svc))
+            response = await svc.client.post("/v1/outbox/resend", json=body)
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "invalid_field"
+            assert response.json()["error"]["field"] == field
+            assert await _dead(svc), "a refused resend resent the dead delivery"
+
+
+async def _dead(svc: Service) -> list[dict[str, Any]]:
+    response = await svc.client.get("/v1/outbox", params={"status": "dead"})
+    return response.json()["deliveries"]  # type: ignore[no-any-return]
