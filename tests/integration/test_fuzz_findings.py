@@ -95,3 +95,15 @@ async def test_resend_is_strict_about_what_it_resends(jobhook: ServiceFactory, b
 async def _dead(svc: Service) -> list[dict[str, Any]]:
     response = await svc.client.get("/v1/outbox", params={"status": "dead"})
     return response.json()["deliveries"]  # type: ignore[no-any-return]
+
+
+async def test_the_simulator_refuses_json_nested_too_deep(jobhook: ServiceFactory) -> None:
+    """It was a 500 (RecursionError in the simulator's JSON parser), on jobhook's public port."""
+    async with jobhook() as svc:
+        response = await svc.client.post(
+            "/simulator/v1/images/generations",
+            content=b"[" * 100_000 + b"]" * 100_000,
+            headers={"Authorization": "Bearer sk-test", "Content-Type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_request"
