@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -27,6 +28,9 @@ MAX_WAIT = 60.0
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_IDEMPOTENCY_KEY = 255
+MAX_TASK_ID = 200
+# No provider's task id has control characters; one would only break the provider's URLs and the logs.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def runtime(request: Request) -> Runtime:
@@ -188,11 +192,17 @@ async def patch_job(request: Request) -> JSONResponse:
     task_id = body.get("provider_task_id")
     if task_id is None:
         raise ApiError(422, "missing_field", "provider_task_id is required", field="provider_task_id")
-    if not isinstance(task_id, str) or not task_id.strip() or len(task_id) > 200:
+    if (
+        not isinstance(task_id, str)
+        or not task_id.strip()
+        or len(task_id) > MAX_TASK_ID
+        or CONTROL_CHARACTERS.search(task_id)
+    ):
         raise ApiError(
             422,
             "invalid_field",
-            "provider_task_id must be a non-empty string of at most 200 characters",
+            f"provider_task_id must be a non-empty string of at most {MAX_TASK_ID} characters, without control"
+            " characters",
             field="provider_task_id",
         )
     try:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from service import api, callbacks, dashboard, operators, sessions
+from service import __version__, api, callbacks, dashboard, openapi, operators, sessions
 from service.config import Settings, generate_secret
 from service.domain.callbacks import CallbackTokens
 from service.engine import Engine, ProviderRuntime
@@ -41,7 +41,7 @@ from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
 
-VERSION = "0.1.0"
+VERSION = __version__
 SIMULATOR_KEY = "sk-simulator"
 
 
@@ -175,6 +175,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
+        *openapi.routes,
         *api.routes,
         *operators.routes,
         *sessions.routes,
@@ -209,6 +210,7 @@ async def index(request: Request) -> Response:
                 "health": "/healthz",
                 "ready": "/readyz",
                 "metrics": "/metrics",
+                "openapi": "/openapi.json",
             },
         }
     )

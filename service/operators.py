@@ -69,20 +69,30 @@ async def outbox(request: Request) -> JSONResponse:
     )
 
 
+RESEND_USAGE = 'send {"ids": [delivery ids]} or {"dead": true}'
+MAX_DELIVERY_ID = 2**63 - 1  # SQLite's largest INTEGER: a larger id names no delivery and cannot be bound
+
+
 async def resend(request: Request) -> JSONResponse:
     rt = runtime(request)
     body = await json_body(request)
-    if not isinstance(body, dict) or set(body) - {"ids", "dead"} or ("ids" in body) == bool(body.get("dead")):
-        raise ApiError(422, "invalid_body", 'send {"ids": [delivery ids]} or {"dead": true}', field="body")
+    if not isinstance(body, dict) or set(body) - {"ids", "dead"}:
+        raise ApiError(422, "invalid_body", RESEND_USAGE, field="body")
+    # Strict: a `"dead": "no"` or `"ids": null` taken loosely would resend every dead delivery.
+    dead = body.get("dead", False)
+    if not isinstance(dead, bool):
+        raise ApiError(422, "invalid_field", "dead must be true or false", field="dead")
+    if dead == ("ids" in body):
+        raise ApiError(422, "invalid_body", RESEND_USAGE, field="body")
     ids = body.get("ids")
-    if ids is not None and (
+    if not dead and (
         not isinstance(ids, list)
         or not ids
         or len(ids) > 1000
-        or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids)
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i <= MAX_DELIVERY_ID for i in ids)
     ):
         raise ApiError(422, "invalid_field", "ids must be a list of 1 to 1000 delivery ids", field="ids")
-    rows = await rt.store.resend(None if body.get("dead") else ids)
+    rows = await rt.store.resend(None if dead else ids)
     rt.outbox.wake()
     return JSONResponse({"resent": [row.id for row in rows]})
 

@@ -162,7 +162,7 @@ class Simulator:
             _authenticate(request)
             try:
                 body = json.loads(await _read_capped(request))
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
                 raise _Refusal(400, "invalid_request", "body must be a JSON object") from None
             fields = _validate(body)
             prefix, callback_url = self.callback_prefix, fields["callback_url"]

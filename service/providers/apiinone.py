@@ -20,6 +20,7 @@ from service.providers.base import (
     observation_of,
     poll_answer,
     read_status,
+    segment,
     submit_payload,
 )
 
@@ -78,7 +79,7 @@ class ApiinoneAdapter:
         return SubmitAnswer(Answer.OK, task_id=task_id, observation=observation)
 
     def poll_request(self, task_id: str) -> WireRequest:
-        return WireRequest("GET", f"/api/v1/tasks/{task_id}")
+        return WireRequest("GET", f"/api/v1/tasks/{segment(task_id)}")
 
     def parse_poll(self, response: WireResponse) -> PollAnswer:
         return poll_answer(response, self.parse_callback)

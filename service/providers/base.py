@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeGuard
 
@@ -37,6 +38,12 @@ class WireRequest:
     method: str
     path: str
     json: Mapping[str, Any] | None = None
+
+
+def segment(value: str) -> str:
+    """`value` as one URL path segment: a task id (the backend's or a callback's) can never change the
+    path it is put in (`/`, `?`, `#`, `..`) nor make a URL that cannot be sent (control characters)."""
+    return urllib.parse.quote(value, safe="")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,13 +167,18 @@ def is_url(value: Any) -> TypeGuard[str]:
     return isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) > len("https://")
 
 
-def image_urls(value: Any) -> tuple[str, ...]:
+# The shapes below nest two deep at most; a body nested deeper holds no URL of ours (and, followed
+# all the way down, a thousand levels of {"urls": {"urls": …}} would exhaust Python's stack).
+MAX_URL_NESTING = 4
+
+
+def image_urls(value: Any, _depth: int = 0) -> tuple[str, ...]:
     """Image URLs from the shapes resellers use: a URL, a list of URLs or of {"url"}, or an object
     holding one of those under `urls`, `images`, `image_urls` or `url`."""
     if isinstance(value, dict):
         for key in ("urls", "images", "image_urls"):
             if key in value:
-                return image_urls(value[key])
+                return image_urls(value[key], _depth + 1) if _depth < MAX_URL_NESTING else ()
         return (value["url"],) if is_url(value.get("url")) else ()
     if is_url(value):
         return (value,)

@@ -43,6 +43,8 @@ class ProviderHTTP:
         client = self._submits if submission else self._polls
         try:
             response = await client.request(wire.method, wire.path, json=wire.json)
+        except httpx.InvalidURL as exc:  # built from what a client or provider sent: it never left
+            raise NotSent(_describe(exc)) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
             raise NotSent(_describe(exc)) from exc
         except httpx.LocalProtocolError as exc:
