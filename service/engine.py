@@ -589,6 +589,8 @@ class Engine:
             # DEBUG: at a retry storm's rate a line each costs more than the delivery; the job's events
             # and /metrics keep what happened.
             log.debug("callback %s %s: %s", job.id, job.provider, result.job.status)
+            if result.job.status is Status.COMPLETED and images and self.settings.mirror_images:
+                self._nudge(now)  # its images are to be fetched now (a 'mirror' row came with it)
         return CallbackAnswer(200, {"status": str(result.kind)}, job.provider)
 
     async def _take_claim(self, job: Job, runtime: ProviderRuntime, body: Mapping[str, Any]) -> CallbackAnswer:
