@@ -23,9 +23,21 @@ async def take_callback(request: Request) -> JSONResponse:
         raw = await read_body(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         raw = None  # refused below, on the job's own history
-    headers = {key.lower(): value for key, value in request.headers.items()}
-    answer = await rt.engine.take_callback(claim, headers, raw)
+    answer = await rt.engine.take_callback(claim, combined_headers(request), raw)
     return JSONResponse(answer.body, status_code=answer.status)
+
+
+def combined_headers(request: Request) -> dict[str, str]:
+    """Lower-case names; a field sent several times is one comma-joined value (RFC 9110 §5.3).
+
+    A dict built from the raw list would keep only the last `X-Task-Id` or `X-Timestamp` and ignore
+    the others; joined, two copies are simply not a valid value, and the checks refuse them.
+    """
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 routes = [Route("/callbacks/{token}", take_callback, methods=["POST"])]
