@@ -69,7 +69,7 @@ def simulator_enabled(settings: Settings) -> bool:
 
 def build_providers(settings: Settings, self_url: str | None) -> dict[str, ProviderRuntime]:
     runtimes: dict[str, ProviderRuntime] = {}
-    timeout, submit_timeout = 30.0, settings.submit_timeout
+    timeout, submit_timeout = settings.poll_timeout, settings.submit_timeout
     for name, adapter in adapters().items():
         provider = settings.providers.get(name)
         http = None
