@@ -7,6 +7,7 @@ left may be retried; one that left and got no answer must not be (SPEC §3).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import httpx
 
@@ -59,6 +60,7 @@ class ProviderHTTP:
         """`transport`: for tests (httpx.MockTransport); by default, the network."""
         headers = {"User-Agent": USER_AGENT, **auth_headers}
         self.base_url = base_url.rstrip("/")
+        self._credentials = _credentials(auth_headers)
         self._deadlines = (deadline(timeout), deadline(submit_timeout))
         self._polls = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
         self._submits = httpx.AsyncClient(
@@ -74,7 +76,7 @@ class ProviderHTTP:
         limit = MAX_SUBMIT_ANSWER_BYTES if submission else MAX_POLL_ANSWER_BYTES
         try:
             async with asyncio.timeout(self._deadlines[submission]):
-                return await self._exchange(client, wire, limit)
+                return self._scrubbed(await self._exchange(client, wire, limit))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
             raise NotSent(_describe(exc)) from exc
         except httpx.LocalProtocolError as exc:
@@ -102,9 +104,29 @@ class ProviderHTTP:
             body=b"".join(chunks),
         )
 
+    def _scrubbed(self, response: WireResponse) -> WireResponse:
+        """The answer without our own API key in it: a provider's error message may quote the key it
+        refused ("Invalid API key sk-…"), and that message goes on to the job, the log and Slack."""
+        if response.content_type.startswith("image/") or not any(key in response.body for key in self._credentials):
+            return response
+        body = response.body
+        for key in self._credentials:
+            body = body.replace(key, b"[redacted]")
+        return dataclasses.replace(response, body=body)
+
     async def aclose(self) -> None:
         await self._polls.aclose()
         await self._submits.aclose()
+
+
+def _credentials(auth_headers: dict[str, str]) -> tuple[bytes, ...]:
+    """The secrets in our auth headers: each value, and the key after a scheme ("Bearer sk-…")."""
+    found = set()
+    for value in auth_headers.values():
+        for candidate in (value, value.rpartition(" ")[2]):
+            if len(candidate) >= 8:  # a short value could be any word of a message
+                found.add(candidate.encode("utf-8"))
+    return tuple(sorted(found, key=len, reverse=True))  # longest first: "Bearer sk-x" before "sk-x"
 
 
 def _describe(exc: Exception) -> str:

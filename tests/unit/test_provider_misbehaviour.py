@@ -304,3 +304,31 @@ def test_deadlines_fit_within_the_leases(timeout: float) -> None:
 
 def test_every_async_adapter_is_covered() -> None:
     assert sorted(ASYNC) == ["aivideoapi", "apiframe", "apiinone"]
+
+
+async def test_an_answer_quoting_our_api_key_is_scrubbed_before_anyone_reads_it() -> None:
+    key = "sk-LIVE-0123456789abcdef"
+    quoted = {"error": {"code": "invalid_api_key", "message": f"Invalid API key {key} (Bearer {key})"}}
+    sender = ProviderHTTP(
+        "https://provider.example",
+        {"Authorization": f"Bearer {key}", "X-API-Key": "afk_second_key_42"},
+        timeout=1,
+        submit_timeout=1,
+        transport=_mock(
+            lambda request: (
+                httpx.Response(401, json=quoted)
+                if request.url.path == "/json"
+                else httpx.Response(200, content=b"\x89PNG" + key.encode(), headers={"Content-Type": "image/png"})
+            )
+        ),
+    )
+    try:
+        answer = await sender.send(WireRequest("GET", "/json"))
+        image = await sender.send(WireRequest("GET", "/image"))
+    finally:
+        await sender.aclose()
+    assert key.encode() not in answer.body
+    assert answer.json()["error"]["message"] == "Invalid API key [redacted] ([redacted])"
+    refusal = ALL["aivideoapi"].parse_poll(answer)
+    assert refusal.error is not None and key not in refusal.error.message
+    assert image.body == b"\x89PNG" + key.encode()  # image bytes are never rewritten
