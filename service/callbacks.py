@@ -7,6 +7,7 @@ from starlette.routing import Route
 
 from service.api import runtime
 from service.domain.callbacks import MAX_BODY_BYTES
+from service.errors import StorageError
 from service.http import BodyTooLarge, JSONResponse, read_body
 
 
@@ -23,7 +24,12 @@ async def take_callback(request: Request) -> JSONResponse:
         raw = await read_body(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         raw = None  # refused below, on the job's own history
-    answer = await rt.engine.take_callback(claim, combined_headers(request), raw)
+    try:
+        answer = await rt.engine.take_callback(claim, combined_headers(request), raw)
+    except StorageError:
+        # Answered 503 by the app's handler so that the provider retries; counted like every delivery.
+        rt.metrics.callbacks.labels(claim.provider, "refused", "storage_unavailable").inc()
+        raise
     return JSONResponse(answer.body, status_code=answer.status)
 
 
