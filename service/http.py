@@ -169,6 +169,7 @@ def server_protocol() -> Any:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._reading_head = True
+            self._heads_done = 0
             self._head_chunks = 0
             self._head_parsed = 0
             self._head_refused = False
@@ -176,9 +177,12 @@ def server_protocol() -> Any:
         def data_received(self, data: bytes) -> None:
             if self._head_refused:
                 return
-            reading_head = self._reading_head
+            reading_head, heads_done = self._reading_head, self._heads_done
             super().data_received(data)
-            if reading_head and self._reading_head and not self._head_refused and not self.transport.is_closing():
+            # All of this chunk was head only if a head was being read before it and no head was
+            # completed within it (a chunk may hold a whole request, body included, and the next).
+            within_one_head = reading_head and self._reading_head and self._heads_done == heads_done
+            if within_one_head and not self._head_refused and not self.transport.is_closing():
                 self._head_chunks += len(data)
                 if self._head_chunks > MAX_HEAD_BYTES:
                     self._refuse_head()
@@ -198,6 +202,7 @@ def server_protocol() -> Any:
 
         def on_headers_complete(self) -> None:
             self._reading_head = False
+            self._heads_done += 1
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:

@@ -473,6 +473,18 @@ async def test_huge_headers_and_targets_are_refused_cleanly(jobhook: ServiceFact
             port(svc), raw_delivery(path, "task-head", body=padded_delivery("task-head", MAX_BODY_BYTES))
         )
         assert answer is not None and (answer.status, answer.json()) == (200, {"status": "accepted"})
+        # Whole requests with bodies larger than the bound, each in one write (often one read on the
+        # server's side), on a kept-alive connection and on fresh ones: bodies, never heads.
+        async with await RawConnection.open(port(svc)) as connection:
+            for size in (70_000, 150_000, 200_000, 70_000):
+                body = padded_delivery("task-head", size)
+                assert await connection.send(raw_delivery(path, "task-head", body=body))
+                answer = await connection.response()
+                assert answer is not None and (answer.status, answer.json()) == (200, {"status": "duplicate"}), size
+        for size in (70_000, 150_000, 200_000):
+            body = padded_delivery("task-head", size)
+            answer = await exchange(port(svc), raw_delivery(path, "task-head", body=body))
+            assert answer is not None and answer.status == 200, size
 
 
 # -- path traversal -------------------------------------------------------------------------------
