@@ -197,7 +197,7 @@ def server_protocol() -> Any:
             super().on_url(url)
 
         def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
+            self._count(len(name) + len(value) + 3)  # at least "name:value\r\n"
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
