@@ -25,8 +25,6 @@ def provider_env(fake: FakeAivideoapi, **extra: str) -> dict[str, str]:
         "JOBHOOK_AIVIDEOAPI_API_KEY": "sk-test",
         "JOBHOOK_AIVIDEOAPI_BASE_URL": fake.base_url,
         "JOBHOOK_CALLBACK_GRACE": "0.3",
-        "JOBHOOK_SUBMIT_TIMEOUT": "0.5",
-        "JOBHOOK_POLL_TIMEOUT": "0.5",
         "JOBHOOK_MIRROR_IMAGES": "false",
         **extra,
     }
@@ -191,7 +189,7 @@ async def test_a_poll_that_never_ends_is_cut_and_others_go_on(
     """ "hang": no answer at all (httpx's read timeout). "trickle": a 200 whose body never ends, a
     byte at a time, well within each read's timeout: only the whole call's deadline ends it."""
     fake.next_scripts = [TaskScript(drop_callback=True)]
-    async with jobhook(**provider_env(fake)) as svc:
+    async with jobhook(**provider_env(fake, JOBHOOK_POLL_TIMEOUT="1")) as svc:
         stuck = await svc.submit(provider="aivideoapi", prompt=f"a poll that {misbehaviour}s")
         fake.query_responses = [misbehaviour]  # type: ignore[list-item]
         await eventually(lambda: _polled(svc, stuck["id"]), timeout=10)
@@ -208,7 +206,7 @@ async def test_a_submission_whose_answer_never_ends_is_uncertain_and_others_go_o
 ) -> None:
     fake.create_responses = ["trickle"]
     fake.next_scripts = [TaskScript(drop_callback=True, outcome="never")]
-    async with jobhook(**provider_env(fake)) as svc:
+    async with jobhook(**provider_env(fake, JOBHOOK_SUBMIT_TIMEOUT="1")) as svc:
         started = time.monotonic()
         job = await svc.submit(provider="aivideoapi", prompt="an answer that never ends")
         assert time.monotonic() - started < 10  # bounded, not waiting for the fake to give up
