@@ -236,9 +236,11 @@ async def public_image(request: Request) -> Response:
     rt = runtime(request)
     claim = rt.engine.media_tokens.verify(request.path_params["token"])
     job = await rt.store.get_job(claim.job_id) if claim is not None else None
-    if claim is None or job is None or not claim.provider.isdigit():
+    index = claim.provider if claim is not None else ""
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses (jobhook signs str(int)).
+    if job is None or not (index.isascii() and index.isdigit() and len(index) <= 3):
         raise ApiError(404, "not_found", "no such image")
-    held = job.held(int(claim.provider))
+    held = job.held(int(index))
     media = MediaFile.from_json(held) if held is not None else None
     path = rt.engine.media.path(job.id, media) if media is not None else None
     if media is None or path is None:

@@ -69,7 +69,7 @@ def simulator_enabled(settings: Settings) -> bool:
 
 def build_providers(settings: Settings, self_url: str | None) -> dict[str, ProviderRuntime]:
     runtimes: dict[str, ProviderRuntime] = {}
-    timeout, submit_timeout = 30.0, settings.submit_timeout
+    timeout, submit_timeout = settings.poll_timeout, settings.submit_timeout
     for name, adapter in adapters().items():
         provider = settings.providers.get(name)
         http = None
@@ -272,5 +272,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("unexpected error on %s %s", request.method, loggable_path(request), exc_info=exc)
     return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+def loggable_path(request: Request) -> str:
+    """The route's template (`/callbacks/{token}`), never the path itself: a callback URL's or an
+    image link's token is a credential, and so may be anything a client put in a path."""
+    route = request.scope.get("route")
+    template = getattr(route, "path", None)
+    return template if isinstance(template, str) else "(no route)"

@@ -7,6 +7,7 @@ from starlette.routing import Route
 
 from service.api import runtime
 from service.domain.callbacks import MAX_BODY_BYTES
+from service.errors import StorageError
 from service.http import BodyTooLarge, JSONResponse, read_body
 
 
@@ -23,9 +24,26 @@ async def take_callback(request: Request) -> JSONResponse:
         raw = await read_body(request, MAX_BODY_BYTES)
     except BodyTooLarge:
         raw = None  # refused below, on the job's own history
-    headers = {key.lower(): value for key, value in request.headers.items()}
-    answer = await rt.engine.take_callback(claim, headers, raw)
+    try:
+        answer = await rt.engine.take_callback(claim, combined_headers(request), raw)
+    except StorageError:
+        # Answered 503 by the app's handler so that the provider retries; counted like every delivery.
+        rt.metrics.callbacks.labels(claim.provider, "refused", "storage_unavailable").inc()
+        raise
     return JSONResponse(answer.body, status_code=answer.status)
+
+
+def combined_headers(request: Request) -> dict[str, str]:
+    """Lower-case names; a field sent several times is one comma-joined value (RFC 9110 §5.3).
+
+    A dict built from the raw list would keep only the last `X-Task-Id` or `X-Timestamp` and ignore
+    the others; joined, two copies are simply not a valid value, and the checks refuse them.
+    """
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 routes = [Route("/callbacks/{token}", take_callback, methods=["POST"])]

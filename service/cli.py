@@ -196,6 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service import logs
     from service.app import create_app
+    from service.http import server_protocol
 
     logs.setup(settings.log_format)
     local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
@@ -212,6 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         lifespan="on",
+        http=server_protocol(),
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
         timeout_graceful_shutdown=15,

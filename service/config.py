@@ -70,6 +70,8 @@ class ForwardSettings:
 
 
 NOTIFY_EVENTS = ("completed", "failed", "timed_out")
+# A poll in flight is leased for 45 s (service.engine.POLL_LEASE): its HTTP call must end well before.
+POLL_TIMEOUT_MAX = 30.0
 DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (
     0.0,
     5.0,
@@ -111,6 +113,7 @@ class Settings:
     timestamp_tolerance: float = 300.0
     submit_timeout: float = 30.0
     sync_timeout: float = 300.0
+    poll_timeout: float = 30.0  # at most POLL_TIMEOUT_MAX: a poll's lease (service.engine) assumes it
     mirror_images: bool = True
     sqlite_synchronous: str = "FULL"
     log_format: str = "text"
@@ -186,7 +189,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
             return None
         return value.strip()
 
-    def duration(name: str, default: float, *, minimum: float = 0.0) -> float:
+    def duration(name: str, default: float, *, minimum: float = 0.0, maximum: float = math.inf) -> float:
         raw = get(name)
         if raw is None:
             return default
@@ -196,6 +199,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
             raise ConfigError(name, f"expected seconds such as 5, 0.5 or 2m, got {raw!r}") from None
         if value < minimum:
             raise ConfigError(name, f"must be at least {minimum:g} seconds, got {raw!r}")
+        if value > maximum:
+            raise ConfigError(name, f"must be at most {maximum:g} seconds, got {raw!r}")
         return value
 
     def integer(name: str, default: int, *, minimum: int) -> int:
@@ -326,6 +331,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         timestamp_tolerance=duration("JOBHOOK_TIMESTAMP_TOLERANCE", 300.0, minimum=1.0),
         submit_timeout=duration("JOBHOOK_SUBMIT_TIMEOUT", 30.0, minimum=0.1),
         sync_timeout=duration("JOBHOOK_SYNC_TIMEOUT", 300.0, minimum=0.1),
+        poll_timeout=duration("JOBHOOK_POLL_TIMEOUT", 30.0, minimum=0.1, maximum=POLL_TIMEOUT_MAX),
         mirror_images=boolean("JOBHOOK_MIRROR_IMAGES", True),
         sqlite_synchronous=choice("JOBHOOK_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA"), upper=True),
         log_format=choice("JOBHOOK_LOG_FORMAT", "text", ("text", "json")),

@@ -135,3 +135,111 @@ def _cookie(header: bytes, name: str) -> str | None:
         if key == name:
             return value
     return None
+
+
+# -- the request head's bound -------------------------------------------------------------------------
+
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers; h11's own default is 16 KiB
+
+
+def server_protocol() -> Any:
+    """What `uvicorn.run(http=…)` should get: httptools with a bound on the request head.
+
+    uvicorn's httptools protocol buffers a head of any size (a 10 MiB header is read, kept and
+    answered); its h11 protocol stops at a bound but is several times slower. Without httptools
+    installed, h11 it is (its bound is `h11_max_incomplete_event_size`, 16 KiB by default).
+    """
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
+        return "h11"
+
+    class _HeadTooLarge(Exception):
+        pass
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        """Refuses a request head over MAX_HEAD_BYTES with 431 and closes the connection.
+
+        Two counts, each at most the true size of the head, so neither can refuse a head within the
+        bound: the bytes of the chunks that arrived while the head was still incomplete (this bounds
+        what httptools buffers of a header still being received), and the URL and header bytes the
+        parser has handed over (this catches a whole large head arriving in one chunk).
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._reading_head = True
+            self._heads_done = 0
+            self._head_chunks = 0
+            self._head_parsed = 0
+            self._head_refused = False
+
+        def data_received(self, data: bytes) -> None:
+            if self._head_refused:
+                return
+            reading_head, heads_done = self._reading_head, self._heads_done
+            super().data_received(data)
+            # All of this chunk was head only if a head was being read before it and no head was
+            # completed within it (a chunk may hold a whole request, body included, and the next).
+            within_one_head = reading_head and self._reading_head and self._heads_done == heads_done
+            if within_one_head and not self._head_refused and not self.transport.is_closing():
+                self._head_chunks += len(data)
+                if self._head_chunks > MAX_HEAD_BYTES:
+                    self._refuse_head()
+
+        def on_message_begin(self) -> None:
+            self._reading_head = True
+            self._head_chunks = self._head_parsed = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 3)  # at least "name:value\r\n"
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._reading_head = False
+            self._heads_done += 1
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._reading_head = True
+            self._head_chunks = self._head_parsed = 0
+            super().on_message_complete()
+
+        def _count(self, size: int) -> None:
+            self._head_parsed += size
+            if self._head_parsed > MAX_HEAD_BYTES:
+                self._head_refused = True
+                raise _HeadTooLarge  # the parser stops; uvicorn answers through send_400_response
+
+        def send_400_response(self, msg: str) -> None:
+            if self._head_refused:
+                self._refuse_head()
+            else:
+                super().send_400_response(msg)
+
+        def _refuse_head(self) -> None:
+            self._head_refused = True
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete:
+                # Not in the middle of another response on this connection: say why before closing.
+                body = orjson.dumps(
+                    {
+                        "error": {
+                            "code": "headers_too_large",
+                            "message": f"the request line and headers exceed {MAX_HEAD_BYTES} bytes",
+                        }
+                    }
+                )
+                self.transport.write(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+            self.transport.close()
+
+    return BoundedHttpToolsProtocol

@@ -15,6 +15,7 @@ import pytest
 
 from service.app import Runtime, create_app
 from service.config import Settings
+from service.http import server_protocol
 from tests.fakes.server import free_socket, serve_asgi
 
 FINISHED = ("completed", "failed", "timed_out")
@@ -84,7 +85,10 @@ def jobhook(tmp_path: Path) -> ServiceFactory:
         environ = {key: value for key, value in environ.items() if value != "<unset>"}
         settings = Settings.from_environ(environ)
         app = create_app(settings, self_url=url)
-        async with serve_asgi(app, sock=sock) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        async with (
+            serve_asgi(app, sock=sock, http=server_protocol()) as base,
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+        ):
             yield Service(url, client, settings, app.state.runtime)
 
     return start

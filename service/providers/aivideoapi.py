@@ -20,9 +20,9 @@ from service.providers.base import (
     WireResponse,
     image_urls,
     observation_of,
+    path_segment,
     poll_answer,
     read_status,
-    segment,
     submit_payload,
 )
 
@@ -71,7 +71,7 @@ class AivideoapiAdapter:
         return SubmitAnswer(Answer.OK, task_id=task_id)
 
     def poll_request(self, task_id: str) -> WireRequest:
-        return WireRequest("GET", f"/v1/tasks/{segment(task_id)}")
+        return WireRequest("GET", f"/v1/tasks/{path_segment(task_id)}")
 
     def parse_poll(self, response: WireResponse) -> PollAnswer:
         return poll_answer(response, self.parse_callback)

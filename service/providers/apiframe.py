@@ -17,9 +17,9 @@ from service.providers.base import (
     WireResponse,
     image_urls,
     observation_of,
+    path_segment,
     poll_answer,
     read_status,
-    segment,
     submit_payload,
 )
 
@@ -86,7 +86,7 @@ class ApiframeAdapter:
         return SubmitAnswer(Answer.OK, task_id=job_id)
 
     def poll_request(self, task_id: str) -> WireRequest:
-        return WireRequest("GET", f"/v2/jobs/{segment(task_id)}")
+        return WireRequest("GET", f"/v2/jobs/{path_segment(task_id)}")
 
     def parse_poll(self, response: WireResponse) -> PollAnswer:
         return poll_answer(response, self.parse_callback)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeGuard
+from urllib.parse import quote
 
 import orjson
 
@@ -38,12 +38,6 @@ class WireRequest:
     method: str
     path: str
     json: Mapping[str, Any] | None = None
-
-
-def segment(value: str) -> str:
-    """`value` as one URL path segment: a task id (the backend's or a callback's) can never change the
-    path it is put in (`/`, `?`, `#`, `..`) nor make a URL that cannot be sent (control characters)."""
-    return urllib.parse.quote(value, safe="")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +155,14 @@ def read_status(raw: Any) -> Status:
     if isinstance(raw, str) and raw.strip().lower() in STATUS_WORDS:
         return STATUS_WORDS[raw.strip().lower()]
     raise ProtocolError(f"unknown task status {raw!r}")
+
+
+def path_segment(value: str) -> str:
+    """`value` as one URL path segment: a task id is the provider's word (or a callback's, or the
+    backend's), and "../../account" or "x?y#z" must name a task, not another path on the provider."""
+    segment = quote(value, safe="")
+    # quote() leaves dots alone, and a client resolves a "." or ".." segment away: spell those out.
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
 
 
 def is_url(value: Any) -> TypeGuard[str]:

@@ -14,7 +14,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ import httpx
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -81,7 +81,7 @@ class ForcedResponse:
         return JSONResponse(self.body, self.status, headers=self.headers)
 
 
-Forced = ForcedResponse | Literal["hang", "disconnect"]
+Forced = ForcedResponse | Literal["hang", "disconnect", "trickle"]
 
 
 @dataclass
@@ -178,8 +178,9 @@ class FakeAivideoapi:
 
     Per-task behaviour: `next_scripts` (popped per new task), else `script_for(body)`, else
     `default_script`. Forced answers: `create_responses` / `query_responses` (popped per call; a
-    ForcedResponse, "hang" or "disconnect"; the last two apply after auth and validation, and on create
-    the task IS created). Callback attempt i+1 waits `callback_retry_delays[i]` after attempt i.
+    ForcedResponse, "hang", "disconnect" or "trickle" (a 200 whose body never ends, one byte at a
+    time); the last three apply after auth and validation, and on create the task IS created). Every
+    request's method and raw target is kept in `requests`, as it arrived. Callback attempt i+1 waits `callback_retry_delays[i]` after attempt i.
     """
 
     def __init__(
@@ -206,6 +207,7 @@ class FakeAivideoapi:
         self.queries: list[QueryRecord] = []
         self.deliveries: list[DeliveryRecord] = []
         self.file_requests: list[str] = []
+        self.requests: list[tuple[str, bytes]] = []  # (method, raw path and query) as they arrived
         self.tasks: dict[str, FakeTask] = {}
         self.background_errors: list[BaseException] = []
         self._bg: set[asyncio.Task[Any]] = set()
@@ -249,6 +251,9 @@ class FakeAivideoapi:
         # connection without answering.
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             scope[_CYCLE_KEY] = getattr(send, "__self__", None)
+            if scope["type"] == "http":
+                query = scope.get("query_string", b"")
+                self.requests.append((scope["method"], scope["raw_path"] + (b"?" + query if query else b"")))
             await self._app(scope, receive, send)
 
         return app
@@ -325,6 +330,8 @@ class FakeAivideoapi:
             return error
         task = self._new_task(body)
         record.task_id = task.id
+        if forced == "trickle":
+            return self._trickle()
         if forced is not None:  # "hang" / "disconnect": the provider accepted it, the answer is lost
             return await self._no_answer(request, hang=forced == "hang")
         record.status = 200
@@ -342,6 +349,8 @@ class FakeAivideoapi:
         if error is not None:
             record.status = error.status_code
             return error
+        if forced == "trickle":
+            return self._trickle()
         if forced is not None:
             return await self._no_answer(request, hang=forced == "hang")
         task = self.tasks.get(task_id)
@@ -360,6 +369,16 @@ class FakeAivideoapi:
             return PlainTextResponse("Not Found", 404)
         fmt = "png" if ext == "png" else "jpeg"
         return Response(_image_bytes(task.input.get("size", "1:1"), fmt), media_type=f"image/{fmt}")
+
+    def _trickle(self) -> Response:
+        """200 at once, then a body that never ends: a space every 50 ms, until the client leaves."""
+
+        async def spaces() -> AsyncIterator[bytes]:
+            while not self._closing.is_set():
+                await asyncio.sleep(0.05)
+                yield b" "
+
+        return StreamingResponse(spaces(), media_type="application/json")
 
     async def _no_answer(self, request: Request, *, hang: bool) -> Response:
         """Never answer: on "hang" wait until the client gives up (or the fake closes), then drop the

@@ -22,15 +22,16 @@ def free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def serve_asgi(
-    app: Any, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+    app: Any, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None, http: Any = "auto"
 ) -> AsyncIterator[str]:
     """Serve `app` (lifespan included) and yield its base URL, e.g. "http://127.0.0.1:41234".
 
-    Pass a socket from `free_socket()` when the app must know its own URL before it starts.
+    Pass a socket from `free_socket()` when the app must know its own URL before it starts, and
+    `http=service.http.server_protocol()` to serve it as `jobhook serve` does.
     """
     sock = sock or free_socket(host, port)
     host, actual_port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, http=http)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -46,6 +46,8 @@ class HTTPSink:
         self.verify = verify
         self.answers: list[int] = []
         self.always: int | None = None  # answer this every time (e.g. 500), when set
+        self.hang = False  # record each request, then never answer it (until the sink closes)
+        self._closing = asyncio.Event()
         self.retry_after = "1"
         self.received: list[Received] = []
         self.rejected_signatures = 0
@@ -53,11 +55,13 @@ class HTTPSink:
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> HTTPSink:
+        self._closing = asyncio.Event()
         app = Starlette(routes=[Route("/hook{rest:path}", self._hook, methods=["POST"])])
         self.url = await self._stack.enter_async_context(serve_asgi(app)) + "/hook"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
         await self._stack.aclose()
 
     async def _hook(self, request: Request) -> Response:
@@ -69,6 +73,10 @@ class HTTPSink:
             except WebhookVerificationError:
                 self.rejected_signatures += 1
                 return PlainTextResponse("bad signature", status_code=400)
+        if self.hang:
+            self.received.append(Received(time.monotonic(), headers, body, 0))
+            await self._closing.wait()
+            return PlainTextResponse("too late", status_code=503)
         status = self.always if self.always is not None else (self.answers.pop(0) if self.answers else 200)
         self.received.append(Received(time.monotonic(), headers, body, status))
         extra = {"Retry-After": self.retry_after} if status == 429 else {}

@@ -24,6 +24,7 @@ import pytest_asyncio
 from service import ids
 from service.app import create_app
 from service.config import Settings
+from service.http import server_protocol
 from tests.conftest import Service, ServiceFactory
 from tests.fakes.aivideoapi import FakeAivideoapi
 from tests.fakes.server import free_socket, serve_asgi
@@ -83,7 +84,10 @@ async def serve_jobhook(folder: Path, **env: str) -> AsyncIterator[Service]:
     }
     settings = Settings.from_environ(environ)
     app = create_app(settings, self_url=url)
-    async with serve_asgi(app, sock=sock) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with (
+        serve_asgi(app, sock=sock, http=server_protocol()) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as client,
+    ):
         yield Service(url, client, settings, app.state.runtime)
 
 
