@@ -47,6 +47,7 @@ class HTTPSink:
         self.answers: list[int] = []
         self.always: int | None = None  # answer this every time (e.g. 500), when set
         self.retry_after = "1"
+        self.delay = 0.0  # seconds between recording a request and answering it
         self.received: list[Received] = []
         self.rejected_signatures = 0
         self.url = ""
@@ -71,6 +72,8 @@ class HTTPSink:
                 return PlainTextResponse("bad signature", status_code=400)
         status = self.always if self.always is not None else (self.answers.pop(0) if self.answers else 200)
         self.received.append(Received(time.monotonic(), headers, body, status))
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
         extra = {"Retry-After": self.retry_after} if status == 429 else {}
         if status == 200:
             return PlainTextResponse("ok")
@@ -86,6 +89,8 @@ class SMTPSink:
     def __init__(self) -> None:
         self.messages: list[email.message.EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
+        self.received_at: list[float] = []  # monotonic time of each message in `messages`
+        self.delay = 0.0  # seconds between recording a message and answering 250
         self.replies: list[str] = []
         self.port = 0
         self._controller: Controller | None = None
@@ -98,6 +103,9 @@ class SMTPSink:
         assert isinstance(message, email.message.EmailMessage)
         self.messages.append(message)
         self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos)))
+        self.received_at.append(time.monotonic())
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
         return "250 OK"
 
     async def __aenter__(self) -> SMTPSink:
