@@ -27,10 +27,12 @@ How each fault is made real, on a root machine (here and in CI):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import json
 import os
+import random
 import re
 import resource
 import shutil
@@ -476,3 +478,92 @@ async def test_disk_full_while_the_provider_takes_a_submission_never_submits_twi
     assert (kept["id"], kept["status"], kept["provider_task_id"]) == (job["id"], "completed", task.id)
     history = [(e["type"], e["outcome"]) for e in stored["events"]]
     assert ("bound", None) in history and history.count(("status", "completed")) == 1, history
+
+
+STORM = [ReadOnly, FileSizeLimit]  # made and undone at once, so that they can come and go quickly
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("make_fault", STORM, ids=[fault.name for fault in STORM])
+async def test_faults_coming_and_going_under_load_lose_nothing_acknowledged(
+    tmp_path: Path, make_fault: type[Fault]
+) -> None:
+    """Submissions and the provider's callbacks keep coming while the fault comes and goes five times
+    (seeded): whatever was answered 2xx is kept and applied once, whatever was answered 503 gets
+    through on a retry, and the service ends ready, every job in the provider's state."""
+    started = time.monotonic()
+    rng = random.Random(8)
+    fault = make_fault()
+    answers: collections.Counter[str] = collections.Counter()
+    acknowledged: dict[str, str] = {}  # prompt → job id
+    try:
+        async with (
+            FakeAivideoapi(
+                complete_after=0.3, callback_retry_delays=(0.0, 0.5, *[1.0] * 12), callback_timeout=60
+            ) as fake,
+            HTTPSink(verify=True) as sink,
+            running(tmp_path, fault, fake, sink, JOBHOOK_SUBMIT_TIMEOUT="5") as service,
+            httpx.AsyncClient(base_url=service.url, timeout=60) as client,
+        ):
+
+            async def submit(prompt: str) -> None:
+                while True:  # the backend: the same Idempotency-Key until it is answered
+                    response = await client.post(
+                        "/v1/jobs",
+                        json={"provider": "aivideoapi", "prompt": prompt},
+                        headers={"Idempotency-Key": prompt},
+                    )
+                    answers[str(response.status_code)] += 1
+                    if response.status_code == 202:
+                        acknowledged[prompt] = response.json()["id"]
+                        return
+                    assert_unavailable((response.status_code, response.json(), dict(response.headers)), prompt)
+                    await asyncio.sleep(0.3)
+
+            async def backend(stop: asyncio.Event) -> None:
+                submissions = []
+                while not stop.is_set():
+                    submissions.append(asyncio.create_task(submit(f"storm {len(submissions)}")))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), rng.uniform(0.02, 0.2))
+                await asyncio.gather(*submissions)
+
+            stop = asyncio.Event()
+            load = asyncio.create_task(backend(stop))
+            for _ in range(5):
+                await asyncio.sleep(rng.uniform(0.5, 2.0))
+                await fault.inject(service)
+                await asyncio.sleep(rng.uniform(0.5, 2.5))
+                await fault.remove()
+            stop.set()
+            await load
+            await fake.wait_idle(timeout=BOUND)  # every callback answered, after its retries
+            readiness = await wait_ready(client, ready=True)
+            assert set(readiness["checks"].values()) == {"ok"}, readiness
+            for prompt, job_id in acknowledged.items():
+                job = (await client.get(f"/v1/jobs/{job_id}")).json()
+                assert job["status"] == "completed", (prompt, job)
+    finally:
+        fault.teardown()
+    stored = read_back(Path(service.env["JOBHOOK_DATABASE"]))
+    assert stored["integrity"] == "ok"
+    kept = {json.loads(request)["prompt"]: job for request, job in stored["jobs"].items()}
+    assert {prompt: job["id"] for prompt, job in kept.items()} == acknowledged
+    creates = collections.Counter(create.body["input"]["prompt"] for create in fake.creates)
+    assert set(creates) == set(acknowledged) and set(creates.values()) == {1}, creates
+    delivered: collections.Counter[str] = collections.Counter()
+    for record in fake.deliveries:
+        delivered[str(record.status)] += 1
+        if record.status == 200:
+            job = next(job for job in kept.values() if job["provider_task_id"] == record.task_id)
+            assert stored["receipts"][(job["id"], "task.completed")] >= 1
+        else:
+            assert_unavailable(answer_of(record), f"callback for {record.task_id}")
+    accepted = [(e["job_id"]) for e in stored["events"] if (e["type"], e["outcome"]) == ("callback", "accepted")]
+    assert sorted(accepted) == sorted(acknowledged.values())  # each event applied once
+    log = service.log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 500 :][:3000]
+    print(
+        f"\n{fault.name} x5 under load: {len(acknowledged)} jobs, submissions {dict(answers)},"
+        f" callbacks {dict(delivered)}, test took {time.monotonic() - started:.1f} s"
+    )
