@@ -47,9 +47,10 @@ REPLAY_EVERY = (0.1, 0.5)
 CREATE_DELAY = 0.3  # the provider's answer to a create: a kill in it leaves the submission uncertain
 SINK_DELAY = 0.15  # the receivers' answers: a kill in it leaves a notification sent but not recorded
 # Work claimed when the last kill came is leased for 45 s (polls, notifications): it comes due again
-# after that. An uncertain submission ends at JOBHOOK_JOB_TIMEOUT.
-JOB_TIMEOUT = 45
-DRAIN_LIMIT = 90.0  # "did not hang", not a timing assertion
+# after that. An uncertain submission ends at JOBHOOK_JOB_TIMEOUT; a timed-out job is polled on until
+# twice that, which must outlast two polls cut by kills in a row (45 s leases) on a slow machine.
+JOB_TIMEOUT = 60
+DRAIN_LIMIT = 100.0  # "did not hang", not a timing assertion
 FINAL = ("completed", "failed")
 JOB_ID = re.compile(r"job_[0-9A-Z]{26}")
 
