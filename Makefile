@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test lint typecheck unit clean bench browser
+.PHONY: demo test lint typecheck unit clean bench browser strace
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,19 @@ browser:
 	  fi; \
 	fi
 
-test: $(STAMP) browser
+# The read-only storage fault is injected with strace (tests/acceptance/test_storage_faults.py).
+strace:
+	@if ! command -v strace >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's strace for the storage fault tests…"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; \
+	  else \
+	    echo "NOTE: strace is missing and cannot be installed here (needs root and apt-get):"; \
+	    echo "      the read-only storage fault test will be skipped. Install strace to run it."; \
+	  fi; \
+	fi
+
+test: $(STAMP) browser strace
 	$(BIN)/ruff check service tests
 	$(BIN)/ruff format --check service tests
 	$(BIN)/mypy

@@ -16,19 +16,21 @@ async def take_callback(request: Request) -> JSONResponse:
     token = request.path_params["token"]
     # The token is checked before the body is read: a forged URL learns nothing, not even the limit.
     claim = rt.engine.tokens.verify(token)
-    if claim is None:
-        answer = await rt.engine.refuse_token()
-        return JSONResponse(answer.body, status_code=answer.status)
-    raw: bytes | None
+    provider = claim.provider if claim is not None else "unknown"
     try:
-        raw = await read_body(request, MAX_BODY_BYTES)
-    except BodyTooLarge:
-        raw = None  # refused below, on the job's own history
-    try:
+        if claim is None:
+            answer = await rt.engine.refuse_token()
+            return JSONResponse(answer.body, status_code=answer.status)
+        raw: bytes | None
+        try:
+            raw = await read_body(request, MAX_BODY_BYTES)
+        except BodyTooLarge:
+            raw = None  # refused below, on the job's own history
         answer = await rt.engine.take_callback(claim, combined_headers(request), raw)
     except StorageError:
-        # Answered 503 by the app's handler so that the provider retries; counted like every delivery.
-        rt.metrics.callbacks.labels(claim.provider, "refused", "storage_unavailable").inc()
+        # Answered 503 by the app (the provider retries); counted here, since every delivery is
+        # (SPEC §4) and a storage fault turning deliveries away is what an operator must see.
+        rt.metrics.callbacks.labels(provider, "unavailable", "storage_unavailable").inc()
         raise
     return JSONResponse(answer.body, status_code=answer.status)
 

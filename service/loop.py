@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from service.errors import StorageError
+
 MAX_SLEEP = 15.0  # wake at least this often, so that the heartbeat stays fresh
 
 
@@ -56,6 +58,9 @@ class WorkLoop:
             await work
         except asyncio.CancelledError:
             raise
+        except StorageError as exc:
+            # Read-only, full or locked: expected, and said in one line (the lease brings it back).
+            self.log.warning("%s failed, the database is unavailable: %s; it will be retried", what, exc)
         except Exception:
             # The work's row keeps its lease in the database and comes due again: nothing is dropped.
             self.log.exception("%s failed; it will be retried", what)
@@ -75,6 +80,12 @@ class WorkLoop:
                 self._sleeping_until = math.inf
                 try:
                     sleep = await self.tick()
+                except StorageError as exc:
+                    # Every second while the database is read-only, full or locked: a line, not a traceback.
+                    self.log.warning(
+                        "%s iteration failed, the database is unavailable: %s; retrying in 1 s", self.name, exc
+                    )
+                    sleep = 1.0
                 except Exception:
                     self.log.exception("%s iteration failed; retrying in 1 s", self.name)
                     sleep = 1.0

@@ -27,7 +27,8 @@ class Metrics:
         r = self.registry
         self.callbacks = Counter(
             "jobhook_callback_deliveries",
-            "Callback deliveries by provider and outcome (accepted, duplicate, refused) and refusal reason",
+            "Callback deliveries by provider and outcome (accepted, duplicate, refused; unavailable: answered 503"
+            " because the database could not take the write) and refusal reason",
             ["provider", "outcome", "reason"],
             registry=r,
         )

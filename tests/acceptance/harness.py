@@ -42,11 +42,19 @@ class ServeProcess:
         self.starts = 0
 
     async def start(self, timeout: float = 15) -> None:
+        self.spawn()
+        await self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the process and return at once (it is not ready yet: see wait_ready)."""
         self.starts += 1
         with (self.tmp_path / f"serve-{self.starts}.log").open("wb") as log:  # the child keeps its own fd
-            self.process = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; we poll below
+            self.process = subprocess.Popen(
                 jobhook_command("serve", "--port", str(self.port)), env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
+
+    async def wait_ready(self, timeout: float = 15) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:

@@ -165,6 +165,8 @@ class DeliveryRecord:
     url: str = ""
     error: str | None = None
     done: bool = False  # recorded when sent; done once answered or given up
+    answer_headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    answered_at: float | None = None  # monotonic time the answer (or the error) came
 
 
 def _image_bytes(size: str, fmt: str) -> bytes:
@@ -189,12 +191,14 @@ class FakeAivideoapi:
         complete_after: float = 0.2,
         callback_retry_delays: tuple[float, ...] | list[float] = (0.0, 180.0, 600.0),
         callback_timeout: float = 5.0,
+        create_delay: float = 0.0,
         api_key_prefix: str = "sk-",
         reject_unknown_fields: bool = True,
     ) -> None:
         self.complete_after = complete_after
         self.callback_retry_delays = tuple(callback_retry_delays)
         self.callback_timeout = callback_timeout
+        self.create_delay = create_delay  # between creating a task and answering: an answer a crash can lose
         self.api_key_prefix = api_key_prefix
         self.reject_unknown_fields = reject_unknown_fields
         self.base_url = ""
@@ -334,6 +338,8 @@ class FakeAivideoapi:
             return self._trickle()
         if forced is not None:  # "hang" / "disconnect": the provider accepted it, the answer is lost
             return await self._no_answer(request, hang=forced == "hang")
+        if self.create_delay > 0:
+            await asyncio.sleep(self.create_delay)
         record.status = 200
         return JSONResponse({"code": 200, "msg": "success", "data": {"taskId": task.id}})
 
@@ -524,8 +530,10 @@ class FakeAivideoapi:
             record.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         else:
             record.status = resp.status_code
+            record.answer_headers = {key.lower(): value for key, value in resp.headers.items()}
             with contextlib.suppress(ValueError):
                 record.answer = resp.json()
+        record.answered_at = time.monotonic()
         record.done = True
         return record
 

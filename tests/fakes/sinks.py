@@ -49,6 +49,7 @@ class HTTPSink:
         self.hang = False  # record each request, then never answer it (until the sink closes)
         self._closing = asyncio.Event()
         self.retry_after = "1"
+        self.delay = 0.0  # seconds between recording a request and answering it
         self.received: list[Received] = []
         self.rejected_signatures = 0
         self.url = ""
@@ -79,6 +80,8 @@ class HTTPSink:
             return PlainTextResponse("too late", status_code=503)
         status = self.always if self.always is not None else (self.answers.pop(0) if self.answers else 200)
         self.received.append(Received(time.monotonic(), headers, body, status))
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
         extra = {"Retry-After": self.retry_after} if status == 429 else {}
         if status == 200:
             return PlainTextResponse("ok")
@@ -94,6 +97,8 @@ class SMTPSink:
     def __init__(self) -> None:
         self.messages: list[email.message.EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
+        self.received_at: list[float] = []  # monotonic time of each message in `messages`
+        self.delay = 0.0  # seconds between recording a message and answering 250
         self.replies: list[str] = []
         self.port = 0
         self._controller: Controller | None = None
@@ -106,6 +111,9 @@ class SMTPSink:
         assert isinstance(message, email.message.EmailMessage)
         self.messages.append(message)
         self.envelopes.append((str(envelope.mail_from), list(envelope.rcpt_tos)))
+        self.received_at.append(time.monotonic())
+        if self.delay > 0:
+            await asyncio.sleep(self.delay)
         return "250 OK"
 
     async def __aenter__(self) -> SMTPSink:

@@ -27,7 +27,7 @@ async def test_a_503_delivery_is_counted_then_its_retry_accepted(jobhook: Servic
             blocker.close()
         assert (refused.status_code, refused.json()["error"]["code"]) == (503, "storage_unavailable")
         text = (await svc.client.get("/metrics")).text
-        labels = {"provider": "simulator", "outcome": "refused", "reason": "storage_unavailable"}
+        labels = {"provider": "simulator", "outcome": "unavailable", "reason": "storage_unavailable"}
         assert metric(text, DELIVERIES, **labels) == 1
         retried = await svc.client.post(callback_path(job), **delivery)
         assert retried.json() == {"status": "accepted"}

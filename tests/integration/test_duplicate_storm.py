@@ -88,6 +88,6 @@ async def test_ten_thousand_concurrent_copies_apply_once(jobhook: ServiceFactory
         deliveries = "jobhook_callback_deliveries_total"
         assert metric(text, deliveries, provider="simulator", outcome="accepted", reason="") == 1
         assert metric(text, deliveries, provider="simulator", outcome="duplicate", reason="") == ok - 1
-        refused = {"provider": "simulator", "outcome": "refused", "reason": "storage_unavailable"}
+        refused = {"provider": "simulator", "outcome": "unavailable", "reason": "storage_unavailable"}
         assert metric(text, deliveries, **refused) == unavailable
         await assert_healthy(svc)
