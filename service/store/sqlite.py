@@ -345,7 +345,7 @@ class SQLiteStore(OutboxQueries, PurgeQueries):
         """Connect, set the pragmas, and bring the schema up to date."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = Writer(self._connect_writer, busy_timeout_ms=BUSY_TIMEOUT_MS)
+            self._writer = Writer(self._connect_writer, busy_timeout_ms=BUSY_TIMEOUT_MS, overwrite=_probe)
             await self._writer.start()
             await self.migrate()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -494,11 +494,7 @@ class SQLiteStore(OutboxQueries, PurgeQueries):
         """A real write (readiness: the disk takes writes, the lock can be had)."""
 
         def write(tx: _Tx) -> None:
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('probe', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (repr(tx.now),),
-            )
+            _probe(tx.db)
 
         return await self._write(write)
 
@@ -909,6 +905,14 @@ class SQLiteStore(OutboxQueries, PurgeQueries):
     async def counts(self) -> dict[str, int]:
         rows = await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")
         return {row[0]: row[1] for row in rows}
+
+
+def _probe(db: sqlite3.Connection) -> None:
+    """A write that changes nothing that matters (readiness, and burying a failed commit)."""
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('probe', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (repr(time.time()),),
+    )
 
 
 def _statements(sql: str) -> list[str]:

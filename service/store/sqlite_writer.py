@@ -67,12 +67,19 @@ class Writer:
     one event loop."""
 
     def __init__(
-        self, connect: Callable[[], sqlite3.Connection], *, busy_timeout_ms: int, name: str = "jobhook-sqlite-writer"
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        busy_timeout_ms: int,
+        overwrite: Callable[[sqlite3.Connection], object],
+        name: str = "jobhook-sqlite-writer",
     ) -> None:
         """`connect()` makes the connection (called in the writer's thread; it must allow use from the
         loop's thread too: `check_same_thread=False`; only one of them ever uses it at a time).
-        `busy_timeout_ms`: how long the thread waits for a lock another process holds."""
+        `busy_timeout_ms`: how long the thread waits for a lock another process holds.
+        `overwrite(db)`: a small harmless write, made after a COMMIT failed (see `_bury`)."""
         self._connect = connect
+        self._overwrite = overwrite
         self._busy_timeout_ms = busy_timeout_ms
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._db: sqlite3.Connection | None = None
@@ -171,6 +178,26 @@ class Writer:
                 batch.append(self._pending.popleft())
             _answer(await self._commit(batch))
 
+    def _bury(self, db: sqlite3.Connection) -> None:
+        """After a failed COMMIT: roll back, then commit one small write over it.
+
+        A COMMIT whose fsync failed has already put its frames, commit mark included, in the WAL file.
+        This process no longer sees them, but a restart would replay them: the writes its callers were
+        told had failed (503) would come back. The next commit is written where those frames start and
+        breaks their checksum chain, so recovery stops before them; that is this write's whole purpose,
+        and it is made even if its own sync fails too.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):
+            self._waiting(db, lambda: db.execute("BEGIN IMMEDIATE"))
+            self._overwrite(db)
+            db.execute("COMMIT")
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+
     async def _run_alone(self, work: _Work) -> _Outcome:
         db = self._db
         try:
@@ -205,9 +232,7 @@ class Writer:
         try:
             await self._in_thread(lambda: self._waiting(db, lambda: db.execute("COMMIT")))
         except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                if db.in_transaction:
-                    await self._in_thread(lambda: db.execute("ROLLBACK"))
+            await self._in_thread(lambda: self._bury(db))
             return _failed(batch, StorageError(f"commit failed: {exc}"))
         self.stats.commits += 1
         self.stats.writes += len(batch)

@@ -588,18 +588,6 @@ async def test_faults_coming_and_going_under_load_lose_nothing_acknowledged(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "store: a COMMIT whose sync fails has already written its frames, with a valid commit marker, to"
-        " the WAL; jobhook reports the write as failed (503) and the frames stay invisible in this process,"
-        " but a crash before the next write lets recovery replay them. The submission answered 503 comes"
-        " back as a job marked 'sending', which the backend's retry with the same Idempotency-Key gets and"
-        " which ends submission_uncertain without ever being sent. Fix in SQLiteStore._tx: after a failed"
-        " COMMIT, run one small write (the write probe) before raising, whatever its own outcome: its frames"
-        " overwrite the failed transaction's and break their checksum chain."
-    ),
-)
 @pytest.mark.timeout(120)
 async def test_a_submission_refused_when_the_sync_fails_does_not_come_back_after_a_crash(tmp_path: Path) -> None:
     fault = SyncFails()

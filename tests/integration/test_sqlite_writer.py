@@ -29,6 +29,11 @@ def _connector(path: Path) -> Callable[[], sqlite3.Connection]:
     return connect
 
 
+def _overwrite(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS scratch (n INTEGER)")
+    db.execute("INSERT INTO scratch (n) VALUES (1)")
+
+
 def _schema(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS parent (id INTEGER PRIMARY KEY)")
     db.execute("CREATE TABLE IF NOT EXISTS item (n INTEGER PRIMARY KEY, note TEXT)")
@@ -40,7 +45,7 @@ def _schema(db: sqlite3.Connection) -> None:
 
 @pytest.fixture
 async def writer(tmp_path: Path) -> AsyncIterator[Writer]:
-    writer = Writer(_connector(tmp_path / "w.db"), busy_timeout_ms=200)
+    writer = Writer(_connector(tmp_path / "w.db"), busy_timeout_ms=200, overwrite=_overwrite)
     await writer.start()
     await writer.alone(_schema)
     yield writer
@@ -143,6 +148,8 @@ async def test_a_failed_commit_fails_every_write_of_the_batch(writer: Writer, tm
     _, results = await _queued_behind_a_held_write(writer, [_insert(1), orphan, _insert(2)])
     assert all(isinstance(result, StorageError) and "commit failed" in str(result) for result in results)
     assert _items(tmp_path / "w.db") == [-1]
+    with sqlite3.connect(tmp_path / "w.db") as db:  # a small write went over the failed commit
+        assert db.execute("SELECT COUNT(*) FROM scratch").fetchone() == (1,)
     assert await writer.transaction(_insert(3)) == 3  # and the writer goes on
     assert _items(tmp_path / "w.db") == [-1, 3]
 
@@ -186,7 +193,7 @@ async def test_alone_runs_in_the_thread_outside_a_transaction(writer: Writer) ->
 
 
 async def test_after_stop_writes_are_refused(tmp_path: Path) -> None:
-    writer = Writer(_connector(tmp_path / "w.db"), busy_timeout_ms=200)
+    writer = Writer(_connector(tmp_path / "w.db"), busy_timeout_ms=200, overwrite=_overwrite)
     await writer.start()
     await writer.alone(_schema)
     await writer.stop()
@@ -199,7 +206,7 @@ async def test_a_connection_that_cannot_open_is_an_error_at_start(tmp_path: Path
     def connect() -> sqlite3.Connection:
         return sqlite3.connect(tmp_path / "missing" / "w.db")
 
-    writer = Writer(connect, busy_timeout_ms=200)
+    writer = Writer(connect, busy_timeout_ms=200, overwrite=_overwrite)
     with pytest.raises(sqlite3.OperationalError):
         await writer.start()
     await writer.stop()
