@@ -455,6 +455,9 @@ class Engine:
                 held[index] = await self.media.save(job.id, index, image.data, image.content_type)
             except DownloadError as exc:
                 errors[str(index)] = str(exc)
+            except OSError as exc:  # the media directory is full, read-only or not a directory
+                errors[str(index)] = f"cannot keep the image: {exc.strerror or exc}"
+                log.warning("mirror %s: cannot keep image %d under JOBHOOK_MEDIA_DIR: %s", job.id, index, exc)
         if held or not errors:
             await self.store.record_media(job.id, held, {"attempt": attempt + 1})
         if not errors:

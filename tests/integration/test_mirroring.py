@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -91,3 +92,22 @@ async def test_images_route_refuses_what_is_not_there(
         unknown = await svc.client.get("/v1/jobs/job_00000000000000000000000000/images/0")
         assert unknown.status_code == 404
         assert unknown.json()["error"]["code"] == "job_not_found"
+
+
+async def test_a_media_directory_that_cannot_be_written_is_one_line_and_a_retry(
+    jobhook: ServiceFactory, fake: FakeAivideoapi, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A full or read-only disk under JOBHOOK_MEDIA_DIR is an OSError while the image is kept; here
+    # the "directory" is a file, which root cannot write into either.
+    not_a_directory = tmp_path / "media-is-a-file"
+    not_a_directory.write_bytes(b"")
+    async with jobhook(**env(fake, JOBHOOK_MEDIA_DIR=str(not_a_directory))) as svc:
+        job = await svc.submit(provider="aivideoapi", prompt="nowhere to keep it")
+        done = await svc.wait_finished(job["id"])
+        assert done["status"] == "completed"
+        [event] = await eventually(lambda: mirror_events(svc, job["id"]))
+        assert event["outcome"] == "retry"
+        assert event["detail"]["errors"]["0"].startswith("cannot keep the image:")
+        assert "mirror_url" not in (await svc.job(job["id"]))["result"]["images"][0]
+    mirror_lines = [r for r in caplog.records if "mirror" in r.getMessage()]
+    assert mirror_lines and all(r.exc_info is None for r in mirror_lines)  # said in a line, no traceback
