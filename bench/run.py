@@ -550,10 +550,16 @@ def _group_commit(url: str) -> dict[str, Any]:
     found: dict[str, float] = {}
     for line in _fetch(f"{url}/metrics").decode().splitlines():
         name, _, value = line.partition(" ")
-        if name in ("jobhook_sqlite_commits_total", "jobhook_sqlite_writes_total"):
-            found[name] = float(value)
-    commits, writes = found.get("jobhook_sqlite_commits_total"), found.get("jobhook_sqlite_writes_total")
-    return {"commits": commits, "writes": writes, "mean_group": _round(_ratio(writes, commits), 1)}
+        if name.startswith("jobhook_sqlite_") and name.endswith("_total"):
+            found[name.removeprefix("jobhook_sqlite_").removesuffix("_total")] = float(value)
+    commits, writes = found.get("commits"), found.get("writes")
+    return {
+        "commits": commits,
+        "writes": writes,
+        "mean_group": _round(_ratio(writes, commits), 1),
+        "write_us": _round(_ratio(found.get("write_seconds", 0) * 1e6, writes), 1),
+        "commit_ms": _round(_ratio(found.get("commit_seconds", 0) * 1e3, commits), 2),
+    }
 
 
 def _get(url: str) -> Any:
@@ -783,7 +789,8 @@ def print_callbacks(r: dict[str, Any]) -> None:
     if g.get("commits"):
         print(
             f"  group commit: {g['writes']:,.0f} writes in {g['commits']:,.0f} commits"
-            f" ({fmt(g['mean_group'])} writes per commit and fsync)"
+            f" ({fmt(g['mean_group'])} writes per commit and fsync); a write's statements {fmt(g['write_us'])} µs"
+            f" in the event loop, a COMMIT {fmt(g['commit_ms'])} ms in the writer's thread"
         )
     d = r["durability"]
     print(

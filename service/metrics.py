@@ -120,3 +120,13 @@ class _GroupCommit(Collector):
             "Writes committed (several share one commit when they queue up: group commit)",
             value=self.stats.writes,
         )
+        yield CounterMetricFamily(
+            "jobhook_sqlite_write_seconds",
+            "Time spent running the committed writes' statements (in the event loop)",
+            value=self.stats.write_seconds,
+        )
+        yield CounterMetricFamily(
+            "jobhook_sqlite_commit_seconds",
+            "Time from COMMIT to its return, fsync included (in the writer's thread)",
+            value=self.stats.commit_seconds,
+        )

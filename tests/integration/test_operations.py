@@ -68,6 +68,9 @@ async def test_metrics_count_what_happened(jobhook: ServiceFactory) -> None:
         # Every write so far was committed, some perhaps several to one commit (group commit).
         commits, writes = value(samples, "jobhook_sqlite_commits_total"), value(samples, "jobhook_sqlite_writes_total")
         assert 0 < commits <= writes
+        # …and the time they took is counted where it was spent: statements in the loop, COMMITs in the thread.
+        assert value(samples, "jobhook_sqlite_write_seconds_total") > 0
+        assert value(samples, "jobhook_sqlite_commit_seconds_total") > 0
         text = (await svc.client.get("/metrics")).text
         assert "secret-token-1" not in text
         assert "/callbacks/" not in text
