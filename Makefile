@@ -42,8 +42,8 @@ strace:
 	fi
 
 test: $(STAMP) browser strace
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
