@@ -14,19 +14,18 @@ import io
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
-from tests.fakes.server import serve_asgi
+from tests.fakes import base
+from tests.fakes.base import FakeProvider, json_or_none, override_headers
 
 MODEL = "ideogram-v4"
 METADATA_MODEL = "ideogram-ai/ideogram-v4"
@@ -51,7 +50,6 @@ ERROR_TYPES = {
     "upstream_error": "upstream_error",
 }
 _PIXELS = {"1:1": (16, 16), "3:4": (12, 16), "9:16": (9, 16), "4:3": (16, 12), "16:9": (16, 9)}
-_CYCLE_KEY = "fake_aivideoapi.cycle"
 
 Outcome = Literal["completed", "failed", "never"]
 
@@ -61,24 +59,15 @@ def error_body(code: str, message: str | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message or code, "type": ERROR_TYPES.get(code, "api_error")}}
 
 
-@dataclass
-class ForcedResponse:
-    """An answer to give instead of the normal behaviour (body: dict → JSON, str → text/plain)."""
-
-    status: int
-    body: dict[str, Any] | str
-    headers: dict[str, str] = field(default_factory=dict)
+class ForcedResponse(base.ForcedResponse):
+    """An answer to give instead of the normal behaviour (body: dict → JSON, str → text/plain); every
+    fake takes it. `ForcedResponse.error(...)` builds one in this provider's error envelope."""
 
     @classmethod
     def error(
         cls, status: int, code: str, message: str | None = None, headers: dict[str, str] | None = None
     ) -> ForcedResponse:
         return cls(status, error_body(code, message), dict(headers or {}))
-
-    def to_response(self) -> Response:
-        if isinstance(self.body, str):
-            return PlainTextResponse(self.body, self.status, headers=self.headers)
-        return JSONResponse(self.body, self.status, headers=self.headers)
 
 
 Forced = ForcedResponse | Literal["hang", "disconnect", "trickle"]
@@ -175,7 +164,7 @@ def _image_bytes(size: str, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-class FakeAivideoapi:
+class FakeAivideoapi(FakeProvider[TaskScript]):
     """`async with FakeAivideoapi(...) as fake:` serves the provider at `fake.base_url`.
 
     Per-task behaviour: `next_scripts` (popped per new task), else `script_for(body)`, else
@@ -195,16 +184,20 @@ class FakeAivideoapi:
         api_key_prefix: str = "sk-",
         reject_unknown_fields: bool = True,
     ) -> None:
+        super().__init__(
+            [
+                Route("/v1/images/generations", self._create, methods=["POST"]),
+                Route("/v1/tasks/{task_id}", self._query, methods=["GET"]),
+                Route("/files/{name}", self._file, methods=["GET"]),
+            ],
+            TaskScript(),
+        )
         self.complete_after = complete_after
         self.callback_retry_delays = tuple(callback_retry_delays)
         self.callback_timeout = callback_timeout
         self.create_delay = create_delay  # between creating a task and answering: an answer a crash can lose
         self.api_key_prefix = api_key_prefix
         self.reject_unknown_fields = reject_unknown_fields
-        self.base_url = ""
-        self.next_scripts: list[TaskScript] = []
-        self.default_script = TaskScript()
-        self.script_for: Callable[[dict[str, Any]], TaskScript | None] | None = None
         self.create_responses: list[Forced] = []
         self.query_responses: list[Forced] = []
         self.creates: list[CreateRecord] = []
@@ -213,79 +206,18 @@ class FakeAivideoapi:
         self.file_requests: list[str] = []
         self.requests: list[tuple[str, bytes]] = []  # (method, raw path and query) as they arrived
         self.tasks: dict[str, FakeTask] = {}
-        self.background_errors: list[BaseException] = []
-        self._bg: set[asyncio.Task[Any]] = set()
-        self._closing = asyncio.Event()
-        self._client: httpx.AsyncClient | None = None
-        self._stack = contextlib.AsyncExitStack()
-        self._app = Starlette(
-            routes=[
-                Route("/v1/images/generations", self._create, methods=["POST"]),
-                Route("/v1/tasks/{task_id}", self._query, methods=["GET"]),
-                Route("/files/{name}", self._file, methods=["GET"]),
-            ]
-        )
 
-    # ---------------------------------------------------------------- lifecycle
+    def _client_timeout(self) -> float:
+        return self.callback_timeout
 
-    async def __aenter__(self) -> FakeAivideoapi:
-        self._closing = asyncio.Event()
-        self._client = httpx.AsyncClient(timeout=self.callback_timeout)
-        try:
-            self.base_url = await self._stack.enter_async_context(serve_asgi(self._asgi_app()))
-        except BaseException:
-            await self._client.aclose()
-            raise
-        return self
+    def _arrived(self, scope: Scope) -> None:
+        query = scope.get("query_string", b"")
+        self.requests.append((scope["method"], scope["raw_path"] + (b"?" + query if query else b"")))
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._closing.set()  # hanging requests drop their connections
-        for task in list(self._bg):
-            task.cancel()
-        await asyncio.gather(*self._bg, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-        await self._stack.aclose()
-        if self.background_errors and exc_info[0] is None:
-            raise RuntimeError("FakeAivideoapi background task failed") from self.background_errors[0]
-
-    def _asgi_app(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-        # A plain coroutine function (uvicorn detects ASGI3 by it). uvicorn's `send` is a bound method of
-        # its request cycle, which owns the transport: kept so that "hang"/"disconnect" can close the
-        # connection without answering.
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            scope[_CYCLE_KEY] = getattr(send, "__self__", None)
-            if scope["type"] == "http":
-                query = scope.get("query_string", b"")
-                self.requests.append((scope["method"], scope["raw_path"] + (b"?" + query if query else b"")))
-            await self._app(scope, receive, send)
-
-        return app
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._bg.add(task)
-        task.add_done_callback(self._reap)
-        return task
-
-    def _reap(self, task: asyncio.Task[Any]) -> None:
-        self._bg.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.background_errors.append(task.exception())  # type: ignore[arg-type]
+    def _error_body(self, code: str, message: str) -> dict[str, Any]:
+        return error_body(code, message)
 
     # ---------------------------------------------------------------- HTTP endpoints
-
-    def _auth_error(self, request: Request) -> Response | None:
-        auth = request.headers.get("authorization", "")
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer":
-            key = ""
-        if not key.startswith(self.api_key_prefix) or len(key) <= len(self.api_key_prefix):
-            return JSONResponse(error_body("invalid_api_key", "Invalid API key."), 401)
-        return None
-
-    def _invalid(self, message: str) -> Response:
-        return JSONResponse(error_body("invalid_request", message), 400)
 
     def _validate(self, request: Request, body: Any) -> Response | None:
         if not request.headers.get("content-type", "").startswith("application/json"):
@@ -295,7 +227,7 @@ class FakeAivideoapi:
         if "model" not in body:
             return self._invalid("'model' is required.")
         if body["model"] != MODEL:
-            return JSONResponse(error_body("model_not_found", f"Model {body['model']!r} does not exist."), 404)
+            return self._error(404, "model_not_found", f"Model {body['model']!r} does not exist.")
         unknown = sorted(set(body) - TOP_LEVEL_FIELDS)
         if unknown and self.reject_unknown_fields:
             return self._invalid(f"Unknown field(s): {', '.join(unknown)}.")
@@ -318,21 +250,12 @@ class FakeAivideoapi:
 
     async def _create(self, request: Request) -> Response:
         forced = self.create_responses.pop(0) if self.create_responses else None
-        raw = await request.body()
-        try:
-            body: Any = json.loads(raw)
-        except ValueError:
-            body = None
-        record = CreateRecord(time.monotonic(), dict(request.headers), body)
+        record = CreateRecord(time.monotonic(), dict(request.headers), json_or_none(await request.body()))
         self.creates.append(record)
-        if isinstance(forced, ForcedResponse):
-            record.status = forced.status
-            return forced.to_response()
-        error = self._auth_error(request) or self._validate(request, body)
-        if error is not None:
-            record.status = error.status_code
-            return error
-        task = self._new_task(body)
+        refused = self._refused(request, record, forced, validate=True)
+        if refused is not None:
+            return refused
+        task = self._new_task(record.body)
         record.task_id = task.id
         if forced == "trickle":
             return self._trickle()
@@ -348,13 +271,9 @@ class FakeAivideoapi:
         forced = self.query_responses.pop(0) if self.query_responses else None
         record = QueryRecord(time.monotonic(), task_id)
         self.queries.append(record)
-        if isinstance(forced, ForcedResponse):
-            record.status = forced.status
-            return forced.to_response()
-        error = self._auth_error(request)
-        if error is not None:
-            record.status = error.status_code
-            return error
+        refused = self._refused(request, record, forced)
+        if refused is not None:
+            return refused
         if forced == "trickle":
             return self._trickle()
         if forced is not None:
@@ -362,7 +281,7 @@ class FakeAivideoapi:
         task = self.tasks.get(task_id)
         if task is None:
             record.status = 404
-            return JSONResponse(error_body("task_not_found", f"Task {task_id!r} does not exist."), 404)
+            return self._error(404, "task_not_found", f"Task {task_id!r} does not exist.")
         record.status = 200
         return JSONResponse(task.to_dict())
 
@@ -376,48 +295,7 @@ class FakeAivideoapi:
         fmt = "png" if ext == "png" else "jpeg"
         return Response(_image_bytes(task.input.get("size", "1:1"), fmt), media_type=f"image/{fmt}")
 
-    def _trickle(self) -> Response:
-        """200 at once, then a body that never ends: a space every 50 ms, until the client leaves."""
-
-        async def spaces() -> AsyncIterator[bytes]:
-            while not self._closing.is_set():
-                await asyncio.sleep(0.05)
-                yield b" "
-
-        return StreamingResponse(spaces(), media_type="application/json")
-
-    async def _no_answer(self, request: Request, *, hang: bool) -> Response:
-        """Never answer: on "hang" wait until the client gives up (or the fake closes), then drop the
-        connection; on "disconnect" drop it at once. The returned response is discarded by uvicorn."""
-        if hang:
-            gone = asyncio.ensure_future(self._wait_disconnect(request))
-            closing = asyncio.ensure_future(self._closing.wait())
-            await asyncio.wait({gone, closing}, return_when=asyncio.FIRST_COMPLETED)
-            for fut in (gone, closing):
-                fut.cancel()
-            await asyncio.gather(gone, closing, return_exceptions=True)
-        transport = getattr(request.scope.get(_CYCLE_KEY), "transport", None)
-        if transport is None:
-            raise RuntimeError("cannot reach the connection's transport to drop it")
-        transport.close()
-        await self._wait_disconnect(request)
-        return Response(status_code=500)
-
-    @staticmethod
-    async def _wait_disconnect(request: Request) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     # ---------------------------------------------------------------- task life
-
-    def _pick_script(self, body: dict[str, Any]) -> TaskScript:
-        if self.next_scripts:
-            return self.next_scripts.pop(0)
-        if self.script_for is not None:
-            script = self.script_for(body)
-            if script is not None:
-                return script
-        return self.default_script
 
     def _new_task(self, body: dict[str, Any]) -> FakeTask:
         task = FakeTask(
@@ -517,11 +395,7 @@ class FakeAivideoapi:
             "X-Task-Id": task.id,
             "X-Timestamp": str(int(time.time() + offset)),
         }
-        for name, value in (script.header_overrides if header_overrides is None else header_overrides).items():
-            for existing in [h for h in headers if h.lower() == name.lower()]:
-                del headers[existing]
-            if value is not None:
-                headers[name] = value
+        override_headers(headers, script.header_overrides if header_overrides is None else header_overrides)
         record = DeliveryRecord(time.monotonic(), task.id, attempt, headers, body, None, None, kind, chain, target)
         self.deliveries.append(record)
         try:
@@ -560,17 +434,6 @@ class FakeAivideoapi:
         return record.status, record.answer
 
     # ---------------------------------------------------------------- waiting / queries on records
-
-    async def wait_idle(self, timeout: float = 5.0) -> None:
-        """Wait until the fake has nothing left to do on its own: no pending status transition and no
-        pending callback delivery. Raises TimeoutError."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._bg:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"FakeAivideoapi still busy after {timeout}s: {len(self._bg)} task(s)")
-            await asyncio.wait(set(self._bg), timeout=remaining)
 
     async def wait_final(self, task_id: str, timeout: float = 5.0) -> FakeTask:
         """Wait until the task is completed or failed. Raises TimeoutError."""

@@ -15,20 +15,17 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from tests.fakes.aivideoapi import ForcedResponse, error_body
-from tests.fakes.server import serve_asgi
+from tests.fakes.base import FakeProvider, json_or_none, override_headers
 
 # model id → the ideogramParams.rendering_speed that goes with it (ideogram-v4-quality is **assumed**)
 MODELS = {"ideogram-v4-turbo": "turbo", "ideogram-v4-balanced": "default", "ideogram-v4-quality": "quality"}
@@ -49,7 +46,6 @@ PARAM_FIELDS = frozenset(
 FINAL = ("COMPLETED", "FAILED")
 DEFAULT_ERROR = {"code": "upstream_error", "message": "Image generation failed"}
 _PIXELS = {"1:1": (16, 16), "3:4": (12, 16), "9:16": (9, 16), "4:3": (16, 12), "16:9": (16, 9)}
-_CYCLE_KEY = "fake_apiframe.cycle"
 
 Outcome = Literal["completed", "failed", "never"]
 # "urls": {"urls": [...]} (documented example) · "list": [...] · "string": "url" (the first URL) ·
@@ -174,7 +170,7 @@ def _image_bytes(aspect_ratio: str) -> bytes:
     return buf.getvalue()
 
 
-class FakeApiframe:
+class FakeApiframe(FakeProvider[JobScript]):
     """`async with FakeApiframe(...) as fake:` serves the provider at `fake.base_url`.
 
     Per-job behaviour: `next_scripts` (popped per new job), else `script_for(body)`, else
@@ -194,15 +190,19 @@ class FakeApiframe:
         api_key_prefix: str = "afk_",
         reject_unknown_fields: bool = True,
     ) -> None:
+        super().__init__(
+            [
+                Route("/v2/images/generate", self._create, methods=["POST"]),
+                Route("/v2/jobs/{job_id}", self._query, methods=["GET"]),
+                Route("/files/{name}", self._file, methods=["GET"]),
+            ],
+            JobScript(),
+        )
         self.complete_after = complete_after
         self.webhook_retry_delays = tuple(webhook_retry_delays)
         self.webhook_timeout = webhook_timeout
         self.api_key_prefix = api_key_prefix
         self.reject_unknown_fields = reject_unknown_fields
-        self.base_url = ""
-        self.next_scripts: list[JobScript] = []
-        self.default_script = JobScript()
-        self.script_for: Callable[[dict[str, Any]], JobScript | None] | None = None
         self.create_responses: list[Forced] = []
         self.query_responses: list[Forced] = []
         self.creates: list[CreateRecord] = []
@@ -210,73 +210,17 @@ class FakeApiframe:
         self.deliveries: list[DeliveryRecord] = []
         self.file_requests: list[str] = []
         self.jobs: dict[str, FakeJob] = {}
-        self.background_errors: list[BaseException] = []
-        self._bg: set[asyncio.Task[Any]] = set()
-        self._closing = asyncio.Event()
-        self._client: httpx.AsyncClient | None = None
-        self._stack = contextlib.AsyncExitStack()
-        self._app = Starlette(
-            routes=[
-                Route("/v2/images/generate", self._create, methods=["POST"]),
-                Route("/v2/jobs/{job_id}", self._query, methods=["GET"]),
-                Route("/files/{name}", self._file, methods=["GET"]),
-            ]
-        )
 
-    # ---------------------------------------------------------------- lifecycle
+    def _client_timeout(self) -> float:
+        return self.webhook_timeout
 
-    async def __aenter__(self) -> FakeApiframe:
-        self._closing = asyncio.Event()
-        self._client = httpx.AsyncClient(timeout=self.webhook_timeout)
-        try:
-            self.base_url = await self._stack.enter_async_context(serve_asgi(self._asgi_app()))
-        except BaseException:
-            await self._client.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._closing.set()  # hanging requests drop their connections
-        for task in list(self._bg):
-            task.cancel()
-        await asyncio.gather(*self._bg, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-        await self._stack.aclose()
-        if self.background_errors and exc_info[0] is None:
-            raise RuntimeError("FakeApiframe background task failed") from self.background_errors[0]
-
-    def _asgi_app(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-        # uvicorn's `send` is a bound method of its request cycle, which owns the transport: kept so
-        # that "hang"/"disconnect" can close the connection without answering.
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            scope[_CYCLE_KEY] = getattr(send, "__self__", None)
-            await self._app(scope, receive, send)
-
-        return app
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._bg.add(task)
-        task.add_done_callback(self._reap)
-        return task
-
-    def _reap(self, task: asyncio.Task[Any]) -> None:
-        self._bg.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.background_errors.append(task.exception())  # type: ignore[arg-type]
+    def _error_body(self, code: str, message: str) -> dict[str, Any]:
+        return error_body(code, message)
 
     # ---------------------------------------------------------------- HTTP endpoints
 
-    def _auth_error(self, request: Request) -> Response | None:
-        key = request.headers.get("x-api-key", "")
-        if not key.startswith(self.api_key_prefix) or len(key) <= len(self.api_key_prefix):
-            return JSONResponse(error_body("invalid_api_key", "Invalid API key."), 401)
-        return None
-
-    @staticmethod
-    def _invalid(message: str) -> Response:
-        return JSONResponse(error_body("invalid_request", message), 400)
+    def _api_key(self, request: Request) -> str:
+        return request.headers.get("x-api-key", "")
 
     def _validate(self, request: Request, body: Any) -> Response | None:
         if not request.headers.get("content-type", "").startswith("application/json"):
@@ -292,7 +236,7 @@ class FakeApiframe:
         if not isinstance(model, str):
             return self._invalid("'model' must be a string.")
         if model not in MODELS:
-            return JSONResponse(error_body("model_not_found", f"Model {model!r} does not exist."), 404)
+            return self._error(404, "model_not_found", f"Model {model!r} does not exist.")
         unknown = sorted(set(body) - TOP_LEVEL_FIELDS)
         if unknown and self.reject_unknown_fields:
             return self._invalid(f"Unknown field(s): {', '.join(unknown)}.")
@@ -328,21 +272,12 @@ class FakeApiframe:
 
     async def _create(self, request: Request) -> Response:
         forced = self.create_responses.pop(0) if self.create_responses else None
-        raw = await request.body()
-        try:
-            body: Any = json.loads(raw)
-        except ValueError:
-            body = None
-        record = CreateRecord(time.monotonic(), dict(request.headers), body)
+        record = CreateRecord(time.monotonic(), dict(request.headers), json_or_none(await request.body()))
         self.creates.append(record)
-        if isinstance(forced, ForcedResponse):
-            record.status = forced.status
-            return forced.to_response()
-        error = self._auth_error(request) or self._validate(request, body)
-        if error is not None:
-            record.status = error.status_code
-            return error
-        job = self._new_job(body)
+        refused = self._refused(request, record, forced, validate=True)
+        if refused is not None:
+            return refused
+        job = self._new_job(record.body)
         record.job_id = job.id
         if forced is not None:  # "hang" / "disconnect": the provider accepted it, the answer is lost
             return await self._no_answer(request, hang=forced == "hang")
@@ -354,19 +289,15 @@ class FakeApiframe:
         forced = self.query_responses.pop(0) if self.query_responses else None
         record = QueryRecord(time.monotonic(), job_id, headers=dict(request.headers))
         self.queries.append(record)
-        if isinstance(forced, ForcedResponse):
-            record.status = forced.status
-            return forced.to_response()
-        error = self._auth_error(request)
-        if error is not None:
-            record.status = error.status_code
-            return error
+        refused = self._refused(request, record, forced)
+        if refused is not None:
+            return refused
         if forced is not None:
             return await self._no_answer(request, hang=forced == "hang")
         job = self.jobs.get(job_id)
         if job is None:
             record.status = 404
-            return JSONResponse(error_body("job_not_found", f"Job {job_id!r} does not exist."), 404)
+            return self._error(404, "job_not_found", f"Job {job_id!r} does not exist.")
         record.status = 200
         return JSONResponse(job.to_dict())
 
@@ -379,38 +310,7 @@ class FakeApiframe:
             return PlainTextResponse("Not Found", 404)
         return Response(_image_bytes(job.params.get("aspect_ratio", "1:1")), media_type="image/png")
 
-    async def _no_answer(self, request: Request, *, hang: bool) -> Response:
-        """Never answer: on "hang" wait until the client gives up (or the fake closes), then drop the
-        connection; on "disconnect" drop it at once. The returned response is discarded by uvicorn."""
-        if hang:
-            gone = asyncio.ensure_future(self._wait_disconnect(request))
-            closing = asyncio.ensure_future(self._closing.wait())
-            await asyncio.wait({gone, closing}, return_when=asyncio.FIRST_COMPLETED)
-            for fut in (gone, closing):
-                fut.cancel()
-            await asyncio.gather(gone, closing, return_exceptions=True)
-        transport = getattr(request.scope.get(_CYCLE_KEY), "transport", None)
-        if transport is None:
-            raise RuntimeError("cannot reach the connection's transport to drop it")
-        transport.close()
-        await self._wait_disconnect(request)
-        return Response(status_code=500)
-
-    @staticmethod
-    async def _wait_disconnect(request: Request) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     # ---------------------------------------------------------------- job life
-
-    def _pick_script(self, body: dict[str, Any]) -> JobScript:
-        if self.next_scripts:
-            return self.next_scripts.pop(0)
-        if self.script_for is not None:
-            script = self.script_for(body)
-            if script is not None:
-                return script
-        return self.default_script
 
     def _new_job(self, body: dict[str, Any]) -> FakeJob:
         job = FakeJob(id=str(uuid.uuid4()), body=body, script=self._pick_script(body), created_mono=time.monotonic())
@@ -497,11 +397,7 @@ class FakeApiframe:
         body = job.to_dict()
         body.update(script.body_overrides if body_overrides is None else body_overrides)
         headers: dict[str, str] = {"Content-Type": "application/json"}
-        for name, value in (script.header_overrides if header_overrides is None else header_overrides).items():
-            for existing in [h for h in headers if h.lower() == name.lower()]:
-                del headers[existing]
-            if value is not None:
-                headers[name] = value
+        override_headers(headers, script.header_overrides if header_overrides is None else header_overrides)
         record = DeliveryRecord(time.monotonic(), job.id, attempt, headers, body, None, None, kind, chain, target)
         self.deliveries.append(record)
         try:
@@ -536,17 +432,6 @@ class FakeApiframe:
         return record.status, record.answer
 
     # ---------------------------------------------------------------- waiting / queries on records
-
-    async def wait_idle(self, timeout: float = 5.0) -> None:
-        """Wait until the fake has nothing left to do on its own: no pending status transition and no
-        pending webhook delivery. Raises TimeoutError."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._bg:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"FakeApiframe still busy after {timeout}s: {len(self._bg)} task(s)")
-            await asyncio.wait(set(self._bg), timeout=remaining)
 
     async def wait_final(self, job_id: str, timeout: float = 5.0) -> FakeJob:
         """Wait until the job is COMPLETED or FAILED. Raises TimeoutError."""

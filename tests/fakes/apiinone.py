@@ -12,24 +12,18 @@ be forced with `ForcedResponse`, "hang" or "disconnect". Everything it does is r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
-from tests.fakes.aivideoapi import ForcedResponse
-from tests.fakes.server import serve_asgi
+from tests.fakes.base import FakeProvider, ForcedResponse, json_or_none
 
 MODEL = "ideogram-v4"
 SIZES = ("1:1", "16:9", "9:16", "3:4", "4:3", "3:2", "2:3", "9:21", "21:9")
@@ -52,7 +46,6 @@ _PIXELS = {
     "9:21": (9, 21),
     "21:9": (21, 9),
 }
-_CYCLE_KEY = "fake_apiinone.cycle"
 
 Outcome = Literal["completed", "failed", "never"]
 CompletedWord = Literal["completed", "succeeded", "success"]
@@ -166,7 +159,7 @@ def _image_bytes(size: str, ext: str) -> bytes:
     return buf.getvalue()
 
 
-class FakeApiinone:
+class FakeApiinone(FakeProvider[TaskScript]):
     """`async with FakeApiinone(...) as fake:` serves the provider at `fake.base_url`.
 
     Per-task behaviour: `next_scripts` (popped per new task), else `script_for(body)`, else
@@ -182,78 +175,28 @@ class FakeApiinone:
         api_key_prefix: str = "aio_",
         reject_unknown_fields: bool = True,
     ) -> None:
+        super().__init__(
+            [
+                Route("/api/v1/images/generations", self._create, methods=["POST"]),
+                Route("/api/v1/tasks/{task_id}", self._query, methods=["GET"]),
+                Route("/files/{name}", self._file, methods=["GET"]),
+            ],
+            TaskScript(),
+        )
         self.complete_after = complete_after
         self.api_key_prefix = api_key_prefix
         self.reject_unknown_fields = reject_unknown_fields
-        self.base_url = ""
-        self.next_scripts: list[TaskScript] = []
-        self.default_script = TaskScript()
-        self.script_for: Callable[[dict[str, Any]], TaskScript | None] | None = None
         self.create_responses: list[Forced] = []
         self.query_responses: list[Forced] = []
         self.creates: list[CreateRecord] = []
         self.queries: list[QueryRecord] = []
         self.file_requests: list[str] = []
         self.tasks: dict[str, FakeTask] = {}
-        self.background_errors: list[BaseException] = []
-        self._bg: set[asyncio.Task[Any]] = set()
-        self._closing = asyncio.Event()
-        self._stack = contextlib.AsyncExitStack()
-        self._app = Starlette(
-            routes=[
-                Route("/api/v1/images/generations", self._create, methods=["POST"]),
-                Route("/api/v1/tasks/{task_id}", self._query, methods=["GET"]),
-                Route("/files/{name}", self._file, methods=["GET"]),
-            ]
-        )
 
-    # ---------------------------------------------------------------- lifecycle
-
-    async def __aenter__(self) -> FakeApiinone:
-        self._closing = asyncio.Event()
-        self.base_url = await self._stack.enter_async_context(serve_asgi(self._asgi_app()))
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._closing.set()
-        for task in list(self._bg):
-            task.cancel()
-        await asyncio.gather(*self._bg, return_exceptions=True)
-        await self._stack.aclose()
-        if self.background_errors and exc_info[0] is None:
-            raise RuntimeError("FakeApiinone background task failed") from self.background_errors[0]
-
-    def _asgi_app(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            scope[_CYCLE_KEY] = getattr(send, "__self__", None)
-            await self._app(scope, receive, send)
-
-        return app
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._bg.add(task)
-        task.add_done_callback(self._reap)
-        return task
-
-    def _reap(self, task: asyncio.Task[Any]) -> None:
-        self._bg.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.background_errors.append(task.exception())  # type: ignore[arg-type]
+    def _error_body(self, code: str, message: str) -> dict[str, Any]:
+        return error_body(code, message)
 
     # ---------------------------------------------------------------- HTTP endpoints
-
-    def _auth_error(self, request: Request) -> Response | None:
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            key = ""
-        if not key.startswith(self.api_key_prefix) or len(key) <= len(self.api_key_prefix):
-            return JSONResponse(error_body("invalid_api_key", "Invalid API key."), 401)
-        return None
-
-    @staticmethod
-    def _invalid(message: str) -> Response:
-        return JSONResponse(error_body("invalid_request", message), 400)
 
     def _validate(self, request: Request, body: Any) -> Response | None:
         if not request.headers.get("content-type", "").startswith("application/json"):
@@ -265,7 +208,7 @@ class FakeApiinone:
         if not isinstance(body["model"], str):
             return self._invalid("'model' must be a string.")
         if body["model"] != MODEL:
-            return JSONResponse(error_body("model_not_found", f"Model {body['model']!r} does not exist."), 404)
+            return self._error(404, "model_not_found", f"Model {body['model']!r} does not exist.")
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             return self._invalid("'prompt' is required and must be a non-empty string.")
@@ -279,21 +222,12 @@ class FakeApiinone:
 
     async def _create(self, request: Request) -> Response:
         forced = self.create_responses.pop(0) if self.create_responses else None
-        raw = await request.body()
-        try:
-            body: Any = json.loads(raw)
-        except ValueError:
-            body = None
-        record = CreateRecord(time.monotonic(), dict(request.headers), body)
+        record = CreateRecord(time.monotonic(), dict(request.headers), json_or_none(await request.body()))
         self.creates.append(record)
-        if isinstance(forced, ForcedResponse):
-            record.status = forced.status
-            return forced.to_response()
-        error = self._auth_error(request) or self._validate(request, body)
-        if error is not None:
-            record.status = error.status_code
-            return error
-        task = self._new_task(body)
+        refused = self._refused(request, record, forced, validate=True)
+        if refused is not None:
+            return refused
+        task = self._new_task(record.body)
         record.task_id = task.id
         if forced is not None:
             return await self._no_answer(request, hang=forced == "hang")
@@ -306,19 +240,15 @@ class FakeApiinone:
         forced = self.query_responses.pop(0) if self.query_responses else None
         record = QueryRecord(time.monotonic(), task_id, headers=dict(request.headers))
         self.queries.append(record)
-        if isinstance(forced, ForcedResponse):
-            record.status = forced.status
-            return forced.to_response()
-        error = self._auth_error(request)
-        if error is not None:
-            record.status = error.status_code
-            return error
+        refused = self._refused(request, record, forced)
+        if refused is not None:
+            return refused
         if forced is not None:
             return await self._no_answer(request, hang=forced == "hang")
         task = self.tasks.get(task_id)
         if task is None:
             record.status = 404
-            return JSONResponse(error_body("task_not_found", f"Task {task_id!r} does not exist."), 404)
+            return self._error(404, "task_not_found", f"Task {task_id!r} does not exist.")
         wrap = task.script.wrapped if task.script.wrap_query is None else task.script.wrap_query
         record.status = 200
         record.answer = {"data": task.to_dict()} if wrap else task.to_dict()
@@ -333,38 +263,7 @@ class FakeApiinone:
             return PlainTextResponse("Not Found", 404)
         return Response(_image_bytes(task.body.get("size", "1:1"), ext), media_type=_MEDIA_TYPES[ext])
 
-    async def _no_answer(self, request: Request, *, hang: bool) -> Response:
-        """Never answer: on "hang" wait until the client gives up (or the fake closes), then drop the
-        connection; on "disconnect" drop it at once. The returned response is discarded by uvicorn."""
-        if hang:
-            gone = asyncio.ensure_future(self._wait_disconnect(request))
-            closing = asyncio.ensure_future(self._closing.wait())
-            await asyncio.wait({gone, closing}, return_when=asyncio.FIRST_COMPLETED)
-            for fut in (gone, closing):
-                fut.cancel()
-            await asyncio.gather(gone, closing, return_exceptions=True)
-        transport = getattr(request.scope.get(_CYCLE_KEY), "transport", None)
-        if transport is None:
-            raise RuntimeError("cannot reach the connection's transport to drop it")
-        transport.close()
-        await self._wait_disconnect(request)
-        return Response(status_code=500)
-
-    @staticmethod
-    async def _wait_disconnect(request: Request) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     # ---------------------------------------------------------------- task life
-
-    def _pick_script(self, body: dict[str, Any]) -> TaskScript:
-        if self.next_scripts:
-            return self.next_scripts.pop(0)
-        if self.script_for is not None:
-            script = self.script_for(body)
-            if script is not None:
-                return script
-        return self.default_script
 
     def _new_task(self, body: dict[str, Any]) -> FakeTask:
         task = FakeTask(id=str(uuid.uuid4()), body=body, script=self._pick_script(body), created_mono=time.monotonic())
@@ -414,16 +313,6 @@ class FakeApiinone:
         return task
 
     # ---------------------------------------------------------------- waiting
-
-    async def wait_idle(self, timeout: float = 5.0) -> None:
-        """Wait until no task has a pending status transition. Raises TimeoutError."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._bg:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"FakeApiinone still busy after {timeout}s: {len(self._bg)} task(s)")
-            await asyncio.wait(set(self._bg), timeout=remaining)
 
     async def wait_final(self, task_id: str, timeout: float = 5.0) -> FakeTask:
         """Wait until the task is completed or failed. Raises TimeoutError."""

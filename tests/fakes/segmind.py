@@ -16,21 +16,17 @@ import base64
 import contextlib
 import hashlib
 import io
-import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from PIL import Image, ImageDraw
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
-from tests.fakes.aivideoapi import ForcedResponse
-from tests.fakes.server import serve_asgi
+from tests.fakes.base import FakeProvider, ForcedResponse, json_or_none, override_headers
 
 ENDPOINT = "/v1/ideogram-4"
 RENDERING_SPEEDS = ("TURBO", "BALANCED", "QUALITY")
@@ -59,7 +55,6 @@ _PIXELS = {
     "landscape_4_3": (16, 12),
     "landscape_16_9": (16, 9),
 }
-_CYCLE_KEY = "fake_segmind.cycle"
 
 ErrorFormat = Literal["json", "text"]
 # "ok": 200 with the image(s) · "server_error": 500 after the latency · "no_credits": 406 at once
@@ -117,7 +112,7 @@ class CallRecord:
     images: list[bytes] = field(default_factory=list)  # the images generated for it (also on "hang")
 
 
-class FakeSegmind:
+class FakeSegmind(FakeProvider[RequestScript]):
     """`async with FakeSegmind(...) as fake:` serves the provider at `fake.base_url`.
 
     Per-request behaviour on `POST /v1/ideogram-4`: `next_scripts` (popped per request, whatever its
@@ -138,15 +133,19 @@ class FakeSegmind:
         error_format: ErrorFormat = "json",
         reject_unknown_fields: bool = True,
     ) -> None:
+        super().__init__(
+            [
+                Route("/files/{name}", self._file, methods=["GET"]),
+                Route(ENDPOINT, self._endpoint, methods=METHODS),
+                Route("/{path:path}", self._not_found, methods=METHODS),
+            ],
+            RequestScript(),
+        )
         self.latency = latency
         self.credits = credits
         self.price_per_image = price_per_image
         self.error_format: ErrorFormat = error_format
         self.reject_unknown_fields = reject_unknown_fields
-        self.base_url = ""
-        self.next_scripts: list[RequestScript] = []
-        self.default_script = RequestScript()
-        self.script_for: Callable[[Any], RequestScript | None] | None = None
         self.create_responses: list[Forced] = []
         self.calls: list[CallRecord] = []
         self.images: dict[int, list[bytes]] = {}  # call index → the images made for it
@@ -154,52 +153,23 @@ class FakeSegmind:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._closing = asyncio.Event()
-        self._stack = contextlib.AsyncExitStack()
-        self._app = Starlette(
-            routes=[
-                Route("/files/{name}", self._file, methods=["GET"]),
-                Route(ENDPOINT, self._endpoint, methods=METHODS),
-                Route("/{path:path}", self._not_found, methods=METHODS),
-            ]
-        )
 
     @property
     def creates(self) -> list[CallRecord]:
         """The calls to POST /v1/ideogram-4 (`calls` also holds 404/405 ones)."""
         return [c for c in self.calls if c.method == "POST" and c.path == ENDPOINT]
 
-    # ---------------------------------------------------------------- lifecycle
-
-    async def __aenter__(self) -> FakeSegmind:
-        self._closing = asyncio.Event()
-        self.base_url = await self._stack.enter_async_context(serve_asgi(self._asgi_app()))
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._closing.set()  # requests waiting out their latency or hanging drop their connections
-        await self._stack.aclose()
-
-    def _asgi_app(self) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            scope[_CYCLE_KEY] = getattr(send, "__self__", None)
-            await self._app(scope, receive, send)
-
-        return app
-
     # ---------------------------------------------------------------- HTTP
 
-    def _error(self, status: int, message: str, fmt: ErrorFormat, headers: dict[str, str] | None = None) -> Response:
+    def _error_answer(
+        self, status: int, message: str, fmt: ErrorFormat, headers: dict[str, str] | None = None
+    ) -> Response:
         if fmt == "text":
             return PlainTextResponse(message, status, headers=headers)
         return JSONResponse({"error": message}, status, headers=headers)
 
     async def _record(self, request: Request) -> CallRecord:
-        raw = await request.body()
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
+        body = json_or_none(await request.body())
         record = CallRecord(
             len(self.calls), time.monotonic(), request.method, request.url.path, dict(request.headers), body
         )
@@ -216,9 +186,9 @@ class FakeSegmind:
 
     async def _not_found(self, request: Request) -> Response:
         record = await self._record(request)
-        return self._answered(record, self._error(404, "Not Found", self.error_format))
+        return self._answered(record, self._error_answer(404, "Not Found", self.error_format))
 
-    def _validate(self, request: Request, body: Any) -> str | None:
+    def _validation_error(self, request: Request, body: Any) -> str | None:
         if not request.headers.get("content-type", "").startswith("application/json"):
             return "Content-Type must be application/json"
         if not isinstance(body, dict):
@@ -242,15 +212,6 @@ class FakeSegmind:
                     return f"{name} must be an integer from {low} to {high}"
         return None
 
-    def _pick_script(self, body: Any) -> RequestScript:
-        if self.next_scripts:
-            return self.next_scripts.pop(0)
-        if self.script_for is not None:
-            script = self.script_for(body)
-            if script is not None:
-                return script
-        return self.default_script
-
     def price(self, rendering_speed: str) -> float:
         if isinstance(self.price_per_image, Mapping):
             return float(self.price_per_image[rendering_speed])
@@ -260,7 +221,7 @@ class FakeSegmind:
         record = await self._record(request)
         if request.method != "POST":
             return self._answered(
-                record, self._error(405, "Method Not Allowed", self.error_format, headers={"Allow": "POST"})
+                record, self._error_answer(405, "Method Not Allowed", self.error_format, headers={"Allow": "POST"})
             )
         forced = self.create_responses.pop(0) if self.create_responses else None
         script = self._pick_script(record.body)
@@ -268,14 +229,14 @@ class FakeSegmind:
         if isinstance(forced, ForcedResponse):
             return self._answered(record, forced.to_response())
         if not request.headers.get("x-api-key", "").strip():
-            return self._answered(record, self._error(401, "Unauthorized", fmt))
-        invalid = self._validate(request, record.body)
+            return self._answered(record, self._error_answer(401, "Unauthorized", fmt))
+        invalid = self._validation_error(request, record.body)
         if invalid is not None:
-            return self._answered(record, self._error(400, invalid, fmt))
+            return self._answered(record, self._error_answer(400, invalid, fmt))
         body = {**DEFAULTS, **record.body}
         cost = self.price(body["rendering_speed"]) * body["num_images"]
         if script.outcome == "no_credits" or self.credits - cost < 0:
-            return self._answered(record, self._error(406, script.error_message or "Not enough credits", fmt))
+            return self._answered(record, self._error_answer(406, script.error_message or "Not enough credits", fmt))
         if script.outcome == "ok":
             self.credits -= cost
             record.charged = cost
@@ -299,13 +260,9 @@ class FakeSegmind:
             if not self._busy:
                 self._idle.set()
         if script.outcome == "server_error":
-            return self._answered(record, self._error(500, script.error_message or "Internal Server Error", fmt))
+            return self._answered(record, self._error_answer(500, script.error_message or "Internal Server Error", fmt))
         headers = {CREDITS_HEADER: format_credits(self.credits)}
-        for name, value in script.header_overrides.items():
-            for existing in [h for h in headers if h.lower() == name.lower()]:
-                del headers[existing]
-            if value is not None:
-                headers[name] = value
+        override_headers(headers, script.header_overrides)
         if len(record.images) == 1:
             media_type = "image/png" if body["output_format"] == "png" else "image/jpeg"
             return self._answered(record, Response(record.images[0], media_type=media_type, headers=headers))
@@ -323,28 +280,6 @@ class FakeSegmind:
             return PlainTextResponse("Not Found", 404)
         data = images[int(idx)]
         return Response(data, media_type="image/png" if data.startswith(b"\x89PNG") else "image/jpeg")
-
-    async def _no_answer(self, request: Request, *, hang: bool) -> Response:
-        """Never answer: on "hang" wait until the client gives up (or the fake closes), then drop the
-        connection; otherwise drop it at once. The returned response is discarded by uvicorn."""
-        if hang:
-            gone = asyncio.ensure_future(self._wait_disconnect(request))
-            closing = asyncio.ensure_future(self._closing.wait())
-            await asyncio.wait({gone, closing}, return_when=asyncio.FIRST_COMPLETED)
-            for fut in (gone, closing):
-                fut.cancel()
-            await asyncio.gather(gone, closing, return_exceptions=True)
-        transport = getattr(request.scope.get(_CYCLE_KEY), "transport", None)
-        if transport is None:
-            raise RuntimeError("cannot reach the connection's transport to drop it")
-        transport.close()
-        await self._wait_disconnect(request)
-        return Response(status_code=500)
-
-    @staticmethod
-    async def _wait_disconnect(request: Request) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
 
     # ---------------------------------------------------------------- waiting
 
