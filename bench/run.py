@@ -103,6 +103,8 @@ class Bench:
         self.args = args
         self.sizes = QUICK if args.quick else FULL
         self.generator = args.generator if args.generator != "auto" else ("wrk" if loadgen.WRK else "asyncio")
+        if args.workdir is not None:
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="jobhook-bench-", dir=args.workdir))
         self.running: list[Proc] = []
 
