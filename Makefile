@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test lint typecheck unit clean bench browser strace
+.PHONY: demo test lint typecheck unit clean bench browser strace postgresql
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,19 @@ strace:
 	  fi; \
 	fi
 
-test: $(STAMP) browser strace
+# The suite runs on both engines: the PostgreSQL half starts Debian's server in a temporary directory.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql for the PostgreSQL half of the suite…"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "NOTE: PostgreSQL is missing and cannot be installed here (needs root and apt-get):"; \
+	    echo "      the suite runs on SQLite only. Install Debian's postgresql to run it on both engines."; \
+	  fi; \
+	fi
+
+test: $(STAMP) browser strace postgresql
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy

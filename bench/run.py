@@ -552,8 +552,8 @@ def _group_commit(url: str) -> dict[str, Any]:
     found: dict[str, float] = {}
     for line in _fetch(f"{url}/metrics").decode().splitlines():
         name, _, value = line.partition(" ")
-        if name.startswith("jobhook_sqlite_") and name.endswith("_total"):
-            found[name.removeprefix("jobhook_sqlite_").removesuffix("_total")] = float(value)
+        if name.startswith("jobhook_store_") and name.endswith("_total"):
+            found[name.removeprefix("jobhook_store_").removesuffix("_total")] = float(value)
     commits, writes = found.get("commits"), found.get("writes")
     return {
         "commits": commits,

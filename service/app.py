@@ -35,8 +35,9 @@ from service.providers.base import Tracking
 from service.providers.http import USER_AGENT, ProviderHTTP
 from service.providers.registry import adapters
 from service.simulator import Simulator
+from service.store import engines
 from service.store.base import OutboxPolicy
-from service.store.sqlite import SQLiteStore
+from service.store.common import Store
 from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
@@ -48,7 +49,7 @@ SIMULATOR_KEY = "sk-simulator"
 @dataclasses.dataclass
 class Runtime:
     settings: Settings
-    store: SQLiteStore
+    store: Store
     engine: Engine
     poller: Poller
     outbox: OutboxWorker
@@ -83,7 +84,7 @@ def build_providers(settings: Settings, self_url: str | None) -> dict[str, Provi
     if simulator_enabled(settings) and self_url is not None:
         simulator = AivideoapiAdapter(name="simulator", prices={})
         http = ProviderHTTP(
-            f"{self_url}/simulator",
+            settings.simulator.base_url or f"{self_url}/simulator",
             simulator.auth_headers(SIMULATOR_KEY),
             timeout=timeout,
             submit_timeout=submit_timeout,
@@ -109,13 +110,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             credits_low=settings.credits_low,
             base_url=settings.public_url or self_url or "",
         )
-        store = SQLiteStore(
-            settings.database,
-            synchronous=settings.sqlite_synchronous,
-            clock=clock,
-            mirror_images=settings.mirror_images,
-            policy=policy,
-        )
+        store = engines.make_store(settings, clock=clock, mirror_images=settings.mirror_images, policy=policy)
         await store.open()
         # The key kept in the database stays a verifying key when JOBHOOK_SECRET is set, so that the
         # callback URLs and image links made before keep working.

@@ -18,6 +18,7 @@ import httpx
 from service import maintenance
 from service.config import Settings
 from service.errors import ConfigError, SchemaTooNew, StorageError
+from service.store.engines import database_label
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_USAGE = 2  # a setting or an argument is wrong: starting again will not help
@@ -89,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--linger",
         type=float,
         help="seconds to stay up after the demo for a look at the dashboard (default: 60 in a terminal, else 0)",
+    )
+    demo.add_argument(
+        "--database",
+        metavar="URL",
+        help="JOBHOOK_DATABASE to use instead of a new SQLite file in --dir (e.g. postgresql://…)",
+    )
+    demo.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="run that many jobhook processes on the one --database and spread the batch over them (default: 1)",
     )
     demo.set_defaults(handler=cmd_demo)
 
@@ -202,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     self_url = f"http://{local_host}:{args.port}"
     app = create_app(settings, self_url=self_url)
-    print(f"jobhook on {self_url}  (database {settings.database})", file=sys.stderr, flush=True)
+    print(f"jobhook on {self_url}  (database {database_label(settings)})", file=sys.stderr, flush=True)
     print(f"dashboard  {self_url}/dashboard", file=sys.stderr, flush=True)
     # No access log: callback and image URLs carry tokens. Long `?wait=` requests are cut after 15 s
     # at shutdown; nothing acknowledged depends on them.
@@ -222,9 +234,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from service.store.sqlite import SQLiteStore
+    from service.store.engines import make_store
 
-    store = SQLiteStore(settings.database, synchronous=settings.sqlite_synchronous)
+    store = make_store(settings)
     await store.open()
     try:
         return await store.schema_version()
@@ -235,14 +247,26 @@ async def _migrate(settings: Settings) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     version = asyncio.run(_migrate(settings))
-    print(f"{settings.database}: schema version {version}")
+    print(f"{database_label(settings)}: schema version {version}")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from service.config import database_setting
+    from service.demo import DemoError, run_demo
 
-    return run_demo(args.dir, keep_serving=args.keep_serving, linger=args.linger)
+    if not 1 <= args.replicas <= 16:
+        raise CLIError("--replicas: expected 1 to 16")
+    if args.database is not None:
+        database_setting(args.database)  # a wrong URL is one line naming JOBHOOK_DATABASE
+    if args.replicas > 1 and not (args.database or "").startswith(("postgresql://", "postgres://")):
+        raise CLIError("--replicas needs --database postgresql://… (replicas share one PostgreSQL database)")
+    try:
+        return run_demo(
+            args.dir, keep_serving=args.keep_serving, linger=args.linger, database=args.database, replicas=args.replicas
+        )
+    except DemoError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_providers(args: argparse.Namespace) -> int:
@@ -288,9 +312,9 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 async def _outbox(settings: Settings, args: argparse.Namespace) -> list[Any]:
-    from service.store.sqlite import SQLiteStore
+    from service.store.engines import make_store
 
-    store = SQLiteStore(settings.database, synchronous=settings.sqlite_synchronous)
+    store = make_store(settings)
     await store.open()
     try:
         if args.action == "resend":

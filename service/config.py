@@ -46,6 +46,9 @@ class SimulatorSettings:
     # aivideoapi retries an unanswered callback 3 times: now, +3 min, +10 min (PROVIDERS.md §1).
     retry_delays: tuple[float, ...] = (0.0, 180.0, 600.0)
     seed: int | None = None
+    # Where jobhook reaches the simulator: None is this process's own /simulator. A simulator keeps its
+    # tasks in memory, so replicas on one database must all use one replica's (JOBHOOK_SIMULATOR_BASE_URL).
+    base_url: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +103,8 @@ class ProviderSettings:
 @dataclasses.dataclass(frozen=True)
 class Settings:
     database: Path = Path("./jobhook.db")
+    # JOBHOOK_DATABASE=postgresql://…: the PostgreSQL store (several replicas); `database` is then unused.
+    database_url: Secret | None = None
     media_dir: Path = Path("./jobhook-media")
     public_url: str | None = None
     secrets: tuple[Secret, ...] = ()
@@ -287,6 +292,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
                 f"expected comma-separated delays such as 0,3m,10m, got {retry_raw!r}",
             ) from None
     seed_raw = get("JOBHOOK_SIMULATOR_SEED")
+    simulator_url = get("JOBHOOK_SIMULATOR_BASE_URL")
     slack = get("JOBHOOK_SLACK_WEBHOOK_URL")
     notify_raw = get("JOBHOOK_NOTIFY_ON")
     notify_on = frozenset(NOTIFY_EVENTS)
@@ -316,8 +322,10 @@ def _parse(env: Mapping[str, str]) -> Settings:
             raise ValueError(credits_raw)
     except ValueError:
         raise ConfigError("JOBHOOK_CREDITS_LOW", f"expected a number of credits, got {credits_raw!r}") from None
+    database, database_url = database_setting(get("JOBHOOK_DATABASE"))
     return Settings(
-        database=Path(get("JOBHOOK_DATABASE") or "./jobhook.db"),
+        database=database,
+        database_url=database_url,
         media_dir=Path(get("JOBHOOK_MEDIA_DIR") or "./jobhook-media"),
         public_url=http_url("JOBHOOK_PUBLIC_URL", public_url).rstrip("/") if public_url else None,
         secrets=secret_list("JOBHOOK_SECRET"),
@@ -345,6 +353,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
             duplicate_rate=rate("JOBHOOK_SIMULATOR_DUPLICATE_RATE", 0.0),
             retry_delays=retry_delays,
             seed=integer("JOBHOOK_SIMULATOR_SEED", 0, minimum=0) if seed_raw is not None else None,
+            base_url=http_url("JOBHOOK_SIMULATOR_BASE_URL", simulator_url).rstrip("/") if simulator_url else None,
         ),
         slack_webhook_url=Secret(http_url("JOBHOOK_SLACK_WEBHOOK_URL", slack)) if slack else None,
         smtp=_smtp(get("JOBHOOK_SMTP_URL"), get("JOBHOOK_EMAIL_FROM"), get("JOBHOOK_EMAIL_TO")),
@@ -451,3 +460,30 @@ def http_url(name: str, value: str) -> str:
 
 def generate_secret() -> str:
     return _secrets.token_urlsafe(32)
+
+
+def database_setting(raw: str | None) -> tuple[Path, Secret | None]:
+    """JOBHOOK_DATABASE: a file path or `sqlite:///path` (SQLite), or `postgresql://user:pass@host:port/db`."""
+    if not raw:
+        return Path("./jobhook.db"), None
+    scheme, sep, _ = raw.partition("://")
+    if not sep:
+        return Path(raw), None
+    if scheme == "sqlite":
+        path = raw.removeprefix("sqlite://")
+        if not path.startswith("/") or path == "/":
+            raise ConfigError("JOBHOOK_DATABASE", f"expected sqlite:///path/to/file.db, got {raw!r}")
+        # sqlite:///relative.db is a path relative to here, sqlite:////abs.db an absolute one (SQLAlchemy's rule).
+        return Path(path[1:]), None
+    if scheme in ("postgresql", "postgres"):
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError as exc:
+            raise ConfigError("JOBHOOK_DATABASE", f"not a valid PostgreSQL URL: {exc}") from None
+        if not parts.path.strip("/") and not parts.hostname:
+            raise ConfigError("JOBHOOK_DATABASE", "expected postgresql://user:password@host:5432/database")
+        return Path("./jobhook.db"), Secret(raw)
+    raise ConfigError(
+        "JOBHOOK_DATABASE", f"expected a file path, sqlite:///path or postgresql://…, got the scheme {scheme!r}"
+    )

@@ -15,6 +15,8 @@ import shutil
 import socket
 import sys
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import uvicorn
 from service import logs
 from service.app import create_app
 from service.config import Settings
+from service.store.engines import database_label
 
 FINISHED = ("completed", "failed", "timed_out")
 
@@ -114,30 +117,41 @@ def _free_socket() -> socket.socket:
     return sock
 
 
-def demo_settings(folder: Path, url: str) -> Settings:
+def demo_environ(folder: Path, url: str, database: str | None = None) -> dict[str, str]:
     """Short timings so that every path shows within seconds; nothing from the user's environment."""
-    return Settings.from_environ(
-        {
-            "JOBHOOK_DATABASE": str(folder / "jobhook.db"),
-            "JOBHOOK_MEDIA_DIR": str(folder / "media"),
-            "JOBHOOK_PUBLIC_URL": url,
-            "JOBHOOK_CALLBACK_GRACE": "3",
-            "JOBHOOK_POLL_INTERVAL": "1",
-            "JOBHOOK_POLL_MAX_INTERVAL": "2",
-            "JOBHOOK_JOB_TIMEOUT": "60",
-            "JOBHOOK_SIMULATOR_LATENCY": "1.5",
-            "JOBHOOK_SIMULATOR_CALLBACK_RETRIES": "0,2,4",
-            "JOBHOOK_SIMULATOR_SEED": "1",
-            "JOBHOOK_LOG_FORMAT": "text",
-        }
-    )
+    return {
+        "JOBHOOK_DATABASE": database or str(folder / "jobhook.db"),
+        "JOBHOOK_MEDIA_DIR": str(folder / "media"),
+        "JOBHOOK_PUBLIC_URL": url,
+        "JOBHOOK_CALLBACK_GRACE": "3",
+        "JOBHOOK_POLL_INTERVAL": "1",
+        "JOBHOOK_POLL_MAX_INTERVAL": "2",
+        "JOBHOOK_JOB_TIMEOUT": "60",
+        "JOBHOOK_SIMULATOR_LATENCY": "1.5",
+        "JOBHOOK_SIMULATOR_CALLBACK_RETRIES": "0,2,4",
+        "JOBHOOK_SIMULATOR_SEED": "1",
+        "JOBHOOK_LOG_FORMAT": "text",
+    }
+
+
+def demo_settings(folder: Path, url: str, database: str | None = None) -> Settings:
+    return Settings.from_environ(demo_environ(folder, url, database))
 
 
 def run_demo(
-    directory: str, *, keep_serving: bool = False, lead_in: float | None = None, linger: float | None = None
+    directory: str,
+    *,
+    keep_serving: bool = False,
+    lead_in: float | None = None,
+    linger: float | None = None,
+    database: str | None = None,
+    replicas: int = 1,
 ) -> int:
     """`lead_in`/`linger`: seconds to wait before the batch and to stay up after it — by default 5 and
-    60 in a terminal (time to open the dashboard and look around), none otherwise."""
+    60 in a terminal (time to open the dashboard and look around), none otherwise.
+
+    `database`: JOBHOOK_DATABASE instead of a new SQLite file in `directory` (a PostgreSQL URL, say);
+    `replicas`: that many jobhook processes on it, the batch spread over them."""
     folder = Path(directory).resolve()
     if folder.exists():
         shutil.rmtree(folder)
@@ -149,15 +163,19 @@ def run_demo(
             keep_serving,
             lead_in if lead_in is not None else (5.0 if interactive else 0.0),
             linger if linger is not None else (60.0 if interactive else 0.0),
+            database,
+            replicas,
         )
     )
 
 
-async def _run(folder: Path, keep_serving: bool, lead_in: float, linger: float) -> int:
+async def _run(
+    folder: Path, keep_serving: bool, lead_in: float, linger: float, database: str | None, replicas: int
+) -> int:
     out = Out()
     sock = _free_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    settings = demo_settings(folder, url)
+    settings = demo_settings(folder, url, database)
     logs.setup("text", level=40)  # the demo narrates; the service's own log lines would repeat it
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, self_url=url), log_level="error", access_log=False, lifespan="on")
@@ -170,13 +188,24 @@ async def _run(folder: Path, keep_serving: bool, lead_in: float, linger: float) 
         await asyncio.sleep(0.02)
     out.line(out.paint("jobhook demo", "1") + f" — the service is up on {url} with the built-in simulator provider")
     out.line(f"dashboard {url}/dashboard — open it now to watch the jobs move")
-    out.line(f"database {settings.database}\n")
+    out.line(f"database {database_label(settings)}\n")
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            urls = [url] + [
+                await stack.enter_async_context(_replica(folder, url, database, n)) for n in range(1, replicas)
+            ]
+            for n, other in enumerate(urls[1:], start=1):
+                out.line(f"replica {n + 1} of {replicas} is up on {other} (another process, the same database)")
+            clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=u, timeout=30)) for u in urls]
+            if replicas > 1:
+                out.line(
+                    "the batch is spread over the replicas, each job followed on another one than took it;\n"
+                    f"callbacks come to the public URL, {url} (a load balancer's address in production)\n"
+                )
             if lead_in:
                 out.line(f"(starting in {lead_in:g} s)\n")
                 await asyncio.sleep(lead_in)
-            ok = await _scenario(client, out, url)
+            ok = await _scenario(clients, out)
             if linger and not keep_serving:
                 out.line(f"\nthe dashboard stays up for {linger:g} s ({url}/dashboard) — Ctrl-C to stop now")
                 with contextlib.suppress(asyncio.CancelledError):
@@ -192,9 +221,9 @@ async def _run(folder: Path, keep_serving: bool, lead_in: float, linger: float) 
     out.line("")
     out.line("where to look:")
     out.line(f"  dashboard      {url}/dashboard  (live while the demo runs; --keep-serving keeps it up)")
-    out.line(f"  database       {settings.database}")
+    out.line(f"  database       {database_label(settings)}")
     out.line(f"  images         {settings.media_dir} (jobhook's own copies)")
-    out.line(f"  serve it again JOBHOOK_DATABASE={settings.database} jobhook serve")
+    out.line(f"  serve it again JOBHOOK_DATABASE={database_label(settings)} jobhook serve")
     out.line("  then           jobhook jobs   ·   jobhook job <id>   ·   curl localhost:8000/v1/jobs")
     if not keep_serving:
         out.line("  (jobhook demo --keep-serving leaves the API and the simulator's images up after the run)")
@@ -204,9 +233,62 @@ async def _run(folder: Path, keep_serving: bool, lead_in: float, linger: float) 
     return 0 if ok else 1
 
 
-async def _scenario(client: httpx.AsyncClient, out: Out, url: str) -> bool:
+@contextlib.asynccontextmanager
+async def _replica(folder: Path, first: str, database: str | None, n: int) -> AsyncIterator[str]:
+    """Another `jobhook serve` process on the same database. The first replica's simulator plays the
+    provider for all of them (a simulator keeps its tasks in memory), and its address is the public one."""
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    url = f"http://127.0.0.1:{port}"
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("JOBHOOK_")}
+    # JOBHOOK_PUBLIC_URL is the same for every replica (a load balancer's address in production): here
+    # the first replica's, so that the providers' callbacks arrive there, whichever replica took the job.
+    environ.update(demo_environ(folder, first, database))
+    environ["JOBHOOK_SIMULATOR_BASE_URL"] = f"{first}/simulator"
+    log = folder / f"replica-{n + 1}.log"
+    with log.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", "serve", "--port", str(port),
+            env=environ, stdout=output, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            deadline = time.monotonic() + 30
+            while True:
+                if process.returncode is not None or time.monotonic() > deadline:
+                    raise DemoError(f"replica {n + 1} did not start: see {log}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{url}/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield url
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+class DemoError(Exception):
+    """The demo cannot run as asked: one line for the user."""
+
+
+async def _scenario(clients: list[httpx.AsyncClient], out: Out) -> bool:
+    run = uuid.uuid4().hex[:8]  # the database may hold earlier demos' jobs: this run's keys are its own
+    n = len(clients)
+
+    def via(index: int) -> str:
+        return f"  (via replica {index % n + 1})" if n > 1 else ""
+
+    def follower(index: int) -> httpx.AsyncClient:
+        return clients[(index + 1) % n]
+
     out.line("submitting a batch of 6 jobs:")
-    for job in BATCH:
+    for index, job in enumerate(BATCH):
         body: dict[str, Any] = {
             "provider": "simulator",
             "prompt": job.prompt,
@@ -216,12 +298,14 @@ async def _scenario(client: httpx.AsyncClient, out: Out, url: str) -> bool:
         }
         if job.simulate:
             body["provider_options"] = {"simulate": job.simulate}
-        response = await client.post("/v1/jobs", json=body, headers={"Idempotency-Key": f"demo-{job.label}"})
+        response = await clients[index % n].post(
+            "/v1/jobs", json=body, headers={"Idempotency-Key": f"demo-{job.label}-{run}"}
+        )
         response.raise_for_status()
         job.id = response.json()["id"]
-        out.line(f"  {job.label:7} {job.id}  {out.paint(job.shows, '2')}")
+        out.line(f"  {job.label:7} {job.id}  {out.paint(job.shows, '2')}{via(index)}")
 
-    again = await client.post(
+    again = await follower(0).post(
         "/v1/jobs",
         json={
             "provider": "simulator",
@@ -230,12 +314,15 @@ async def _scenario(client: httpx.AsyncClient, out: Out, url: str) -> bool:
             "output_format": "png",
             "metadata": {"demo": "poster"},
         },
-        headers={"Idempotency-Key": "demo-poster"},
+        headers={"Idempotency-Key": f"demo-poster-{run}"},
     )
     same = again.json().get("id") == BATCH[0].id
-    out.line(f"  the poster again with the same Idempotency-Key → the same job ({'yes' if same else 'NO'}), sent once")
+    out.line(
+        f"  the poster again with the same Idempotency-Key → the same job ({'yes' if same else 'NO'}), sent once"
+        + via(1)
+    )
 
-    forged = await client.post(
+    forged = await clients[-1].post(
         "/callbacks/eyJmb3JnZWQiOnRydWV9.not-our-signature",
         json={"id": "whatever", "status": "completed", "output": {"urls": ["https://evil.example/x.png"]}},
         headers={"X-Event": "task.completed", "X-Task-Id": "whatever", "X-Timestamp": str(int(time.time()))},
@@ -246,20 +333,20 @@ async def _scenario(client: httpx.AsyncClient, out: Out, url: str) -> bool:
     deadline = time.monotonic() + 45
     while time.monotonic() < deadline:
         states = []
-        for job in BATCH:
-            states.append(await _show_new_events(client, out, job))
+        for index, job in enumerate(BATCH):
+            states.append(await _show_new_events(follower(index), out, job))
         if all(state in FINISHED for state in states):
             break
         await asyncio.sleep(0.2)
     await asyncio.sleep(1.0)  # trailing duplicate deliveries, shown too
-    for job in BATCH:
-        await _show_new_events(client, out, job)
+    for index, job in enumerate(BATCH):
+        await _show_new_events(follower(index), out, job)
 
     out.line("\nwhere each job ended:")
     ok = same and forged.status_code == 404
-    for job in BATCH:
-        data = (await client.get(f"/v1/jobs/{job.id}")).json()
-        events = (await client.get(f"/v1/jobs/{job.id}/events")).json()["events"]
+    for index, job in enumerate(BATCH):
+        data = (await follower(index).get(f"/v1/jobs/{job.id}")).json()
+        events = (await follower(index).get(f"/v1/jobs/{job.id}/events")).json()["events"]
         callbacks = [e["outcome"] for e in events if e["type"] == "callback"]
         polls = sum(1 for e in events if e["type"] == "poll")
         good = data["status"] == job.expect and (job.expect_by is None or data["resolved_by"] == job.expect_by)

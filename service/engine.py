@@ -32,7 +32,8 @@ from service.metrics import Metrics
 from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse, sniff
 from service.providers.http import USER_AGENT, NotSent, ProviderHTTP, Uncertain
 from service.store.base import NewJob, ReceiptKind, SubmitKind, SubmitResult, TaskIdConflict
-from service.store.sqlite import MIRROR, SQLiteStore
+from service.store.common import Store
+from service.store.tx import MIRROR
 from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
@@ -112,7 +113,7 @@ class Engine:
     def __init__(
         self,
         settings: Settings,
-        store: SQLiteStore,
+        store: Store,
         providers: Mapping[str, ProviderRuntime],
         tokens: verify.CallbackTokens,
         hub: ChangeHub,

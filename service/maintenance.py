@@ -4,7 +4,7 @@ Both work on JOBHOOK_DATABASE beside a running `jobhook serve`. The backup reads
 snapshot with SQLite's online backup API (writers go on: the database is in WAL mode). The purge
 deletes in short write transactions, one batch each, so the service keeps answering between them.
 
-The purge's SQL lives in the store (service/store/sqlite_purge.py); this module decides what to
+The purge's SQL lives in the store (service/store/purge_queries.py); this module decides what to
 remove, in what order, and reports it.
 """
 
@@ -33,7 +33,7 @@ from service.media import MediaStore
 from service.store.base import PURGEABLE, PurgedRows
 
 if TYPE_CHECKING:
-    from service.store.sqlite import SQLiteStore
+    from service.store.common import Store
 
 # Pages copied per backup step: progress is reported after each (256 pages = 1 MiB at 4 KiB pages).
 PAGES_PER_STEP = 256
@@ -327,7 +327,7 @@ class PurgeReport:
 
 
 async def purge(
-    store: SQLiteStore,
+    store: Store,
     media: MediaStore,
     *,
     older_than: float,
@@ -475,6 +475,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def cmd_backup(args: argparse.Namespace) -> int:
     settings = Settings.from_environ(env_file=getattr(args, "env_file", None))
+    if settings.database_url is not None:
+        # PostgreSQL has the tool for this, and it needs no help from jobhook.
+        raise MaintenanceError(
+            "JOBHOOK_DATABASE is a PostgreSQL database: back it up with pg_dump, e.g. "
+            f"pg_dump --format=custom --file={args.path} '<the JOBHOOK_DATABASE URL>' "
+            "(and restore with pg_restore)"
+        )
     _require_database(settings.database)
     target = Path(args.path).expanduser()
     report = asyncio.run(backup(settings.database, target, overwrite=args.force, progress=_BackupProgress()))
@@ -488,7 +495,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
     except MaintenanceError as exc:
         raise MaintenanceError(f"--older-than: {exc}") from None
     settings = Settings.from_environ(env_file=getattr(args, "env_file", None))
-    _require_database(settings.database)
+    if settings.database_url is None:
+        _require_database(settings.database)
     report = asyncio.run(_run_purge(settings, older_than, dry_run=args.dry_run))
     for line in report.summary():
         print(line)
@@ -501,22 +509,27 @@ def _require_database(database: Path) -> None:
 
 
 async def _run_purge(settings: Settings, older_than: float, *, dry_run: bool) -> PurgeReport:
-    from service.store.sqlite import SQLiteStore, migrations
+    from service.store import engines
 
     # Opening the store would migrate an older schema: a change a dry run must not make, and a purge
     # written for this schema should not run on another. `jobhook migrate` (or serve) comes first.
-    latest = migrations()[-1][0]
-    current = _schema_version(settings.database)
-    if current != latest:
-        raise MaintenanceError(
-            f"database {settings.database} has schema version {current}, this jobhook expects {latest}: "
-            "run `jobhook migrate` first"
-            if current < latest
-            else f"database {settings.database} has schema version {current}, newer than this jobhook "
-            f"knows ({latest}); upgrade jobhook"
-        )
-    store = SQLiteStore(settings.database, synchronous=settings.sqlite_synchronous)
-    await store.open()
+    store = engines.make_store(settings)
+    if settings.database_url is None:
+        from service.store.sqlite import migrations
+
+        _check_version(settings, _schema_version(settings.database), migrations()[-1][0])
+        await store.open()
+    else:
+        from service.store.postgres import PostgresStore
+        from service.store.postgres import migrations as pg_migrations
+
+        assert isinstance(store, PostgresStore)
+        await store.open(migrate=False)
+        try:
+            _check_version(settings, await store.schema_version(), pg_migrations()[-1][0])
+        except BaseException:
+            await store.close()
+            raise
     try:
         return await purge(
             store,
@@ -528,6 +541,20 @@ async def _run_purge(settings: Settings, older_than: float, *, dry_run: bool) ->
         )
     finally:
         await store.close()
+
+
+def _check_version(settings: Settings, current: int, latest: int) -> None:
+    from service.store.engines import database_label
+
+    where = database_label(settings)
+    if current < latest:
+        raise MaintenanceError(
+            f"database {where} has schema version {current}, this jobhook expects {latest}: run `jobhook migrate` first"
+        )
+    if current > latest:
+        raise MaintenanceError(
+            f"database {where} has schema version {current}, newer than this jobhook knows ({latest}); upgrade jobhook"
+        )
 
 
 def _schema_version(database: Path) -> int:

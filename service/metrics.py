@@ -15,8 +15,8 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.loop import WorkLoop
-from service.store.sqlite import SQLiteStore
-from service.store.sqlite_writer import WriterStats
+from service.store.base import WriterStats
+from service.store.common import Store
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -87,7 +87,7 @@ class Metrics:
         )
 
     async def render(
-        self, store: SQLiteStore, providers: Iterable[str], destinations: Iterable[str], loops: Mapping[str, WorkLoop]
+        self, store: Store, providers: Iterable[str], destinations: Iterable[str], loops: Mapping[str, WorkLoop]
     ) -> bytes:
         """Read the stored state into the gauges, then the exposition text."""
         for (provider, status), count in (await store.job_counts()).items():
@@ -113,20 +113,22 @@ class _GroupCommit(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield CounterMetricFamily(
-            "jobhook_sqlite_commits", "SQLite write transactions committed", value=self.stats.commits
+            "jobhook_store_commits",
+            "Write transactions committed (SQLite: one per group of writes; PostgreSQL: one per write)",
+            value=self.stats.commits,
         )
         yield CounterMetricFamily(
-            "jobhook_sqlite_writes",
+            "jobhook_store_writes",
             "Writes committed (several share one commit when they queue up: group commit)",
             value=self.stats.writes,
         )
         yield CounterMetricFamily(
-            "jobhook_sqlite_write_seconds",
-            "Time spent running the committed writes' statements (in the event loop)",
+            "jobhook_store_write_seconds",
+            "Time spent running the committed writes' statements (SQLite: in the event loop; PostgreSQL: in a pool thread)",
             value=self.stats.write_seconds,
         )
         yield CounterMetricFamily(
-            "jobhook_sqlite_commit_seconds",
-            "Time from COMMIT to its return, fsync included (in the writer's thread)",
+            "jobhook_store_commit_seconds",
+            "Time from COMMIT to its return, fsync included",
             value=self.stats.commit_seconds,
         )

@@ -20,7 +20,7 @@ from service.loop import WorkLoop
 from service.metrics import Metrics
 from service.notify.base import DeliveryResult, Destination, Notification
 from service.store.base import OutboxRow
-from service.store.sqlite import SQLiteStore
+from service.store.common import Store
 
 OUTBOX_LEASE = 45.0  # a send is bounded by its client's timeout (30 s); a crashed one is retried after this
 CONCURRENCY = 4
@@ -31,7 +31,7 @@ class OutboxWorker(WorkLoop):
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         destinations: Mapping[str, Destination],
         *,
         schedule: Sequence[float],

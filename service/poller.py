@@ -13,7 +13,7 @@ from collections.abc import Callable
 from service.engine import POLL_LEASE, Engine
 from service.loop import MAX_SLEEP, WorkLoop
 from service.store.base import Due
-from service.store.sqlite import DEADLINE, INTERNAL, MIRROR
+from service.store.tx import DEADLINE, INTERNAL, MIRROR
 
 __all__ = ["MAX_SLEEP", "Poller"]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,52 @@ from service.app import Runtime, create_app
 from service.config import Settings
 from service.http import server_protocol
 from tests.fakes.server import free_socket, serve_asgi
+from tests.postgres import PostgresServer, missing_reason
 
 FINISHED = ("completed", "failed", "timed_out")
+# Every test that asks for `database` (the `jobhook` fixture does) runs once per engine; a test that
+# reads or breaks the SQLite file itself is marked `sqlite_only`. JOBHOOK_TEST_ENGINES narrows the set.
+ENGINES = tuple(os.environ.get("JOBHOOK_TEST_ENGINES", "sqlite,postgresql").split(","))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" in metafunc.fixturenames:
+        engines = ENGINES
+        if metafunc.definition.get_closest_marker("sqlite_only"):
+            engines = tuple(engine for engine in ENGINES if engine == "sqlite")
+        metafunc.parametrize("database", engines, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session, in a temporary directory."""
+    reason = missing_reason()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the suite on PostgreSQL too: {reason}")
+        pytest.skip(reason)
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new PostgreSQL database, for the tests about PostgreSQL alone (not run on both engines)."""
+    with postgres_server.database() as url:
+        yield url
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """JOBHOOK_DATABASE for this test: a SQLite file in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "jobhook.db")
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with server.database() as url:
+        yield url
 
 
 @dataclasses.dataclass
@@ -59,7 +104,7 @@ ServiceFactory = Callable[..., contextlib.AbstractAsyncContextManager[Service]]
 
 
 @pytest.fixture
-def jobhook(tmp_path: Path) -> ServiceFactory:
+def jobhook(tmp_path: Path, database: str) -> ServiceFactory:
     """`async with jobhook(JOBHOOK_X="…") as svc:` runs the real app under uvicorn on loopback.
 
     Defaults suit tests: a public URL pointing at itself, short poll intervals and grace.
@@ -70,7 +115,7 @@ def jobhook(tmp_path: Path) -> ServiceFactory:
         sock = free_socket()
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         environ = {
-            "JOBHOOK_DATABASE": str(tmp_path / "jobhook.db"),
+            "JOBHOOK_DATABASE": database,
             "JOBHOOK_MEDIA_DIR": str(tmp_path / "media"),
             "JOBHOOK_PUBLIC_URL": url,
             "JOBHOOK_CALLBACK_GRACE": "1",

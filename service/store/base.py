@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -120,6 +121,23 @@ class StoredNotification:
     created_at: float
 
 
+@dataclasses.dataclass
+class WriterStats:
+    """Write transactions and the writes they held, for the bench and /metrics (SQLite's group commit
+    puts many writes in one commit; PostgreSQL commits each write on its own)."""
+
+    commits: int = 0
+    writes: int = 0
+    largest: int = 0
+    write_seconds: float = 0.0  # running the writes' statements
+    commit_seconds: float = 0.0  # COMMIT and its fsync
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    return re.sub(r"(//[^:/@]*):[^/@]*@", r"\1:***@", url)
+
+
 class TaskIdConflict(Exception):
     """The task id is already bound to another job, or this job is bound to another task id."""
 
@@ -142,6 +160,7 @@ __all__ = [
     "SubmitKind",
     "SubmitResult",
     "TaskIdConflict",
+    "WriterStats",
 ]
 
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from service.errors import StorageError
+from service.store.base import WriterStats
 
 log = logging.getLogger("jobhook.store")
 
@@ -52,17 +53,6 @@ class _Outcome:
     work: _Work
     value: Any = None
     error: BaseException | None = None
-
-
-@dataclasses.dataclass
-class WriterStats:
-    """What group commit did (for the bench and /metrics): transactions and the writes they held."""
-
-    commits: int = 0
-    writes: int = 0
-    largest: int = 0
-    write_seconds: float = 0.0  # running the writes themselves, in the event loop
-    commit_seconds: float = 0.0  # COMMIT and its fsync, in the writer's thread
 
 
 class Writer:
@@ -149,7 +139,7 @@ class Writer:
         Each statement the thread makes takes the GIL back from a busy event loop when it ends, and
         that can take up to the interpreter's switch interval (5 ms): wrapped in the two PRAGMAs that
         set and reset the busy timeout, a COMMIT took ~15 ms under load, most of it waiting for the GIL
-        (measured: bench/, jobhook_sqlite_commit_seconds). A COMMIT in WAL mode holds the write lock
+        (measured: bench/, jobhook_store_commit_seconds). A COMMIT in WAL mode holds the write lock
         already and hardly ever meets another's lock; when it does, it is retried with the timeout.
         """
         try:

@@ -27,13 +27,17 @@ def jobhook_command(*args: str) -> list[str]:
 
 
 class ServeProcess:
-    def __init__(self, tmp_path: Path, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(
+        self, tmp_path: Path, env: dict[str, str], port: int | None = None, *, database: str | None = None
+    ) -> None:
+        """`database`: JOBHOOK_DATABASE (the `database` fixture's, to run on each engine); by default
+        a SQLite file in tmp_path."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmp_path = tmp_path
         self.env = {
             **os.environ,
-            "JOBHOOK_DATABASE": str(tmp_path / "jobhook.db"),
+            "JOBHOOK_DATABASE": database or str(tmp_path / "jobhook.db"),
             "JOBHOOK_MEDIA_DIR": str(tmp_path / "media"),
             "JOBHOOK_PUBLIC_URL": self.url,
             **env,

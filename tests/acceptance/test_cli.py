@@ -110,10 +110,11 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "jobhook.db").exists()
 
 
-async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path) -> None:
+async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path, database: str) -> None:
     service = ServeProcess(
         tmp_path,
         {"JOBHOOK_API_TOKENS": "cli-token", "JOBHOOK_SIMULATOR_LATENCY": "0.3", "JOBHOOK_CALLBACK_GRACE": "1"},
+        database=database,
     )
     await service.start()
     try:

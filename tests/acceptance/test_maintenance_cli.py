@@ -204,3 +204,28 @@ def test_purge_refusals_are_one_line(tmp_path: Path) -> None:
     line = one_line_error(run("purge", "--older-than", "30d", "--dry-run", env=env))
     assert "jobhook migrate" in line
     assert query(tmp_path / "jobhook.db", "PRAGMA user_version") == [(1,)]  # a dry run migrates nothing either
+
+
+def test_backup_of_a_postgresql_database_says_to_use_pg_dump(pg: str, tmp_path: Path) -> None:
+    line = one_line_error(run("backup", str(tmp_path / "copy.dump"), env={"JOBHOOK_DATABASE": pg}))
+    assert "pg_dump" in line and "pg_restore" in line
+    assert not (tmp_path / "copy.dump").exists()
+
+
+def test_an_unreachable_postgresql_database_is_one_line_naming_it_without_its_password() -> None:
+    env = {"JOBHOOK_DATABASE": "postgresql://jobhook:s3cret@127.0.0.1:1/jobhook"}
+    for command in (("migrate",), ("purge", "--older-than", "30d", "--dry-run"), ("outbox",)):
+        result = run(*command, env=env)
+        assert result.returncode != 0
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "postgresql://jobhook:***@127.0.0.1:1/jobhook" in lines[0] and "s3cret" not in result.stderr
+
+
+def test_purge_of_a_postgresql_database_before_it_is_migrated_says_to_migrate(pg: str) -> None:
+    line = one_line_error(run("purge", "--older-than", "30d", env={"JOBHOOK_DATABASE": pg}))
+    assert "jobhook migrate" in line
+    assert run("migrate", env={"JOBHOOK_DATABASE": pg}).returncode == 0
+    result = run("purge", "--older-than", "30d", "--dry-run", env={"JOBHOOK_DATABASE": pg})
+    assert result.returncode == 0, result.stderr
+    assert "no finished jobs to remove" in result.stdout

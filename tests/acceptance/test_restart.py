@@ -44,10 +44,10 @@ async def wait_all_finished(url: str, ids: list[str], timeout: float = 30) -> di
     raise AssertionError({job_id: job["status"] for job_id, job in jobs.items()})
 
 
-async def test_jobs_in_flight_finish_after_kill_9(tmp_path: Path, fake: FakeAivideoapi) -> None:
+async def test_jobs_in_flight_finish_after_kill_9(tmp_path: Path, database: str, fake: FakeAivideoapi) -> None:
     scripts = [TaskScript(), TaskScript(duplicates=1), TaskScript(drop_callback=True), TaskScript(outcome="failed")]
     fake.next_scripts = scripts * 2
-    service = ServeProcess(tmp_path, env_for(fake))
+    service = ServeProcess(tmp_path, env_for(fake), database=database)
     await service.start()
     try:
         async with httpx.AsyncClient(base_url=service.url) as client:
@@ -77,10 +77,12 @@ async def test_jobs_in_flight_finish_after_kill_9(tmp_path: Path, fake: FakeAivi
             service.stop()
 
 
-async def test_submission_cut_by_kill_9_is_never_resent(tmp_path: Path, fake: FakeAivideoapi) -> None:
+async def test_submission_cut_by_kill_9_is_never_resent(tmp_path: Path, database: str, fake: FakeAivideoapi) -> None:
     fake.create_responses = ["hang"]
     fake.next_scripts = [TaskScript(drop_callback=True)]
-    service = ServeProcess(tmp_path, env_for(fake, JOBHOOK_SUBMIT_TIMEOUT="1", JOBHOOK_JOB_TIMEOUT="6"))
+    service = ServeProcess(
+        tmp_path, env_for(fake, JOBHOOK_SUBMIT_TIMEOUT="1", JOBHOOK_JOB_TIMEOUT="6"), database=database
+    )
     await service.start()
     try:
         async with httpx.AsyncClient(base_url=service.url) as client:
@@ -102,13 +104,15 @@ async def test_submission_cut_by_kill_9_is_never_resent(tmp_path: Path, fake: Fa
     assert len(fake.creates) == 1
 
 
-async def test_synchronous_call_cut_by_kill_9_is_never_resent(tmp_path: Path) -> None:
+async def test_synchronous_call_cut_by_kill_9_is_never_resent(tmp_path: Path, database: str) -> None:
     from tests.fakes.segmind import FakeSegmind
 
     async with FakeSegmind(latency=0.1) as segmind:
         segmind.create_responses = ["hang"]
         env = {"JOBHOOK_SEGMIND_API_KEY": "sg-key", "JOBHOOK_SEGMIND_BASE_URL": segmind.base_url}
-        service = ServeProcess(tmp_path, {**env, "JOBHOOK_SUBMIT_TIMEOUT": "1", "JOBHOOK_SYNC_TIMEOUT": "30"})
+        service = ServeProcess(
+            tmp_path, {**env, "JOBHOOK_SUBMIT_TIMEOUT": "1", "JOBHOOK_SYNC_TIMEOUT": "30"}, database=database
+        )
         await service.start()
         try:
             async with httpx.AsyncClient(base_url=service.url) as client:
@@ -128,7 +132,7 @@ async def test_synchronous_call_cut_by_kill_9_is_never_resent(tmp_path: Path) ->
         assert len(segmind.calls) == 1
 
 
-async def test_notifications_owed_at_kill_9_are_delivered_once_after_restart(tmp_path: Path) -> None:
+async def test_notifications_owed_at_kill_9_are_delivered_once_after_restart(tmp_path: Path, database: str) -> None:
     from tests.fakes.sinks import notify_env, sinks
 
     async with sinks() as (slack, backend, smtp):
@@ -137,7 +141,7 @@ async def test_notifications_owed_at_kill_9_are_delivered_once_after_restart(tmp
             **notify_env(slack, backend, smtp, JOBHOOK_NOTIFY_RETRY_SCHEDULE="0,0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3"),
             "JOBHOOK_SIMULATOR_LATENCY": "0.2",
         }
-        service = ServeProcess(tmp_path, env)
+        service = ServeProcess(tmp_path, env, database=database)
         await service.start()
         try:
             async with httpx.AsyncClient(base_url=service.url) as client:

@@ -11,6 +11,7 @@ import httpx
 from tests.acceptance.harness import ServeProcess
 from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse, TaskScript
 from tests.fakes.sinks import WEBHOOK_SECRET, HTTPSink, SMTPSink
+from tests.postgres import PASSWORD as PG_PASSWORD
 from tests.rawhttp import RawConnection, request_bytes
 
 API_TOKEN = "tok-ABCDEF0123456789-never-print"
@@ -19,7 +20,7 @@ SIGNING_KEY = "signing-KEY-0011223344-never-print"
 SMTP_PASSWORD = "smtp-PASS-5566778899-never-print"
 
 
-async def test_a_full_run_prints_no_secret(tmp_path: Path) -> None:
+async def test_a_full_run_prints_no_secret(tmp_path: Path, database: str) -> None:
     async with (
         FakeAivideoapi(complete_after=0.2, callback_retry_delays=(0.0,)) as fake,
         HTTPSink() as slack,
@@ -46,7 +47,7 @@ async def test_a_full_run_prints_no_secret(tmp_path: Path) -> None:
         }
         fake.next_scripts = [TaskScript(), TaskScript(timestamp_offset=-3600), TaskScript(outcome="failed")]
         fake.create_responses = [ForcedResponse.error(402, "insufficient_credits")]
-        service = ServeProcess(tmp_path, env)
+        service = ServeProcess(tmp_path, env, database=database)
         await service.start()
         answers: list[str] = []
         try:
@@ -87,11 +88,12 @@ async def test_a_full_run_prints_no_secret(tmp_path: Path) -> None:
             "XXXXslack-hook-never-print",
             token,
             WEBHOOK_SECRET,
+            PG_PASSWORD,  # in JOBHOOK_DATABASE on PostgreSQL
         ):
             assert secret not in everything, f"{secret[:12]}… was printed"
 
 
-async def test_a_hostile_run_prints_no_secret(tmp_path: Path) -> None:
+async def test_a_hostile_run_prints_no_secret(tmp_path: Path, database: str) -> None:
     """Refusals of every kind, a provider quoting our key back, sign-in attempts: then every log line
     and every answer jobhook gave (events, listings, the stream, the dashboard) is grepped."""
     async with FakeAivideoapi(complete_after=0.2, callback_retry_delays=(0.0,)) as fake, HTTPSink() as slack:
@@ -110,7 +112,7 @@ async def test_a_hostile_run_prints_no_secret(tmp_path: Path) -> None:
         fake.create_responses = [ForcedResponse.error(401, "invalid_api_key", quoting)]
         fake.query_responses = [ForcedResponse.error(500, "internal_error", quoting)]
         fake.next_scripts = [TaskScript(drop_callback=True)]
-        service = ServeProcess(tmp_path, env)
+        service = ServeProcess(tmp_path, env, database=database)
         await service.start()
         answers: list[str] = []  # no callback token may be in these
         listings: list[str] = []  # these name the backend-submitted job's callback URL, by design
@@ -174,7 +176,7 @@ async def test_a_hostile_run_prints_no_secret(tmp_path: Path) -> None:
         log = service.log()
         assert "[redacted]" in log + "".join(answers)  # the provider did quote the key: it was scrubbed
         assert '"level":"warning"' in log
-        for secret in (API_TOKEN, API_KEY, SIGNING_KEY, "XXXXslack-hook-never-print", token):
+        for secret in (API_TOKEN, API_KEY, SIGNING_KEY, "XXXXslack-hook-never-print", token, PG_PASSWORD):
             assert secret not in log, f"{secret[:12]}… was logged"
             for answer in answers:
                 assert secret not in answer, f"{secret[:12]}… was in an answer: {answer[:200]}"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 from tests.conftest import Service
+from tests.postgres import query
 from tests.rawhttp import AUTO, request_bytes
 
 SIGNING_KEY = "hostile-tests-signing-key"  # JOBHOOK_SECRET of these services, so tests can sign as jobhook
@@ -82,12 +82,8 @@ async def assert_healthy(svc: Service) -> None:
 
 
 def receipts(svc: Service, job_id: str) -> dict[str, int]:
-    """event key → how many deliveries of it were recorded (read from the database file, read-only)."""
-    db = sqlite3.connect(f"file:{svc.settings.database}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT event_key, count FROM callback_receipts WHERE job_id = ?", (job_id,)).fetchall()
-    finally:
-        db.close()
+    """event key → how many deliveries of it were recorded (read from the database itself)."""
+    rows = query(svc.settings, "SELECT event_key, count FROM callback_receipts WHERE job_id = ?", (job_id,))
     return {str(key): int(count) for key, count in rows}
 
 

@@ -727,6 +727,7 @@ async def test_bearer_tokens(jobhook: ServiceFactory) -> None:
 # --- storage failure ------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # locks the SQLite file from another connection
 async def test_a_locked_database_answers_503_then_recovers(jobhook: ServiceFactory) -> None:
     async with jobhook(JOBHOOK_CALLBACK_GRACE="60") as svc:
         job = await svc.submit(provider="simulator", prompt="before the lock", submit=False)

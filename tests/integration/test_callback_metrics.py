@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import pytest
+
 from tests.conftest import ServiceFactory
 from tests.integration.hostile import callback_path, delivery_body, delivery_headers, metric
 
 DELIVERIES = "jobhook_callback_deliveries_total"
 
 
+@pytest.mark.sqlite_only  # locks the SQLite file from another connection
 async def test_a_503_delivery_is_counted_then_its_retry_accepted(jobhook: ServiceFactory) -> None:
     async with jobhook(JOBHOOK_CALLBACK_GRACE="600") as svc:
         job = await svc.submit(provider="simulator", prompt="a locked database", submit=False)

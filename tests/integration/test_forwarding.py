@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,7 +113,7 @@ async def test_rate_limited_destination_is_retried_after_its_retry_after(
 
 
 async def test_spent_schedule_is_dead_and_resend_delivers_it(
-    jobhook: ServiceFactory, receivers: Sinks, tmp_path: Path
+    jobhook: ServiceFactory, receivers: Sinks, database: str
 ) -> None:
     slack, backend, smtp = receivers
     backend.always = 500
@@ -125,10 +124,10 @@ async def test_spent_schedule_is_dead_and_resend_delivers_it(
         dead = await eventually(lambda: svc.runtime.store.outbox(status="dead"))
         assert [(row.destination, row.attempts) for row in dead] == [("webhook", 3)]
         assert len(backend.received) == 3
-        listing = run_cli("outbox", "--dead", database=svc.settings.database)
+        listing = run_cli("outbox", "--dead", database=database)
         assert "webhook" in listing and "dead" in listing
         backend.always = None
-        resent = run_cli("outbox", "resend", "--dead", database=svc.settings.database)
+        resent = run_cli("outbox", "resend", "--dead", database=database)
         assert "1 delivery queued again" in resent
         svc.runtime.outbox.wake()  # as the next tick would, within 15 s
         await eventually(lambda: backend.delivered())
@@ -234,12 +233,12 @@ async def test_low_credits_are_told_once_per_crossing(jobhook: ServiceFactory, r
             assert event["data"]["threshold"] == 20.0
 
 
-def run_cli(*args: str, database: Path) -> str:
+def run_cli(*args: str, database: str) -> str:
     import os
 
     result = subprocess.run(
         [sys.executable, "-m", "service", *args],
-        env={**os.environ, "JOBHOOK_DATABASE": str(database)},
+        env={**os.environ, "JOBHOOK_DATABASE": database},
         capture_output=True,
         text=True,
         timeout=60,

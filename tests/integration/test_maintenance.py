@@ -14,12 +14,16 @@ from typing import Any
 
 import pytest
 
+from service.config import Settings
 from service.domain.status import JobError, Observation, Status
 from service.ids import new_job_id
 from service.maintenance import MaintenanceError, PurgeReport, backup, parse_age, purge
 from service.media import MediaStore
 from service.store.base import NewJob, OutboxPolicy, SubmitKind, SubmitResult
-from service.store.sqlite import SQLiteStore, migrations
+from service.store.common import Store
+from service.store.engines import make_store
+from service.store.sqlite import migrations
+from tests.postgres import dump_database, query_database
 
 DAY = 86400.0
 T0 = 1_700_000_000.0  # when the old jobs ran
@@ -56,8 +60,9 @@ def accepted(task_id: str, observation: Observation | None = None, credits: floa
 
 
 @contextlib.asynccontextmanager
-async def opened(path: Path, clock: Clock, policy: OutboxPolicy | None = None) -> AsyncIterator[SQLiteStore]:
-    store = SQLiteStore(path, clock=clock, policy=policy)
+async def opened(path: Path | str, clock: Clock, policy: OutboxPolicy | None = None) -> AsyncIterator[Store]:
+    """The store of JOBHOOK_DATABASE `path`: a SQLite file, or (the purge tests) a PostgreSQL database."""
+    store = make_store(Settings.from_environ({"JOBHOOK_DATABASE": str(path)}), clock=clock, policy=policy)
     await store.open()
     try:
         yield store
@@ -65,14 +70,12 @@ async def opened(path: Path, clock: Clock, policy: OutboxPolicy | None = None) -
         await store.close()
 
 
-def rows(path: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return db.execute(sql, params).fetchall()
+def rows(path: Path | str, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    return query_database(str(path), sql, params)
 
 
-def dump(path: Path) -> list[str]:
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return list(db.iterdump())
+def dump(path: Path | str) -> list[str]:
+    return dump_database(str(path))
 
 
 def names(folder: Path) -> list[str]:
@@ -86,7 +89,7 @@ def files(root: Path) -> dict[str, int]:
 # -- backup ----------------------------------------------------------------------------------------
 
 
-async def fill(store: SQLiteStore, count: int) -> set[str]:
+async def fill(store: Store, count: int) -> set[str]:
     return {(await store.create_job(new_job(f"job {n}")))[0].id for n in range(count)}
 
 
@@ -237,8 +240,8 @@ def test_parse_age_refuses_zero_negative_and_garbage(text: str) -> None:
 class World:
     """A database with jobs of every kind, old (finished at T0) and recent, and their files."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.path = tmp_path / "jobhook.db"
+    def __init__(self, tmp_path: Path, database: str) -> None:
+        self.path = database
         self.media = MediaStore(tmp_path / "media")
         self.clock = Clock(T0)
         self.old: dict[str, str] = {}  # purgeable: id → status
@@ -260,7 +263,7 @@ class World:
             await store.log_refused("bad_token", {"ip": "203.0.113.10"})
             await self._deliver_all(store)
 
-    async def _completed(self, store: SQLiteStore, *, with_image: bool) -> str:
+    async def _completed(self, store: Store, *, with_image: bool) -> str:
         job, _ = await store.create_job(new_job())
         done = Observation(Status.COMPLETED, images=(f"https://cdn.example/{job.id}.png",))
         await store.record_submit(job.id, accepted(f"task-{job.id}", done))
@@ -270,7 +273,7 @@ class World:
             self.images[job.id] = held.bytes
         return job.id
 
-    async def _old_finished(self, store: SQLiteStore) -> None:
+    async def _old_finished(self, store: Store) -> None:
         for _ in range(3):  # completed by the submission's answer, with an image held
             self.old[await self._completed(store, with_image=True)] = "completed"
         # completed by a callback (a receipt), after a duplicate delivery
@@ -294,7 +297,7 @@ class World:
         assert expired.status is Status.TIMED_OUT
         self.old[job.id] = "timed_out"
 
-    async def _old_unfinished(self, store: SQLiteStore) -> None:
+    async def _old_unfinished(self, store: Store) -> None:
         """Queued, submitted and processing for 40 days, with no due work left: the status alone keeps them."""
         queued, _ = await store.create_job(new_job())
         submitted, _ = await store.create_job(new_job())
@@ -308,7 +311,7 @@ class World:
             assert (job := await store.get_job(job_id)) is not None and job.status == status
             self.kept[job_id] = status
 
-    async def _old_busy(self, store: SQLiteStore) -> None:
+    async def _old_busy(self, store: Store) -> None:
         # A completed job whose image download is still being retried.
         job_id = await self._completed(store, with_image=False)
         await store.reschedule(job_id, "mirror", "_mirror", T0 + 60, 1, ("mirror", "retry", {"attempt": 1}))
@@ -321,7 +324,7 @@ class World:
         self.kept[job.id] = "timed out, still polled"
         self.busy |= {job_id, job.id}
 
-    async def _deliver_all(self, store: SQLiteStore) -> None:
+    async def _deliver_all(self, store: Store) -> None:
         for row in await store.outbox(status="pending", limit=1000):
             await store.record_delivery(row.id, ok=True, status=200, error=None, next_attempt_at=None)
 
@@ -344,8 +347,8 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> World:
-    built = World(tmp_path)
+async def world(tmp_path: Path, database: str) -> World:
+    built = World(tmp_path, database)
     await built.build()
     return built
 
@@ -396,7 +399,8 @@ async def test_purge_removes_exactly_the_old_finished_jobs_and_all_they_own(worl
     assert rows(
         world.path, "SELECT COUNT(*) FROM outbox WHERE notification_id NOT IN (SELECT id FROM notifications)"
     ) == [(0,)]
-    assert rows(world.path, "PRAGMA foreign_key_check") == []
+    if not world.path.startswith("postgresql://"):  # PostgreSQL checks every foreign key as it goes
+        assert rows(world.path, "PRAGMA foreign_key_check") == []
     on_disk = {name.split("/")[0] for name in files(world.media.root)}
     assert on_disk.isdisjoint(world.old)
     assert on_disk == {job_id for job_id, why in world.kept.items() if why == "finished recently"}

@@ -66,11 +66,11 @@ async def test_metrics_count_what_happened(jobhook: ServiceFactory) -> None:
         assert value(samples, "jobhook_provider_callbacks_degraded", provider="simulator") == 0
         assert 0 <= value(samples, "jobhook_loop_heartbeat_age_seconds", loop="poller") < 60
         # Every write so far was committed, some perhaps several to one commit (group commit).
-        commits, writes = value(samples, "jobhook_sqlite_commits_total"), value(samples, "jobhook_sqlite_writes_total")
+        commits, writes = value(samples, "jobhook_store_commits_total"), value(samples, "jobhook_store_writes_total")
         assert 0 < commits <= writes
         # …and the time they took is counted where it was spent: statements in the loop, COMMITs in the thread.
-        assert value(samples, "jobhook_sqlite_write_seconds_total") > 0
-        assert value(samples, "jobhook_sqlite_commit_seconds_total") > 0
+        assert value(samples, "jobhook_store_write_seconds_total") > 0
+        assert value(samples, "jobhook_store_commit_seconds_total") > 0
         text = (await svc.client.get("/metrics")).text
         assert "secret-token-1" not in text
         assert "/callbacks/" not in text

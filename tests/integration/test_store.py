@@ -1,16 +1,20 @@
-"""The SQLite store on a real file: migrations, leases, the one-writer transactions."""
+"""The stores on a real database: migrations, leases, transactions that race (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from service.config import Settings
 from service.errors import SchemaTooNew
 from service.ids import new_job_id
-from service.store.base import NewJob
+from service.store.base import NewJob, TaskIdConflict
+from service.store.common import Store
+from service.store.engines import make_store
 from service.store.sqlite import SQLiteStore, _statements, migrations
 
 
@@ -74,28 +78,73 @@ async def test_a_database_newer_than_the_code_is_refused_by_name(tmp_path: Path)
         await store.open()
 
 
-async def test_concurrent_creates_with_one_idempotency_key_make_one_job(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "j.db")
-    await store.open()
+@pytest.fixture
+async def stores(database: str) -> AsyncIterator[list[Store]]:
+    """Three stores open on one database, as three replicas (or three processes on one SQLite file) hold."""
+    opened = [make_store(Settings.from_environ({"JOBHOOK_DATABASE": database})) for _ in range(3)]
+    for store in opened:
+        await store.open()
     try:
-        results = await asyncio.gather(*(store.create_job(new_job("same-key")) for _ in range(20)))
-        assert len({job.id for job, _ in results}) == 1
-        assert sum(created for _, created in results) == 1
+        yield opened
     finally:
-        await store.close()
+        for store in opened:
+            await store.close()
 
 
-async def test_claimed_rows_are_leased_and_come_due_again_when_the_lease_ends(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "j.db")
+async def test_concurrent_creates_with_one_idempotency_key_make_one_job(stores: list[Store]) -> None:
+    results = await asyncio.gather(*(stores[n % 3].create_job(new_job("same-key")) for n in range(30)))
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+async def test_claimed_rows_are_leased_and_come_due_again_when_the_lease_ends(stores: list[Store]) -> None:
+    store, other, _ = stores
+    job, _ = await store.create_job(new_job(lease=100.0))
+    first = await store.claim_due("aivideoapi", now=100.0, limit=10, lease_until=160.0)
+    assert [(d.job_id, d.kind) for d in first] == [(job.id, "submit")]
+    assert await other.claim_due("aivideoapi", now=150.0, limit=10, lease_until=210.0) == []
+    again = await other.claim_due("aivideoapi", now=161.0, limit=10, lease_until=220.0)
+    assert [(d.job_id, d.kind) for d in again] == [(job.id, "submit")]
+    assert await store.next_due_at("aivideoapi") == 220.0
+    assert await store.next_due_at("") == 9e9  # the deadline row, in its own lane
+
+
+async def test_due_rows_claimed_at_once_by_several_stores_go_to_one_each(stores: list[Store]) -> None:
+    created = [await stores[0].create_job(new_job(lease=100.0)) for _ in range(60)]
+    claims = await asyncio.gather(
+        *(stores[n % 3].claim_due("aivideoapi", now=100.0, limit=7, lease_until=500.0) for n in range(12))
+    )
+    claimed = [due.job_id for batch in claims for due in batch]
+    assert len(claimed) == len(set(claimed)) == 60  # every row once, none twice
+    assert set(claimed) == {job.id for job, _ in created}
+
+
+async def test_one_task_id_is_bound_to_one_job_whichever_store_binds_it(stores: list[Store]) -> None:
+    jobs = [(await stores[0].create_job(new_job(lease=None)))[0] for _ in range(6)]
+    results = await asyncio.gather(
+        *(stores[n % 3].bind_task_id(job.id, "task-shared", 9e9) for n, job in enumerate(jobs)),
+        return_exceptions=True,
+    )
+    bound = [result for result in results if not isinstance(result, BaseException)]
+    assert len(bound) == 1 and bound[0].provider_task_id == "task-shared"
+    assert all(isinstance(result, TaskIdConflict) for result in results if isinstance(result, BaseException))
+
+
+async def test_a_postgresql_write_blocked_by_a_lock_gives_up_as_a_storage_error(pg: str) -> None:
+    import psycopg
+
+    from service.errors import StorageError
+    from service.store.postgres import PostgresStore
+
+    store = PostgresStore(pg, lock_timeout=0.5)
     await store.open()
     try:
-        job, _ = await store.create_job(new_job(lease=100.0))
-        first = await store.claim_due("aivideoapi", now=100.0, limit=10, lease_until=160.0)
-        assert [(d.job_id, d.kind) for d in first] == [(job.id, "submit")]
-        assert await store.claim_due("aivideoapi", now=150.0, limit=10, lease_until=210.0) == []
-        again = await store.claim_due("aivideoapi", now=161.0, limit=10, lease_until=220.0)
-        assert [(d.job_id, d.kind) for d in again] == [(job.id, "submit")]
-        assert await store.next_due_at("aivideoapi") == 220.0
-        assert await store.next_due_at("") == 9e9  # the deadline row, in its own lane
+        job, _ = await store.create_job(new_job(lease=None))
+        with psycopg.connect(pg) as blocker:
+            blocker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
+            with pytest.raises(StorageError):
+                await store.note(job.id, "test", None, {})
+        await store.note(job.id, "test", "after", {})  # the lock gone, writes go through again
+        assert [e.outcome for e in await store.events(job.id) if e.type == "test"] == ["after"]
     finally:
         await store.close()

@@ -331,6 +331,12 @@ def test_rates_inside_unit_interval(variable: str, value: str, expected: float) 
     assert got == expected
 
 
+def test_the_simulator_of_another_replica() -> None:
+    assert settings().simulator.base_url is None  # this process's own
+    shared = settings(JOBHOOK_SIMULATOR_BASE_URL="http://jobhook-1:8000/simulator/").simulator
+    assert shared.base_url == "http://jobhook-1:8000/simulator"
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -341,6 +347,8 @@ def test_rates_inside_unit_interval(variable: str, value: str, expected: float) 
         ("JOBHOOK_SIMULATOR_SEED", "-1"),
         ("JOBHOOK_SIMULATOR_SEED", "x"),
         ("JOBHOOK_SIMULATOR_SEED", "1e3"),
+        ("JOBHOOK_SIMULATOR_BASE_URL", "replica-1:8000/simulator"),
+        ("JOBHOOK_SIMULATOR_BASE_URL", "ftp://replica-1/simulator"),
         ("JOBHOOK_LOG_FORMAT", "xml"),
         ("JOBHOOK_LOG_FORMAT", "texts"),
         ("JOBHOOK_SQLITE_SYNCHRONOUS", "OFF"),
@@ -519,3 +527,46 @@ def test_settings_repr_shows_no_secret() -> None:
     text = repr(s) + repr(s.providers) + str(s.secrets) + repr(s.api_tokens)
     for value in ("signing-key-1", "signing-key-2", "bearer-token-xyz", "sk-live-123456", "sg-abcdef"):
         assert value not in text
+
+
+# -- JOBHOOK_DATABASE: which engine ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "path"),
+    [
+        ("jobhook.db", Path("jobhook.db")),
+        ("/var/lib/jobhook/j.db", Path("/var/lib/jobhook/j.db")),
+        ("sqlite:///relative.db", Path("relative.db")),
+        ("sqlite:////var/lib/jobhook/j.db", Path("/var/lib/jobhook/j.db")),
+    ],
+)
+def test_a_path_or_a_sqlite_url_keeps_sqlite(raw: str, path: Path) -> None:
+    chosen = settings(JOBHOOK_DATABASE=raw)
+    assert chosen.database == path
+    assert chosen.database_url is None
+
+
+@pytest.mark.parametrize(
+    "raw", ["postgresql://jobhook:s3cret@db.internal:5432/jobhook", "postgres://db/jobhook", "postgresql:///jobhook"]
+)
+def test_a_postgresql_url_selects_postgresql_and_is_kept_secret(raw: str) -> None:
+    chosen = settings(JOBHOOK_DATABASE=raw)
+    assert chosen.database_url == raw
+    assert "s3cret" not in repr(chosen)
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("mysql://db/jobhook", "scheme 'mysql'"),
+        ("sqlite://", "sqlite:///path"),
+        ("sqlite://relative.db", "sqlite:///path"),
+        ("postgresql://db:notaport/jobhook", "not a valid PostgreSQL URL"),
+        ("postgresql://", "postgresql://user:password@host:5432/database"),
+    ],
+)
+def test_a_database_url_that_is_wrong_names_the_variable(raw: str, says: str) -> None:
+    error = error_for(JOBHOOK_DATABASE=raw)
+    assert_names(error, "JOBHOOK_DATABASE")
+    assert says in str(error)

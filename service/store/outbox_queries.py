@@ -1,4 +1,4 @@
-"""The SQLite store's outbox and provider-state operations (a mixin of SQLiteStore, same plumbing).
+"""The store's outbox and provider-state operations (a mixin of every engine's store, same plumbing).
 
 Rows are claimed with a lease, exactly like due work: a delivery cut short by a crash comes due again,
 with the same notification id, so that a receiver can drop what it has already seen.
@@ -6,7 +6,6 @@ with the same notification id, so that a receiver can drop what it has already s
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,14 +14,14 @@ import orjson
 from service.store.base import OutboxRow, StoredNotification
 
 if TYPE_CHECKING:
-    from service.store.sqlite import _Tx
+    from service.store.tx import Row, Tx
 
 T = TypeVar("T")
 
 _ROW = "SELECT o.*, n.type, n.job_id, n.provider FROM outbox o JOIN notifications n ON n.id = o.notification_id"
 
 
-def _row(row: sqlite3.Row) -> OutboxRow:
+def _row(row: Row) -> OutboxRow:
     return OutboxRow(
         id=row["id"],
         notification_id=row["notification_id"],
@@ -43,20 +42,20 @@ def _row(row: sqlite3.Row) -> OutboxRow:
 class OutboxQueries:
     if TYPE_CHECKING:
 
-        async def _write(self, work: Callable[[_Tx], T]) -> T: ...
+        async def _write(self, work: Callable[[Tx], T]) -> T: ...
 
-        async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]: ...
+        async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Row]: ...
 
     async def claim_outbox(self, destination: str, now: float, limit: int, lease_until: float) -> list[OutboxRow]:
         """Take up to `limit` pending deliveries to `destination` that are due, leased until `lease_until`."""
         if limit <= 0:
             return []
 
-        def write(tx: _Tx) -> list[OutboxRow]:
+        def write(tx: Tx) -> list[OutboxRow]:
             cursor = tx.execute(
                 "UPDATE outbox SET next_attempt_at = ? WHERE id IN ("
                 " SELECT id FROM outbox WHERE status = 'pending' AND destination = ? AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at LIMIT ?) RETURNING id",
+                f" ORDER BY next_attempt_at LIMIT ?{tx.dialect.skip_locked}) RETURNING id",
                 (lease_until, destination, now, limit),
             )
             ids = [row[0] for row in cursor.fetchall()]
@@ -95,7 +94,7 @@ class OutboxQueries:
     ) -> OutboxRow:
         """One attempt's outcome: delivered, due again at `next_attempt_at`, or dead (None)."""
 
-        def write(tx: _Tx) -> OutboxRow:
+        def write(tx: Tx) -> OutboxRow:
             current = tx.one(f"{_ROW} WHERE o.id = ?", (row_id,))
             assert current is not None
             attempt = current["attempts"] + 1
@@ -152,7 +151,7 @@ class OutboxQueries:
         stopped by a 410 resumes.
         """
 
-        def write(tx: _Tx) -> list[OutboxRow]:
+        def write(tx: Tx) -> list[OutboxRow]:
             if ids is None:
                 cursor = tx.execute("SELECT id FROM outbox WHERE status = 'dead'")
                 chosen = [row[0] for row in cursor.fetchall()]

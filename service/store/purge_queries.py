@@ -1,10 +1,9 @@
-"""The SQLite store's purge queries (a mixin of SQLiteStore): which finished jobs may go, and removing
+"""The store's purge queries (a mixin of every engine's store): which finished jobs may go, and removing
 them with every row they own. `service.maintenance.purge` drives them batch by batch.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -13,7 +12,7 @@ import orjson
 from service.store.base import PURGEABLE, PurgedRows
 
 if TYPE_CHECKING:
-    from service.store.sqlite import _Tx
+    from service.store.tx import Dialect, Row, Tx
 
 T = TypeVar("T")
 
@@ -26,16 +25,15 @@ _BUSY = (
     " OR EXISTS (SELECT 1 FROM notifications n JOIN outbox o ON o.notification_id = n.id"
     " WHERE n.job_id = jobs.id AND o.status = 'pending'))"
 )
-_IDS = "SELECT value FROM json_each(?1)"  # a batch's ids, as one JSON array parameter
 _CHOOSE = f"SELECT id, status FROM jobs WHERE {_OLD_FINISHED} AND id > ? AND NOT {_BUSY} ORDER BY id LIMIT ?"
 _PROVIDER_NOTIFICATIONS = (
-    "SELECT id FROM notifications WHERE job_id IS NULL AND created_at < ?1 AND NOT EXISTS"
+    "SELECT id FROM notifications WHERE job_id IS NULL AND created_at < ? AND NOT EXISTS"
     " (SELECT 1 FROM outbox WHERE outbox.notification_id = notifications.id AND outbox.status = 'pending')"
 )
 Chosen = list[tuple[str, str]]  # (job id, status)
 
 
-def _chosen(rows: Iterable[sqlite3.Row]) -> Chosen:
+def _chosen(rows: Iterable[Row]) -> Chosen:
     return [(str(row[0]), str(row[1])) for row in rows]
 
 
@@ -45,10 +43,11 @@ def _ids(job_ids: Sequence[str]) -> tuple[str]:
 
 class PurgeQueries:
     if TYPE_CHECKING:
+        dialect: Dialect
 
-        async def _write(self, work: Callable[[_Tx], T]) -> T: ...
+        async def _write(self, work: Callable[[Tx], T]) -> T: ...
 
-        async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]: ...
+        async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Row]: ...
 
     async def purgeable(self, cutoff: float, after: str, limit: int) -> Chosen:
         """The next `limit` jobs a purge may remove, by id after `after` (finished before `cutoff`, idle)."""
@@ -56,13 +55,14 @@ class PurgeQueries:
 
     async def count_job_rows(self, job_ids: Sequence[str]) -> PurgedRows:
         """What removing these jobs would remove with them."""
+        ids = self.dialect.json_ids  # a batch's ids, as one JSON array parameter
         rows = await self._read(
-            f"SELECT (SELECT COUNT(*) FROM job_events WHERE job_id IN ({_IDS})),"
-            f" (SELECT COUNT(*) FROM callback_receipts WHERE job_id IN ({_IDS})),"
-            f" (SELECT COUNT(*) FROM notifications WHERE job_id IN ({_IDS})),"
+            f"SELECT (SELECT COUNT(*) FROM job_events WHERE job_id IN ({ids})),"
+            f" (SELECT COUNT(*) FROM callback_receipts WHERE job_id IN ({ids})),"
+            f" (SELECT COUNT(*) FROM notifications WHERE job_id IN ({ids})),"
             f" (SELECT COUNT(*) FROM outbox WHERE notification_id IN"
-            f" (SELECT id FROM notifications WHERE job_id IN ({_IDS})))",
-            _ids(job_ids),
+            f" (SELECT id FROM notifications WHERE job_id IN ({ids})))",
+            _ids(job_ids) * 4,
         )
         events, receipts, notifications, deliveries = rows[0]
         return PurgedRows(events, receipts, notifications, deliveries)
@@ -72,20 +72,20 @@ class PurgeQueries:
         row they own, children first (the counts are these deletes' own; ON DELETE CASCADE would do the
         same, but would not say how many)."""
 
-        def write(tx: _Tx) -> tuple[Chosen, PurgedRows]:
+        def write(tx: Tx) -> tuple[Chosen, PurgedRows]:
             chosen = _chosen(tx.execute(_CHOOSE, (cutoff, after, limit)))
             if not chosen:
                 return chosen, PurgedRows()
-            batch = _ids([job_id for job_id, _ in chosen])
+            batch, ids = _ids([job_id for job_id, _ in chosen]), tx.dialect.json_ids
             deliveries = tx.execute(
-                f"DELETE FROM outbox WHERE notification_id IN (SELECT id FROM notifications WHERE job_id IN ({_IDS}))",
+                f"DELETE FROM outbox WHERE notification_id IN (SELECT id FROM notifications WHERE job_id IN ({ids}))",
                 batch,
             ).rowcount
-            notifications = tx.execute(f"DELETE FROM notifications WHERE job_id IN ({_IDS})", batch).rowcount
-            events = tx.execute(f"DELETE FROM job_events WHERE job_id IN ({_IDS})", batch).rowcount
-            receipts = tx.execute(f"DELETE FROM callback_receipts WHERE job_id IN ({_IDS})", batch).rowcount
-            tx.execute(f"DELETE FROM due WHERE job_id IN ({_IDS})", batch)  # none: busy jobs are not chosen
-            tx.execute(f"DELETE FROM jobs WHERE id IN ({_IDS})", batch)
+            notifications = tx.execute(f"DELETE FROM notifications WHERE job_id IN ({ids})", batch).rowcount
+            events = tx.execute(f"DELETE FROM job_events WHERE job_id IN ({ids})", batch).rowcount
+            receipts = tx.execute(f"DELETE FROM callback_receipts WHERE job_id IN ({ids})", batch).rowcount
+            tx.execute(f"DELETE FROM due WHERE job_id IN ({ids})", batch)  # none: busy jobs are not chosen
+            tx.execute(f"DELETE FROM jobs WHERE id IN ({ids})", batch)
             return chosen, PurgedRows(events, receipts, notifications, deliveries)
 
         return await self._write(write)
@@ -93,10 +93,10 @@ class PurgeQueries:
     async def count_old_rest(self, cutoff: float) -> tuple[PurgedRows, int]:
         """Provider notifications (no job) delivered before `cutoff`, and refused callbacks before it."""
         rows = await self._read(
-            f"SELECT (SELECT COUNT(*) FROM ({_PROVIDER_NOTIFICATIONS})),"
+            f"SELECT (SELECT COUNT(*) FROM ({_PROVIDER_NOTIFICATIONS}) AS chosen),"
             f" (SELECT COUNT(*) FROM outbox WHERE notification_id IN ({_PROVIDER_NOTIFICATIONS})),"
-            " (SELECT COUNT(*) FROM refused_callbacks WHERE at < ?1)",
-            (cutoff,),
+            " (SELECT COUNT(*) FROM refused_callbacks WHERE at < ?)",
+            (cutoff,) * 3,
         )
         notifications, deliveries, refused = rows[0]
         return PurgedRows(notifications=notifications, deliveries=deliveries), int(refused)
@@ -104,7 +104,7 @@ class PurgeQueries:
     async def delete_old_rest(self, cutoff: float) -> tuple[PurgedRows, int]:
         """Delete what `count_old_rest` counts, in one transaction."""
 
-        def write(tx: _Tx) -> tuple[PurgedRows, int]:
+        def write(tx: Tx) -> tuple[PurgedRows, int]:
             params = (cutoff,)
             deliveries = tx.execute(
                 f"DELETE FROM outbox WHERE notification_id IN ({_PROVIDER_NOTIFICATIONS})", params

@@ -1,0 +1,559 @@
+"""The store's named operations, written once for every engine (SQLite, PostgreSQL).
+
+Each operation that changes state is one transaction: a plain function of a `Tx` handed to the
+engine's `_write`, which returns only after COMMIT. Reads go through the engine's `_read` (and
+`_lookup_one` for a read by primary key). Listeners hear which jobs changed after each commit (for
+`?wait=N`, the dashboard's stream) and when notifications were queued (the outbox worker).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from service.domain import status as status_machine
+from service.domain.job import Event, Job
+from service.domain.status import FINAL, JobError, Observation, Source, Status
+from service.ids import job_id_floor
+from service.media import MediaFile
+from service.store.base import (
+    Applied,
+    CallbackResult,
+    Due,
+    NewJob,
+    OutboxPolicy,
+    ReceiptKind,
+    SubmitKind,
+    SubmitResult,
+    TaskIdConflict,
+    WriterStats,
+)
+from service.store.outbox_queries import OutboxQueries
+from service.store.purge_queries import PurgeQueries
+from service.store.tx import (
+    DEADLINE,
+    INTERNAL,
+    REFUSED_LOG_SIZE,
+    Dialect,
+    Listener,
+    Row,
+    Tx,
+    dumps,
+    job_from_row,
+    loads,
+    probe,
+)
+
+T = TypeVar("T")
+
+
+class Store(OutboxQueries, PurgeQueries, abc.ABC):
+    """jobhook's state; one subclass per engine provides the connections and the schema."""
+
+    dialect: Dialect
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        mirror_images: bool = False,
+        policy: OutboxPolicy | None = None,
+    ) -> None:
+        """`mirror_images`: a job completed with provider URLs gets a 'mirror' row in the same commit;
+        `policy`: which events go to the outbox, and the provider health thresholds."""
+        self.mirror_images = mirror_images
+        self.policy = policy or OutboxPolicy()
+        self.degraded: set[str] = set()
+        self._clock = clock
+        self._outbox_listeners: list[Callable[[], None]] = []
+        self._listeners: list[Listener] = []
+
+    # -- what each engine provides ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, and bring the schema up to date."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def migrate(self) -> int:
+        """Apply the migrations this database lacks; return the schema version."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    async def _write(self, work: Callable[[Tx], T]) -> T:
+        """Run `work` in a write transaction; return its value once committed (StorageError if not)."""
+
+    @abc.abstractmethod
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Row]: ...
+
+    async def _lookup_one(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
+        """A read by primary key; an engine may make it cheaper than `_read`."""
+        return await self._read(sql, params)
+
+    @property
+    def write_stats(self) -> WriterStats:
+        """How many commits, and how many writes they held."""
+        return WriterStats()
+
+    def _tx(self, db: Any) -> Tx:
+        return Tx(db, self._clock(), dialect=self.dialect, mirror_images=self.mirror_images, policy=self.policy)
+
+    # -- listeners ---------------------------------------------------------------------------------
+
+    def add_outbox_listener(self, wake: Callable[[], None]) -> None:
+        """`wake()` is called after every commit that queued notifications."""
+        self._outbox_listeners.append(wake)
+
+    def add_listener(self, listener: Listener) -> None:
+        """`listener(job_ids)` is called after every commit that changed those jobs."""
+        self._listeners.append(listener)
+
+    def _committed(self, tx: Tx) -> None:
+        """After a commit, in the event loop: tell whoever listens what it changed."""
+        for provider, degraded in tx.health.items():
+            (self.degraded.add if degraded else self.degraded.discard)(provider)
+        if tx.outbox_changed:
+            for wake in self._outbox_listeners:
+                wake()
+        if tx.changed:
+            changed = frozenset(tx.changed)
+            for listener in self._listeners:
+                listener(changed)
+
+    # -- secrets and health ------------------------------------------------------------------------
+
+    async def secret(self, generate: Callable[[], str]) -> str:
+        """The signing key kept in the database, made once on first use."""
+
+        def write(tx: Tx) -> str:
+            row = tx.one("SELECT value FROM meta WHERE key = 'secret'")
+            if row is not None:
+                return str(row["value"])
+            value = generate()
+            tx.execute("INSERT INTO meta (key, value) VALUES ('secret', ?)", (value,))
+            return value
+
+        return await self._write(write)
+
+    async def write_probe(self) -> None:
+        """A real write (readiness: the disk takes writes, the lock can be had)."""
+
+        def write(tx: Tx) -> None:
+            probe(tx.db)
+
+        return await self._write(write)
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    async def create_job(self, new: NewJob) -> tuple[Job, bool]:
+        """Insert a job, or return the one with the same idempotency key (created = False)."""
+
+        def write(tx: Tx) -> tuple[Job, bool]:
+            if new.idempotency_key is not None:
+                row = tx.one("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
+                if row is not None:
+                    return job_from_row(row), False
+            sending = new.submit_lease_until is not None
+            tx.execute(
+                "INSERT INTO jobs (id, provider, status, request, metadata, callback_url_registered, "
+                "submitted_by_backend, submit_state, submit_attempts, idempotency_key, request_hash, "
+                "created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new.id,
+                    new.provider,
+                    dumps(dict(new.request)),
+                    dumps(dict(new.metadata)) if new.metadata is not None else None,
+                    int(new.callback_url_registered),
+                    int(new.submitted_by_backend),
+                    "sending" if sending else None,
+                    1 if sending else 0,
+                    new.idempotency_key,
+                    new.request_hash,
+                    tx.now,
+                    tx.now,
+                ),
+            )
+            tx.schedule(new.id, DEADLINE, INTERNAL, new.deadline_at, 0)
+            if new.submit_lease_until is not None:
+                tx.schedule(new.id, "submit", new.provider, new.submit_lease_until, 0)
+            elif new.submit_at is not None:
+                tx.schedule(new.id, "submit", new.provider, new.submit_at, 0)
+            tx.event(
+                new.id,
+                "created",
+                None,
+                {"provider": new.provider, "submitted_by": "backend" if new.submitted_by_backend else "jobhook"},
+            )
+            return tx.job(new.id), True
+
+        return await self._write(write)
+
+    async def begin_submit(self, job_id: str, lease_until: float) -> Job | None:
+        """Mark a queued job's next attempt as in flight; None if it is no longer to be sent."""
+
+        def write(tx: Tx) -> Job | None:
+            job = tx.job(job_id)
+            if job.status is not Status.QUEUED or job.submit_state == "sending" or job.submitted_by_backend:
+                return None
+            tx.execute(
+                "UPDATE jobs SET submit_state = 'sending', submit_attempts = submit_attempts + 1, "
+                "updated_at = ? WHERE id = ?",
+                (tx.now, job_id),
+            )
+            tx.schedule(job_id, "submit", job.provider, lease_until, 0)
+            tx.changed.add(job_id)
+            return tx.job(job_id)
+
+        return await self._write(write)
+
+    async def record_submit(self, job_id: str, result: SubmitResult) -> Job:
+        """Write the outcome of a submission attempt (SPEC §3)."""
+
+        def write(tx: Tx) -> Job:
+            job = tx.job(job_id)
+            tx.event(job_id, "submit", str(result.kind), result.detail)
+            tx.credits(job.provider, result.credits_remaining, result.credits_exhausted)
+            if job.status is not Status.QUEUED:
+                # Decided already (a deadline, or a callback that bound it first): keep the record only.
+                return job
+            if result.kind is SubmitKind.ACCEPTED:
+                tx.unschedule(job_id, "submit")
+                fields: dict[str, Any] = {"status": "submitted", "submit_state": "done", "submitted_at": tx.now}
+                if result.task_id is not None:
+                    fields["provider_task_id"] = result.task_id
+                try:
+                    tx.update(job_id, **fields)
+                except tx.dialect.integrity_errors:
+                    raise TaskIdConflict(result.task_id) from None
+                tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit"})
+                if result.media:
+                    tx.update(job_id, media=dumps([media.to_json() for media in result.media]))
+                job = tx.job(job_id)
+                if result.observation is not None:
+                    tx.apply(job, result.observation, Source.SUBMIT, result.cost_usd)
+                    job = tx.job(job_id)
+                if not job.finished and result.first_poll_at is not None and job.provider_task_id:
+                    tx.schedule(job_id, "poll", job.provider, result.first_poll_at, 0)
+            elif result.kind in (SubmitKind.REJECTED, SubmitKind.FAILED):
+                error = result.error or JobError("provider_rejected", "the provider refused the job")
+                tx.update(
+                    job_id,
+                    status="failed",
+                    submit_state="done",
+                    error=dumps(error.to_json()),
+                    finished_at=tx.now,
+                    resolved_by="submit",
+                )
+                tx.event(job_id, "status", "failed", {"from": "queued", "by": "submit"})
+                tx.unschedule(job_id)
+                tx.notify("job.failed", job=tx.job(job_id))
+            elif result.kind is SubmitKind.RETRY:
+                tx.update(job_id, submit_state=None)
+                retry_at = result.retry_at if result.retry_at is not None else tx.now
+                tx.schedule(job_id, "submit", job.provider, retry_at, 0)
+            else:  # UNCERTAIN: never sent again; a callback may still bind it, the deadline ends it.
+                tx.update(job_id, status="submitted", submit_state="uncertain", submitted_at=tx.now)
+                tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit", "uncertain": True})
+                tx.unschedule(job_id, "submit")
+            return tx.job(job_id)
+
+        return await self._write(write)
+
+    async def record_poll(
+        self,
+        job_id: str,
+        observation: Observation | None,
+        detail: Mapping[str, Any],
+        *,
+        outcome: str,
+        next_poll: tuple[float, int] | None,
+        cost_if_completed: float | None = None,
+        confirming: bool = False,
+    ) -> Applied:
+        """Write one poll: what it saw (if anything), and when to poll next unless the job finished.
+
+        `confirming`: the poll that checks a bare webhook's claim; what it confirms is the callback's.
+        """
+
+        def write(tx: Tx) -> Applied:
+            job = tx.job(job_id)
+            decision = None
+            if confirming:
+                tx.unschedule(job_id, "confirm")
+            if observation is not None:
+                source = Source.CALLBACK if confirming else Source.POLL
+                decision = tx.apply(job, observation, source, cost_if_completed, record=("poll", outcome, detail))
+                job = tx.job(job_id)
+            else:
+                tx.event(job_id, "poll", outcome, detail)
+            if job.status in FINAL:
+                tx.unschedule(job_id)
+            elif next_poll is not None:
+                tx.schedule(job_id, "poll", job.provider, next_poll[0], next_poll[1])
+            else:
+                tx.unschedule(job_id, "poll")
+            return Applied(job, decision)
+
+        return await self._write(write)
+
+    async def record_callback(
+        self,
+        job_id: str,
+        event_key: str,
+        observation: Observation,
+        detail: Mapping[str, Any],
+        *,
+        bind_task_id: str | None,
+        cost_if_completed: float | None,
+        poll_if_bound: float | None = None,
+    ) -> CallbackResult:
+        """Write one genuine delivery: bind the task id if new, then apply it once per event key."""
+
+        def write(tx: Tx) -> CallbackResult:
+            job = tx.job(job_id)
+            if self._bind_from_callback(tx, job, bind_task_id):
+                job = tx.job(job_id)
+                if poll_if_bound is not None and not job.finished:
+                    tx.schedule(job_id, "poll", job.provider, poll_if_bound, 0)
+            if not tx.first_receipt(job_id, event_key, detail):
+                return CallbackResult(ReceiptKind.DUPLICATE, job, None)
+            tx.callback_came(job.provider)
+            decision = tx.apply(
+                job,
+                observation,
+                Source.CALLBACK,
+                cost_if_completed,
+                record=("callback", "accepted", {**detail, "event": event_key}),
+            )
+            return CallbackResult(ReceiptKind.ACCEPTED, tx.job(job_id), decision)
+
+        return await self._write(write)
+
+    async def record_claim(
+        self, job_id: str, event_key: str, detail: Mapping[str, Any], *, bind_task_id: str | None
+    ) -> ReceiptKind:
+        """A bare webhook (no headers to check): keep its receipt and schedule the poll that confirms it.
+
+        Nothing is applied from the claim itself; the confirming poll, due now, applies what it sees.
+        """
+
+        def write(tx: Tx) -> ReceiptKind:
+            job = tx.job(job_id)
+            self._bind_from_callback(tx, job, bind_task_id)
+            if not tx.first_receipt(job_id, event_key, detail):
+                if not job.finished:
+                    # An earlier copy's claim may have been refuted by its poll, and this one be true now:
+                    # confirm again (one pending 'confirm' row per job, however many copies come).
+                    tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
+                return ReceiptKind.DUPLICATE
+            tx.callback_came(job.provider)
+            tx.event(job_id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})
+            tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
+            return ReceiptKind.ACCEPTED
+
+        return await self._write(write)
+
+    async def record_media(self, job_id: str, held: Mapping[int, MediaFile], detail: Mapping[str, Any]) -> Job:
+        """Images jobhook now holds (index → file); the 'mirror' row is done."""
+
+        def write(tx: Tx) -> Job:
+            job = tx.job(job_id)
+            media: list[Any] = list(job.media) + [None] * max(0, job.image_count() - len(job.media))
+            for index, file in held.items():
+                media[index] = file.to_json()
+            tx.update(job_id, media=dumps(media))
+            tx.unschedule(job_id, "mirror")
+            tx.event(job_id, "mirror", "done", {**detail, "images": sorted(held)})
+            return tx.job(job_id)
+
+        return await self._write(write)
+
+    async def reschedule(
+        self, job_id: str, kind: str, lane: str, due_at: float, attempt: int, event: tuple[str, str, Mapping[str, Any]]
+    ) -> None:
+        """Try `kind` again at `due_at` (attempt number `attempt`), recording why."""
+
+        def write(tx: Tx) -> None:
+            tx.job(job_id)
+            tx.schedule(job_id, kind, lane, due_at, attempt)
+            tx.event(job_id, *event)
+
+        return await self._write(write)
+
+    def _bind_from_callback(self, tx: Tx, job: Job, task_id: str | None) -> bool:
+        """A genuine callback names its task: bind the job to it if it has none yet (True if bound)."""
+        if task_id is None or job.provider_task_id == task_id:
+            return False
+        if job.provider_task_id is not None:
+            raise TaskIdConflict(task_id)
+        self._bind(tx, job, task_id, by="callback")
+        return True
+
+    def _bind(self, tx: Tx, job: Job, task_id: str, *, by: str) -> None:
+        other = tx.one(
+            "SELECT id FROM jobs WHERE provider = ? AND provider_task_id = ? AND id != ?",
+            (job.provider, task_id, job.id),
+        )
+        if other is not None:
+            raise TaskIdConflict(task_id)
+        fields: dict[str, Any] = {"provider_task_id": task_id, "submit_state": "done"}
+        if job.submitted_at is None:
+            fields["submitted_at"] = tx.now
+        if job.status is Status.QUEUED:
+            fields["status"] = "submitted"
+        tx.update(job.id, **fields)
+        tx.event(job.id, "bound", None, {"provider_task_id": task_id, "by": by})
+        if job.status is Status.QUEUED:
+            tx.event(job.id, "status", "submitted", {"from": "queued", "by": by})
+
+    async def bind_task_id(self, job_id: str, task_id: str, first_poll_at: float) -> Job:
+        """`PATCH /v1/jobs/{id}`: the backend says which task it created. Idempotent for the same id."""
+
+        def write(tx: Tx) -> Job:
+            job = tx.job(job_id)
+            if job.provider_task_id == task_id:
+                return job
+            if job.provider_task_id is not None:
+                raise TaskIdConflict(task_id)
+            self._bind(tx, job, task_id, by="backend")
+            job = tx.job(job_id)
+            if not job.finished:
+                tx.schedule(job_id, "poll", job.provider, first_poll_at, 0)
+            return job
+
+        return await self._write(write)
+
+    async def expire(self, job_id: str) -> Job:
+        """The job's deadline (JOBHOOK_JOB_TIMEOUT) has come: time it out, unless it is finished."""
+
+        def write(tx: Tx) -> Job:
+            job = tx.job(job_id)
+            tx.unschedule(job_id, DEADLINE)
+            verdict = status_machine.on_deadline(job.status, has_task_id=job.provider_task_id is not None)
+            if verdict is None:
+                return job
+            new_status, error = verdict
+            tx.update(job_id, status=str(new_status), error=dumps(error.to_json()), finished_at=tx.now)
+            tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
+            if new_status in FINAL:
+                tx.unschedule(job_id)
+            expired = tx.job(job_id)
+            tx.notify(f"job.{new_status}", job=expired)
+            return expired
+
+        return await self._write(write)
+
+    async def note(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
+        """Record an event that changes nothing else (a refused delivery, a stopped poll, …)."""
+
+        def write(tx: Tx) -> None:
+            tx.event(job_id, type_, outcome, detail)
+
+        return await self._write(write)
+
+    async def unschedule(self, job_id: str, kind: str) -> None:
+
+        def write(tx: Tx) -> None:
+            tx.unschedule(job_id, kind)
+
+        return await self._write(write)
+
+    async def log_refused(self, code: str, detail: Mapping[str, Any]) -> None:
+        """A delivery refused before any job could be named: kept in a bounded log."""
+
+        def write(tx: Tx) -> None:
+            tx.execute(
+                "INSERT INTO refused_callbacks (at, code, detail) VALUES (?, ?, ?)",
+                (tx.now, code, dumps(dict(detail))),
+            )
+            tx.execute(
+                "DELETE FROM refused_callbacks WHERE id <= (SELECT MAX(id) FROM refused_callbacks) - ?",
+                (REFUSED_LOG_SIZE,),
+            )
+
+        return await self._write(write)
+
+    async def refused_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._read("SELECT * FROM refused_callbacks ORDER BY id DESC LIMIT ?", (limit,))
+        return [{"at": row["at"], "code": row["code"], "detail": loads(row["detail"])} for row in rows]
+
+    # -- due work ----------------------------------------------------------------------------------
+
+    async def claim_due(self, provider: str, now: float, limit: int, lease_until: float) -> list[Due]:
+        """Take up to `limit` due rows of `provider`, pushing their due time to `lease_until`."""
+        if limit <= 0:
+            return []
+
+        def write(tx: Tx) -> list[Row]:
+            cursor = tx.execute(
+                "UPDATE due SET due_at = ? WHERE (job_id, kind) IN ("
+                " SELECT job_id, kind FROM due WHERE provider = ? AND due_at <= ? ORDER BY due_at LIMIT ?"
+                f"{tx.dialect.skip_locked}) RETURNING job_id, kind, provider, attempt",
+                (lease_until, provider, now, limit),
+            )
+            return cursor.fetchall()
+
+        rows = await self._write(write)
+        return [Due(row["job_id"], row["kind"], row["provider"], lease_until, row["attempt"]) for row in rows]
+
+    async def next_due_at(self, provider: str) -> float | None:
+        rows = await self._read("SELECT MIN(due_at) FROM due WHERE provider = ?", (provider,))
+        value = rows[0][0] if rows else None
+        return float(value) if value is not None else None
+
+    async def due_for(self, job_id: str) -> list[Due]:
+        rows = await self._read("SELECT * FROM due WHERE job_id = ? ORDER BY due_at", (job_id,))
+        return [Due(row["job_id"], row["kind"], row["provider"], row["due_at"], row["attempt"]) for row in rows]
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        rows = await self._lookup_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return job_from_row(rows[0]) if rows else None
+
+    async def list_jobs(
+        self, *, status: str | None, provider: str | None, before_id: str | None, limit: int
+    ) -> list[Job]:
+        """Newest first; `before_id` is the last id of the previous page (keyset pagination)."""
+        clauses, params = [], []
+        for column, value in (("status", status), ("provider", provider)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if before_id is not None:
+            clauses.append("id < ?")
+            params.append(before_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._read(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [job_from_row(row) for row in rows]
+
+    async def events(self, job_id: str) -> list[Event]:
+        rows = await self._read("SELECT * FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
+        return [
+            Event(row["id"], row["job_id"], row["at"], row["type"], row["outcome"], loads(row["detail"]))
+            for row in rows
+        ]
+
+    async def usage_since(self, timestamp: float) -> dict[str, dict[str, Any]]:
+        """Jobs created since `timestamp` per provider, and what they cost (ids are time-ordered)."""
+        rows = await self._read(
+            "SELECT provider, COUNT(*), COALESCE(SUM(cost_usd), 0) FROM jobs WHERE id >= ? GROUP BY provider",
+            (job_id_floor(timestamp),),
+        )
+        return {row[0]: {"jobs": row[1], "cost_usd": round(row[2], 4)} for row in rows}
+
+    async def job_counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (provider, status), kept by triggers in the same transactions as the jobs."""
+        rows = await self._read("SELECT provider, status, n FROM job_counts")
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {row[0]: row[1] for row in rows}

@@ -1,0 +1,330 @@
+"""One write transaction, engine-neutral: the SQL every engine shares, and the few words it does not.
+
+The store's named operations (service.store.common) are plain functions of a `Tx`: they run whole on
+whichever connection the engine hands them (SQLite's one writer, or a PostgreSQL connection of the
+pool), so that the rules they write — dedupe, the status machine, the outbox in the same transaction
+— are one piece of code on every engine. Parameters are `?` placeholders; an engine whose driver
+wants another style translates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
+
+import orjson
+
+from service.domain import status as status_machine
+from service.domain.job import Job
+from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
+from service.ids import new_message_id
+from service.store.base import JobNotFound, OutboxPolicy
+
+REFUSED_LOG_SIZE = 1000
+DEADLINE = "deadline"
+# The `provider` column of due rows is the lane that bounds how many run at once: a provider's name,
+# or one of these for work that calls no provider.
+INTERNAL = ""  # deadlines
+MIRROR = "_mirror"  # downloads of completed images
+# The due work that follows a job until it is final; mirroring outlives it.
+TRACKING_KINDS = ("submit", "poll", "deadline", "confirm")
+
+Listener = Callable[[frozenset[str]], None]
+
+
+class Row(Protocol):
+    """A result row by position or by column name (sqlite3.Row, and the PostgreSQL store's rows)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    def execute(self, sql: str, parameters: Any = (), /) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialect:
+    """What differs between the engines in the SQL they share."""
+
+    name: str
+    # A write's constraint violations (a task id bound twice, …), as the driver raises them.
+    integrity_errors: tuple[type[BaseException], ...]
+    # Appended to the read of a row the transaction will change: another writer waits for it.
+    lock_row: str = ""
+    # Appended to the choice of rows to claim (due work, deliveries): rows another claims are skipped.
+    skip_locked: str = ""
+    # A subquery that makes one JSON-array parameter rows of text (a batch of ids).
+    json_ids: str = "SELECT value FROM json_each(?)"
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def job_from_row(row: Row) -> Job:
+    return Job(
+        id=row["id"],
+        provider=row["provider"],
+        status=Status(row["status"]),
+        request=loads(row["request"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        provider_task_id=row["provider_task_id"],
+        metadata=loads(row["metadata"]),
+        images=tuple(loads(row["images"]) or ()),
+        error=JobError.from_json(loads(row["error"])),
+        resolved_by=row["resolved_by"],
+        callback_url_registered=bool(row["callback_url_registered"]),
+        submitted_by_backend=bool(row["submitted_by_backend"]),
+        submitted_at=row["submitted_at"],
+        finished_at=row["finished_at"],
+        cost_usd=row["cost_usd"],
+        submit_state=row["submit_state"],
+        submit_attempts=row["submit_attempts"],
+        media=tuple(loads(row["media"]) or ()),
+        idempotency_key=row["idempotency_key"],
+        request_hash=row["request_hash"],
+    )
+
+
+class Tx:
+    """One open write transaction: a thin veneer that remembers which jobs it changed."""
+
+    def __init__(
+        self, db: Connection, now: float, *, dialect: Dialect, mirror_images: bool, policy: OutboxPolicy
+    ) -> None:
+        self.db = db
+        self.dialect = dialect
+        self.now = now
+        self.mirror_images = mirror_images
+        self.policy = policy
+        self.changed: set[str] = set()
+        self.outbox_changed = False
+        self.health: dict[str, bool] = {}  # provider → degraded, for what this transaction changed
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
+        return self.db.execute(sql, tuple(params))
+
+    def one(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        row: Row | None = self.db.execute(sql, tuple(params)).fetchone()
+        return row
+
+    def job(self, job_id: str) -> Job:
+        row = self.one(f"SELECT * FROM jobs WHERE id = ?{self.dialect.lock_row}", (job_id,))
+        if row is None:
+            raise JobNotFound(job_id)
+        return job_from_row(row)
+
+    def event(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
+        self.execute(
+            "INSERT INTO job_events (job_id, at, type, outcome, detail) VALUES (?, ?, ?, ?, ?)",
+            (job_id, self.now, type_, outcome, dumps(dict(detail))),
+        )
+        self.changed.add(job_id)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = self.now
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+        self.changed.add(job_id)
+
+    def schedule(self, job_id: str, kind: str, provider: str, due_at: float, attempt: int) -> None:
+        self.execute(
+            "INSERT INTO due (job_id, kind, provider, due_at, attempt) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (job_id, kind) DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt",
+            (job_id, kind, provider, due_at, attempt),
+        )
+
+    def unschedule(self, job_id: str, *kinds: str) -> None:
+        """Drop the job's due rows of `kinds`; by default those that track it (not its mirroring)."""
+        kinds = kinds or TRACKING_KINDS
+        marks = ", ".join("?" for _ in kinds)
+        self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *kinds))
+
+    def wants(self, type_: str) -> bool:
+        """Does any destination want events of this type?"""
+        if not self.policy.destinations:
+            return False
+        return not type_.startswith("job.") or type_.removeprefix("job.") in self.policy.notify_on
+
+    def notify(
+        self,
+        type_: str,
+        *,
+        job: Job | None = None,
+        provider: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """An event for every configured destination, in this transaction (the outbox pattern)."""
+        if not self.wants(type_):
+            return
+        policy = self.policy
+        notification_id = new_message_id()
+        payload = {"job": job.to_json(base_url=policy.base_url)} if job is not None else {"detail": dict(detail or {})}
+        self.execute(
+            "INSERT INTO notifications (id, type, job_id, provider, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                notification_id,
+                type_,
+                job.id if job is not None else None,
+                provider or (job.provider if job is not None else None),
+                dumps(payload),
+                self.now,
+            ),
+        )
+        for destination in policy.destinations:
+            self.execute(
+                "INSERT INTO outbox (notification_id, destination, status, next_attempt_at, created_at, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?, ?)",
+                (notification_id, destination, self.now, self.now, self.now),
+            )
+        if job is not None:
+            detail_out = {"type": type_, "id": notification_id, "destinations": list(policy.destinations)}
+            self.event(job.id, "notification", "queued", detail_out)
+        self.outbox_changed = True
+
+    def first_receipt(self, job_id: str, event_key: str, detail: Mapping[str, Any]) -> bool:
+        """Is this the first delivery of this event for this job? A repeat is counted and recorded."""
+        count = self.execute(
+            "INSERT INTO callback_receipts (job_id, event_key, first_at, last_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (job_id, event_key) DO UPDATE SET count = callback_receipts.count + 1, last_at = excluded.last_at "
+            "RETURNING count",
+            (job_id, event_key, self.now, self.now),
+        ).fetchone()[0]
+        if count == 1:
+            return True
+        self.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
+        return False
+
+    def provider_state(self, provider: str) -> Row:
+        self.execute(
+            "INSERT INTO provider_state (provider, updated_at) VALUES (?, ?) ON CONFLICT (provider) DO NOTHING",
+            (provider, self.now),
+        )
+        row = self.one(f"SELECT * FROM provider_state WHERE provider = ?{self.dialect.lock_row}", (provider,))
+        assert row is not None
+        return row
+
+    def finished_by_polling(self, provider: str) -> None:
+        """A job with a registered callback had to be finished by a poll: one more in a row."""
+        state = self.provider_state(provider)
+        in_a_row = state["polled_in_a_row"] + 1
+        degrade = in_a_row >= self.policy.degraded_after and not state["degraded"]
+        self.execute(
+            "UPDATE provider_state SET polled_in_a_row = ?, degraded = ?, updated_at = ? WHERE provider = ?",
+            (in_a_row, int(degrade or bool(state["degraded"])), self.now, provider),
+        )
+        if degrade:
+            self.health[provider] = True
+            self.notify("provider.callbacks_degraded", provider=provider, detail={"polled_in_a_row": in_a_row})
+
+    def callback_came(self, provider: str) -> None:
+        """A genuine callback: the run of polled jobs ends, and a degraded provider recovers."""
+        state = self.one(
+            "SELECT degraded FROM provider_state WHERE provider = ? AND (polled_in_a_row > 0 OR degraded != 0)",
+            (provider,),
+        )
+        if state is None:  # the usual case: nothing to reset (no row at all means the same)
+            return
+        self.execute(
+            "UPDATE provider_state SET polled_in_a_row = 0, degraded = 0, updated_at = ? WHERE provider = ?",
+            (self.now, provider),
+        )
+        if state["degraded"]:
+            self.health[provider] = False
+            self.notify("provider.callbacks_recovered", provider=provider, detail={})
+
+    def credits(self, provider: str, remaining: float | None, exhausted: bool) -> None:
+        """A provider's balance: `provider.credits_low` once per crossing below the threshold."""
+        if remaining is None and not exhausted:
+            return
+        state = self.provider_state(provider)
+        low = exhausted or (remaining is not None and remaining < self.policy.credits_low)
+        self.execute(
+            "UPDATE provider_state SET credits = COALESCE(?, credits), credits_low = ?, updated_at = ? WHERE provider = ?",
+            (remaining, int(low), self.now, provider),
+        )
+        if low and not state["credits_low"]:
+            detail = {"credits": remaining, "threshold": self.policy.credits_low, "exhausted": exhausted}
+            self.notify("provider.credits_low", provider=provider, detail=detail)
+
+    def apply(
+        self,
+        job: Job,
+        observation: Observation,
+        source: Source,
+        cost_if_completed: float | None,
+        *,
+        record: tuple[str, str | None, Mapping[str, Any]] | None = None,
+    ) -> status_machine.Decision:
+        """Run the status machine on `job` and write what it decides (SPEC §2).
+
+        `record` is the event that brought the observation (type, outcome, detail); it is written
+        first, with the decision's effect, so that a job's history reads cause before consequence.
+        """
+        decision = status_machine.apply(job.status, observation)
+        if record is not None:
+            type_, outcome, detail = record
+            self.event(job.id, type_, outcome, {**detail, "effect": str(decision.outcome)})
+        if decision.applied:
+            fields: dict[str, Any] = {"status": str(decision.status)}
+            if observation.images:
+                fields["images"] = dumps(list(observation.images))
+            if decision.status is Status.FAILED:
+                error = observation.error or JobError("provider_failed", "the provider reported the job failed")
+                fields["error"] = dumps(error.to_json())
+            elif decision.status is Status.COMPLETED:
+                fields["error"] = None
+                fields["cost_usd"] = cost_if_completed
+            if decision.status in FINAL:
+                fields["finished_at"] = self.now
+                fields["resolved_by"] = str(source)
+            if job.submitted_at is None:
+                fields["submitted_at"] = self.now
+            self.update(job.id, **fields)
+            self.event(job.id, "status", str(decision.status), {"from": str(job.status), "by": str(source)})
+            if decision.status in FINAL:
+                self.unschedule(job.id)
+                if self.wants(f"job.{decision.status}"):
+                    self.notify(f"job.{decision.status}", job=self.job(job.id))
+                if source is Source.POLL and job.callback_url_registered:
+                    self.finished_by_polling(job.provider)
+            if decision.status is Status.COMPLETED and observation.images and self.mirror_images:
+                self.schedule(job.id, "mirror", MIRROR, self.now, 0)
+        elif decision.outcome is Outcome.CONFLICT:
+            self.event(
+                job.id,
+                "conflict",
+                str(observation.status),
+                {"kept": str(job.status), "reported": str(observation.status), "by": str(source)},
+            )
+        return decision
+
+
+def probe(db: Connection) -> None:
+    """A write that changes nothing that matters (readiness, and burying a failed commit)."""
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('probe', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (repr(time.time()),),
+    )
