@@ -20,12 +20,13 @@ trap 'rm -rf "$tmp"' EXIT
 
 # Placeholders for everything the files expect from their environment; never real values.
 cp deploy/jobhook.env.example "$tmp/jobhook.env"
+echo JOBHOOK_PG_PASSWORD=placeholder >> "$tmp/jobhook.env"
 printf '%s\n' LITESTREAM_BUCKET=jobhook-backups LITESTREAM_ENDPOINT= LITESTREAM_REGION=us-east-1 \
     LITESTREAM_ACCESS_KEY_ID=placeholder LITESTREAM_SECRET_ACCESS_KEY=placeholder > "$tmp/litestream.env"
 
 # ---- docker compose ------------------------------------------------------------------------------
 if command -v docker > /dev/null 2>&1 && docker compose version > /dev/null 2>&1; then
-    for files in "deploy/compose.yaml" "deploy/compose.yaml deploy/compose.litestream.yaml"; do
+    for files in "deploy/compose.yaml" "deploy/compose.yaml deploy/compose.litestream.yaml" "deploy/compose.postgresql.yaml"; do
         args=()
         for f in $files; do args+=(-f "$f"); done
         if out="$(JOBHOOK_ENV_FILE="$tmp/jobhook.env" LITESTREAM_ENV_FILE="$tmp/litestream.env" \
@@ -38,7 +39,7 @@ if command -v docker > /dev/null 2>&1 && docker compose version > /dev/null 2>&1
 elif command -v check-jsonschema > /dev/null 2>&1; then
     skip "docker compose config (no compose plugin); checking against the Compose schema instead"
     if out="$(check-jsonschema --builtin-schema vendor.compose-spec \
-        deploy/compose.yaml deploy/compose.litestream.yaml 2>&1)"; then
+        deploy/compose.yaml deploy/compose.litestream.yaml deploy/compose.postgresql.yaml 2>&1)"; then
         pass "compose files match the Compose specification schema"
     else
         fail "compose schema"$'\n'"$out"
