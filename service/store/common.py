@@ -350,8 +350,9 @@ class Store(OutboxQueries, PurgeQueries, abc.ABC):
             if not tx.first_receipt(job_id, event_key, detail):
                 if not job.finished:
                     # An earlier copy's claim may have been refuted by its poll, and this one be true now:
-                    # confirm again (one pending 'confirm' row per job, however many copies come).
-                    tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
+                    # confirm again. A 'confirm' row still there (due, or leased by a poll in flight, which
+                    # was sent after the first copy came) already answers this copy: one query, not two.
+                    tx.schedule(job_id, "confirm", job.provider, tx.now, 0, replace=False)
                 return ReceiptKind.DUPLICATE
             tx.callback_came(job.provider)
             tx.event(job_id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})

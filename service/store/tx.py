@@ -149,10 +149,15 @@ class Tx:
         self.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
         self.changed.add(job_id)
 
-    def schedule(self, job_id: str, kind: str, provider: str, due_at: float, attempt: int) -> None:
+    def schedule(
+        self, job_id: str, kind: str, provider: str, due_at: float, attempt: int, *, replace: bool = True
+    ) -> None:
+        """Make `kind` due for the job at `due_at`; `replace=False` keeps a row already there (pending or
+        leased by a worker that is doing it now)."""
+        on_conflict = "DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt" if replace else "DO NOTHING"
         self.execute(
             "INSERT INTO due (job_id, kind, provider, due_at, attempt) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (job_id, kind) DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt",
+            f"ON CONFLICT (job_id, kind) {on_conflict}",
             (job_id, kind, provider, due_at, attempt),
         )
 

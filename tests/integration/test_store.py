@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from service.config import Settings
 from service.errors import SchemaTooNew
 from service.ids import new_job_id
-from service.store.base import NewJob, TaskIdConflict
+from service.store.base import NewJob, ReceiptKind, TaskIdConflict
 from service.store.common import Store
 from service.store.engines import make_store
 from service.store.sqlite import SQLiteStore, _statements, migrations
@@ -128,6 +129,29 @@ async def test_one_task_id_is_bound_to_one_job_whichever_store_binds_it(stores: 
     bound = [result for result in results if not isinstance(result, BaseException)]
     assert len(bound) == 1 and bound[0].provider_task_id == "task-shared"
     assert all(isinstance(result, TaskIdConflict) for result in results if isinstance(result, BaseException))
+
+
+async def tracking(store: Store, job_id: str) -> list[tuple[str, float]]:
+    """The job's due rows but its deadline, soonest first."""
+    return [(due.kind, due.due_at) for due in await store.due_for(job_id) if due.kind != "deadline"]
+
+
+async def test_a_copy_of_a_bare_webhook_leaves_a_confirming_poll_in_flight_alone(stores: list[Store]) -> None:
+    store, other, _ = stores
+    job, _ = await store.create_job(new_job(lease=None))
+    assert await store.record_claim(job.id, "status.completed", {}, bind_task_id="task-1") is ReceiptKind.ACCEPTED
+    now = time.time() + 1
+    [confirm] = await store.claim_due("aivideoapi", now=now, limit=10, lease_until=now + 60)
+    assert confirm.kind == "confirm"
+    # A copy comes while that poll is out: its claim is the same, and the poll was sent after the first.
+    assert await other.record_claim(job.id, "status.completed", {}, bind_task_id="task-1") is ReceiptKind.DUPLICATE
+    assert await tracking(store, job.id) == [("confirm", now + 60)]
+    assert await other.claim_due("aivideoapi", now=now + 1, limit=10, lease_until=now + 61) == []
+    # The poll refutes the claim (the job still runs); a later copy may be true now: it is confirmed again.
+    await store.record_poll(job.id, None, {}, outcome="error", next_poll=(now + 600, 1), confirming=True)
+    assert await tracking(store, job.id) == [("poll", now + 600)]
+    assert await other.record_claim(job.id, "status.completed", {}, bind_task_id="task-1") is ReceiptKind.DUPLICATE
+    assert [kind for kind, _ in await tracking(store, job.id)] == ["confirm", "poll"]
 
 
 async def test_a_postgresql_write_blocked_by_a_lock_gives_up_as_a_storage_error(pg: str) -> None:
