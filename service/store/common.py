@@ -551,9 +551,10 @@ class Store(OutboxQueries, PurgeQueries, abc.ABC):
         return {row[0]: {"jobs": row[1], "cost_usd": round(row[2], 4)} for row in rows}
 
     async def job_counts(self) -> dict[tuple[str, str], int]:
-        """Jobs per (provider, status), kept by triggers in the same transactions as the jobs."""
-        rows = await self._read("SELECT provider, status, n FROM job_counts")
-        return {(row[0], row[1]): row[2] for row in rows}
+        """Jobs per (provider, status), kept by triggers in the same transactions as the jobs (on
+        PostgreSQL in shards, summed here)."""
+        rows = await self._read("SELECT provider, status, SUM(n) FROM job_counts GROUP BY provider, status")
+        return {(row[0], row[1]): int(row[2]) for row in rows}
 
     async def counts(self) -> dict[str, int]:
         rows = await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
+from service.domain.status import Observation, Status
 from service.errors import SchemaTooNew
 from service.ids import new_job_id
 from service.store.base import NewJob, ReceiptKind, TaskIdConflict
@@ -131,6 +132,24 @@ async def test_one_task_id_is_bound_to_one_job_whichever_store_binds_it(stores: 
     assert all(isinstance(result, TaskIdConflict) for result in results if isinstance(result, BaseException))
 
 
+async def test_job_counts_stay_exact_under_status_changes_from_every_store(stores: list[Store]) -> None:
+    jobs = [(await stores[n % 3].create_job(new_job(lease=None)))[0] for n in range(45)]
+    done = Observation(Status.COMPLETED, images=("https://files.invalid/a.png",))
+    failed = Observation(Status.FAILED)
+    await asyncio.gather(
+        *(
+            stores[n % 3].record_callback(
+                job.id, "final", done if n % 5 else failed, {}, bind_task_id=f"task-{n}", cost_if_completed=0.1
+            )
+            for n, job in enumerate(jobs[:40])
+        )
+    )
+    by_status = await stores[1].counts()
+    assert by_status == {"completed": 32, "failed": 8, "queued": 5}
+    kept = {key: n for key, n in (await stores[2].job_counts()).items() if n}
+    assert kept == {("aivideoapi", status): n for status, n in by_status.items()}
+
+
 async def tracking(store: Store, job_id: str) -> list[tuple[str, float]]:
     """The job's due rows but its deadline, soonest first."""
     return [(due.kind, due.due_at) for due in await store.due_for(job_id) if due.kind != "deadline"]
@@ -152,6 +171,40 @@ async def test_a_copy_of_a_bare_webhook_leaves_a_confirming_poll_in_flight_alone
     assert await tracking(store, job.id) == [("poll", now + 600)]
     assert await other.record_claim(job.id, "status.completed", {}, bind_task_id="task-1") is ReceiptKind.DUPLICATE
     assert [kind for kind, _ in await tracking(store, job.id)] == ["confirm", "poll"]
+
+
+async def test_a_postgresql_database_of_the_first_schema_is_upgraded_with_its_counts(pg: str) -> None:
+    import psycopg
+
+    from service.store import postgres
+
+    first_version, first_sql = postgres.migrations()[0]
+    with psycopg.connect(pg, autocommit=True) as connection:
+        connection.execute(first_sql)
+        connection.execute("CREATE TABLE jobhook_schema (version INTEGER NOT NULL)")
+        connection.execute("INSERT INTO jobhook_schema (version) VALUES (%s)", (first_version,))
+        for n, status in enumerate(("queued", "queued", "completed")):
+            connection.execute(
+                "INSERT INTO jobs (id, provider, status, request, created_at, updated_at) "
+                "VALUES (%s, 'aivideoapi', %s, '{}', 1, 1)",
+                (f"job_01AAAAAAAAAAAAAAAAAAAAAAA{n}", status),
+            )
+    store = make_store(Settings.from_environ({"JOBHOOK_DATABASE": pg}))
+    await store.open()
+    try:
+        assert await store.schema_version() == postgres.migrations()[-1][0] > first_version
+        await store.record_callback(
+            "job_01AAAAAAAAAAAAAAAAAAAAAAA0",
+            "final",
+            Observation(Status.FAILED),
+            {},
+            bind_task_id="task-0",
+            cost_if_completed=None,
+        )
+        kept = {status: n for (_, status), n in (await store.job_counts()).items() if n}
+        assert kept == {"queued": 1, "completed": 1, "failed": 1}
+    finally:
+        await store.close()
 
 
 async def test_a_postgresql_write_blocked_by_a_lock_gives_up_as_a_storage_error(pg: str) -> None:
