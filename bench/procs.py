@@ -104,7 +104,7 @@ class Proc:
             self.popen.wait()
 
 
-def start_jobhook(workdir: Path, name: str, db: Path, port: int, settings: dict[str, str]) -> Proc:
+def start_jobhook(workdir: Path, name: str, db: Path | str, port: int, settings: dict[str, str]) -> Proc:
     env = clean_env(
         JOBHOOK_DATABASE=str(db),
         JOBHOOK_MEDIA_DIR=str(workdir / f"{name}-media"),
@@ -118,7 +118,8 @@ def start_jobhook(workdir: Path, name: str, db: Path, port: int, settings: dict[
     return proc
 
 
-def migrate(db: Path, log: Path) -> None:
+def migrate(db: Path | str, log: Path) -> None:
+    """`jobhook migrate` on a SQLite file or a PostgreSQL URL."""
     env = clean_env(JOBHOOK_DATABASE=str(db), JOBHOOK_SIMULATOR="false")
     with log.open("ab") as out:
         subprocess.run([JOBHOOK, "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT, check=True, cwd=REPO)

@@ -16,6 +16,8 @@ Phases, each against its baseline measured in the same run with the same load ge
 - api: 1,000,000 jobs; GET /v1/jobs/{id} (random ids) and a filtered list page. Baseline: the bare app
   answering the same paths with static JSON of the same size.
 - submit: POST /v1/jobs to a fake provider that answers at once. Baseline: the bare app.
+- postgresql: the callbacks phase's load against one and three replicas on one PostgreSQL database
+  (bench/pg_phase.py; skipped, with a note, where no PostgreSQL server can be started).
 
 Everything listens on and talks to 127.0.0.1 only. The load generator runs on the same machine as the
 server (it is reported with its own CPU). Results: printed, and bench/results/latest.json.
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import loadgen
+import pg_phase
 import procs
 import seed
 import workload
@@ -52,7 +55,7 @@ from procs import CPUSampler, Proc
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-PHASES = ("callbacks", "poller", "api", "submit")
+PHASES = ("callbacks", "poller", "api", "submit", "postgresql")
 
 TARGETS = {
     "callback_ratio": 0.6,  # × the bare ceiling
@@ -127,7 +130,7 @@ class Bench:
         with contextlib.suppress(ValueError):
             self.running.remove(proc)
 
-    def jobhook(self, name: str, db: Path, provider_url: str | None = None) -> Proc:
+    def jobhook(self, name: str, db: Path | str, provider_url: str | None = None) -> Proc:
         """`jobhook serve` with the settings the README recommends for production (a public URL for
         callbacks, API tokens, a secret, the provider's key; the simulator off), SQLite FULL; image
         mirroring off (the bench's image URLs lead nowhere) and no notification destinations."""
@@ -265,6 +268,11 @@ class Bench:
             "duplicate_share": round(duplicate / applied, 3) if applied else None,
             "x_timestamp_age_at_end_s": round(time.time() - stamped, 1),
         }
+
+    # -- PostgreSQL --------------------------------------------------------------------------------
+
+    def phase_postgresql(self) -> dict[str, Any]:
+        return pg_phase.phase(self)
 
     # -- poller ------------------------------------------------------------------------------------
 
@@ -648,6 +656,7 @@ PROFILE_CATEGORIES = (
     ("prometheus metrics", ("prometheus_client",)),
     ("httpx / httpcore / h11 (calls to the provider)", ("httpx/", "httpcore/", "h11/", "anyio/")),
     ("aiosqlite on the loop (queueing statements, awaiting results)", ("aiosqlite/",)),
+    ("psycopg / psycopg_pool (PostgreSQL round trips, rows)", ("psycopg",)),
     ("jobhook store (service/store: rows → Job, SQL text)", ("service/store/",)),
     ("jobhook other (engine, domain, routes)", ("service/",)),
     ("starlette (routing, middleware, request, response)", ("starlette/",)),
@@ -674,7 +683,13 @@ def summarize_profile(raw: Path) -> dict[str, Any]:
             continue
         total += count
         by_leaf[frames[-1]] += count
-        if "_connection_worker_thread" in stack:
+        if "service/store/postgres.py" in stack and "concurrent/futures/thread.py" in stack:
+            by_thread["PostgreSQL store threads"] += count
+            category = next(
+                (name for name, keys in PROFILE_CATEGORIES if any(k in frames[-1] for k in keys)),
+                "PostgreSQL store threads: other (the Tx's Python, waiting for the GIL)",
+            )
+        elif "_connection_worker_thread" in stack:
             by_thread["aiosqlite worker threads"] += count
             worker = next(f for f in frames if "_connection_worker_thread" in f)
             line_no = worker.rsplit(":", 1)[-1].rstrip(")")
@@ -915,7 +930,19 @@ def print_submit(r: dict[str, Any]) -> None:
         print_profile(r["profile"])
 
 
-PRINTERS = {"callbacks": print_callbacks, "poller": print_poller, "api": print_api, "submit": print_submit}
+def print_postgresql(r: dict[str, Any]) -> None:
+    pg_phase.print_phase(r)
+    if "profile" in r.get("replicas_1", {}):
+        print_profile(r["replicas_1"]["profile"])
+
+
+PRINTERS = {
+    "callbacks": print_callbacks,
+    "poller": print_poller,
+    "api": print_api,
+    "submit": print_submit,
+    "postgresql": print_postgresql,
+}
 
 
 # -- verdicts ------------------------------------------------------------------------------------

@@ -55,13 +55,15 @@ def missing_reason() -> str | None:
 class PostgresServer:
     """One cluster for the whole test session; a fresh database for each test."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """`durable`: PostgreSQL's own defaults (fsync, synchronous_commit), as the bench wants."""
         bin_dir = binaries()
         assert bin_dir is not None, missing_reason()
         self.bin = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="jobhook-pg-"))
         self.data = self.root / "data"
         self.port = 0
+        self.durable = durable
         self._names = itertools.count(1)
         self._as: list[str] = []
         if os.geteuid() == 0:
@@ -79,13 +81,19 @@ class PostgresServer:
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync")
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 "
-            "-c shared_buffers=64MB"
+            "-c max_connections=300 -c shared_buffers=128MB"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
             "-o", options, "-w", "-t", "30", "start",
         )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's pid."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):

@@ -1,0 +1,240 @@
+"""The bench's PostgreSQL phase: callback ingest with one and with three replicas on one database.
+
+The same load as the callbacks phase (genuine signed aivideoapi callbacks for existing jobs, a third
+duplicates, 64 connections), against jobhook on a PostgreSQL server the bench starts in a temporary
+directory with PostgreSQL's own durability defaults (fsync on, synchronous_commit on). With three
+replicas the connections and the request file are split over them (three generators at once, each
+with its own part): req/s is the sum, the latency the worst of the three. After each run every replica is killed with SIGKILL and the database
+must hold every delivery answered 2xx.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import loadgen
+import procs
+import seed
+import workload
+
+sys.path.insert(0, str(procs.REPO))
+from tests.postgres import PostgresServer, missing_reason
+
+TABLES = ("jobs", "job_events", "due")  # what the seeded SQLite database holds that the run needs
+
+
+def copy_to_postgresql(source: Path, url: str) -> None:
+    """The seeded jobs, their events and due rows, into a migrated PostgreSQL database."""
+    import psycopg
+
+    lite = sqlite3.connect(source)
+    try:
+        with psycopg.connect(url) as pg:
+            for table in TABLES:
+                cursor = lite.execute(f"SELECT * FROM {table}")
+                columns = ", ".join(d[0] for d in cursor.description)
+                with pg.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                    for row in cursor:
+                        copy.write_row(row)
+            pg.execute("SELECT setval(pg_get_serial_sequence('job_events', 'id'), (SELECT MAX(id) FROM job_events))")
+            pg.execute("ANALYZE")
+    finally:
+        lite.close()
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """CPU seconds of the server: the postmaster and every process it started."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+            parent = int(stat.rsplit(b")", 1)[1].split()[1])
+            if int(entry.name) == postmaster or parent == postmaster:
+                total += procs.cpu_seconds(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def check(url: str, answered: int, in_flight: int) -> dict[str, Any]:
+    import psycopg
+
+    with psycopg.connect(url) as pg:
+        by_outcome = dict(
+            pg.execute("SELECT outcome, COUNT(*) FROM job_events WHERE type = 'callback' GROUP BY outcome").fetchall()
+        )
+        receipts, deliveries = pg.execute("SELECT COUNT(*), COALESCE(SUM(count), 0) FROM callback_receipts").fetchone()
+        completed = pg.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'completed' AND resolved_by = 'callback'"
+        ).fetchone()[0]
+    accepted, duplicate = by_outcome.get("accepted", 0), by_outcome.get("duplicate", 0)
+    applied = accepted + duplicate
+    return {
+        "answered_2xx": answered,
+        "in_db_accepted": accepted,
+        "in_db_duplicate": duplicate,
+        "receipts": receipts,
+        "in_flight_at_stop": in_flight,
+        "every_2xx_durable": answered <= applied <= answered + in_flight
+        and int(deliveries) == applied
+        and completed == accepted,
+    }
+
+
+def split_requests(requests: Path, count: int) -> list[Path]:
+    """The request file in `count` consecutive parts, one per replica's generator: each replays its own
+    part, so that the load stays the callbacks phase's (a third repeats, mostly of deliveries in the same
+    part) instead of three generators sending the same callbacks."""
+    if count == 1:
+        return [requests]
+    lines = requests.read_text().splitlines()
+    size = -(-len(lines) // count)
+    return [
+        loadgen.write_requests(requests.with_suffix(f".{n + 1}-of-{count}.txt"), lines[n * size : (n + 1) * size])
+        for n in range(count)
+    ]
+
+
+def run_replicas(bench: Any, server: PostgresServer, seeded_db: Path, requests: Path, count: int) -> dict[str, Any]:
+    s = bench.sizes
+    name = f"replicas{count}"
+    server.admin(f'CREATE DATABASE "{name}"')
+    url = server.url(name)
+    procs.migrate(url, bench.workdir / "migrate.log")
+    copy_to_postgresql(seeded_db, url)
+    replicas = [bench.jobhook(f"jobhook-pg{count}-{n}", url) for n in range(count)]
+    shares = [s.callback_connections // count + (1 if n < s.callback_connections % count else 0) for n in range(count)]
+    files = split_requests(requests, count)
+    results: list[dict[str, Any]] = [{} for _ in replicas]
+    generators: list[int] = []
+
+    def load(n: int) -> None:
+        results[n] = loadgen.run(
+            bench.generator,
+            replicas[n].url,
+            files[n],
+            connections=shares[n],
+            duration=s.callback_seconds,
+            threads=1,
+            on_start=lambda popen: generators.append(popen.pid),
+        )
+
+    cpu_before = {
+        "replicas": sum(r.cpu() for r in replicas),
+        "postgresql": postgres_cpu_seconds(server.pid),
+        "machine": procs.machine_busy_seconds(),
+    }
+    profiler = bench.start_profiler(replicas[0]) if count == 1 else None  # --profile: the lone replica
+    started = time.monotonic()
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.monotonic() - started
+    cpu = {
+        "replicas": sum(r.cpu() for r in replicas) - cpu_before["replicas"],
+        "postgresql": postgres_cpu_seconds(server.pid) - cpu_before["postgresql"],
+        "machine": procs.machine_busy_seconds() - cpu_before["machine"],
+    }
+    profiled: dict[str, Any] = {}
+    bench.finish_profiler(profiler, profiled)
+    for replica in replicas:
+        bench.stop(replica, kill=True)
+    answered = sum(r["ok_2xx"] for r in results)
+    in_flight = sum(max(0, r["sent"] - r["requests"]) for r in results)
+    statuses: dict[str, int] = {}
+    for r in results:
+        for code, n in r["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + n
+    out = {
+        "replicas": count,
+        "connections": shares,
+        "rps": round(sum(r["rps"] for r in results), 1),
+        "latency_ms": {
+            key: max(r["latency_ms"][key] for r in results) for key in ("p50", "p99")
+        },  # the worst replica's
+        "statuses": statuses,
+        "errors": [r["errors"] for r in results],
+        "cpu_percent": {key: round(100 * value / seconds, 1) for key, value in cpu.items()},
+        "durability": check(url, answered, in_flight),
+        **profiled,
+    }
+    server.admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+    return out
+
+
+def phase(bench: Any) -> dict[str, Any]:
+    reason = missing_reason()
+    if reason is not None:
+        return {"skipped": reason}
+    s = bench.sizes
+    jobs_needed = s.callback_lines - s.callback_lines // 3
+    bench.step(f"postgresql: seeding {jobs_needed:,} submitted aivideoapi jobs")
+    db = bench.new_db("pg-seed")
+    seeded = seed.seed_open_jobs(db, jobs_needed, now=time.time())
+    requests = bench.workdir / "pg-callbacks.txt"
+    workload.callbacks(requests, seeded.ids, seeded.task_ids, s.callback_lines)
+    out: dict[str, Any] = {"connections": s.callback_connections, "seconds": s.callback_seconds}
+    bench.step("postgresql: the bare app")
+    bare = bench.bare("bare-pg")
+    out["bare"] = bench.load(bare, requests, connections=s.callback_connections, seconds=s.callback_seconds)
+    bench.stop(bare)
+    server = PostgresServer(durable=True)
+    server.start()
+    try:
+        out["postgresql"] = _version(server)
+        for count in (1, 3):
+            bench.step(f"postgresql: {count} replica{'s' if count > 1 else ''} on one database")
+            out[f"replicas_{count}"] = run_replicas(bench, server, db, requests, count)
+            out[f"replicas_{count}"]["ratio"] = _ratio(out[f"replicas_{count}"]["rps"], out["bare"]["rps"])
+    finally:
+        server.stop()
+    out["three_to_one"] = _ratio(out["replicas_3"]["rps"], out["replicas_1"]["rps"])
+    return out
+
+
+def _version(server: PostgresServer) -> str:
+    import psycopg
+
+    with psycopg.connect(server.url()) as pg:
+        return str(pg.execute("SHOW server_version").fetchone()[0])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def print_phase(r: dict[str, Any]) -> None:
+    print("\nPostgreSQL: callback ingest, one and three replicas on one database (fsync and synchronous_commit on)")
+    if "skipped" in r:
+        print(f"  NOTE: skipped: {r['skipped']}")
+        return
+    bare = r["bare"]
+    print(f"  PostgreSQL {r['postgresql']}; {r['connections']} connections, {r['seconds']} s per run")
+    print(
+        f"  {'bare app':26} {bare['rps']:>9,.0f} req/s  p50 {bare['latency_ms']['p50']:.1f} ms  p99 {bare['latency_ms']['p99']:.1f} ms"
+    )
+    for count in (1, 3):
+        run = r[f"replicas_{count}"]
+        cpu = run["cpu_percent"]
+        non_2xx = {code: n for code, n in run["statuses"].items() if not code.startswith("2")}
+        print(
+            f"  {f'jobhook × {count}':26} {run['rps']:>9,.0f} req/s  p50 {run['latency_ms']['p50']:.1f} ms  "
+            f"p99 {run['latency_ms']['p99']:.1f} ms  ratio {run['ratio']}×  CPU: jobhook {cpu['replicas']:.0f} %, "
+            f"PostgreSQL {cpu['postgresql']:.0f} %, machine {cpu['machine']:.0f} %"
+        )
+        durable = run["durability"]
+        print(
+            f"      every 2xx durable after SIGKILL: {'yes' if durable['every_2xx_durable'] else 'NO'} "
+            f"({durable['answered_2xx']:,} answered 2xx, {durable['in_db_accepted']:,} accepted + "
+            f"{durable['in_db_duplicate']:,} duplicate in the database); non-2xx answers: {non_2xx or 'none'}"
+        )
+    print(f"  three replicas / one: {r['three_to_one']}× (latency: the worst replica's)")
