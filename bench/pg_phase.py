@@ -3,8 +3,8 @@
 The same load as the callbacks phase (genuine signed aivideoapi callbacks for existing jobs, a third
 duplicates, 64 connections), against jobhook on a PostgreSQL server the bench starts in a temporary
 directory with PostgreSQL's own durability defaults (fsync on, synchronous_commit on). With three
-replicas the connections and the request file are split over them (three generators at once, each
-with its own part): req/s is the sum, the latency the worst of the three. After each run every replica is killed with SIGKILL and the database
+replicas the connections and the request file are dealt out to them (three generators at once, each
+with its own part, a third repeats each): req/s is the sum, the latency the worst of the three. After each run every replica is killed with SIGKILL and the database
 must hold every delivery answered 2xx.
 """
 
@@ -89,16 +89,19 @@ def check(url: str, answered: int, in_flight: int) -> dict[str, Any]:
 
 
 def split_requests(requests: Path, count: int) -> list[Path]:
-    """The request file in `count` consecutive parts, one per replica's generator: each replays its own
-    part, so that the load stays the callbacks phase's (a third repeats, mostly of deliveries in the same
-    part) instead of three generators sending the same callbacks."""
+    """The request file dealt out to `count` generators, one per replica, three lines at a time (two
+    first deliveries and a repeat, as workload.callbacks writes them): each part keeps the file's third
+    of repeats, and a repeat mostly reaches another replica than its first delivery did, as a
+    provider's retries reach any replica behind a load balancer. Three generators replaying one file
+    would instead send every callback three times."""
     if count == 1:
         return [requests]
     lines = requests.read_text().splitlines()
-    size = -(-len(lines) // count)
+    parts: list[list[str]] = [[] for _ in range(count)]
+    for start in range(0, len(lines), 3):
+        parts[(start // 3) % count].extend(lines[start : start + 3])
     return [
-        loadgen.write_requests(requests.with_suffix(f".{n + 1}-of-{count}.txt"), lines[n * size : (n + 1) * size])
-        for n in range(count)
+        loadgen.write_requests(requests.with_suffix(f".{n + 1}-of-{count}.txt"), part) for n, part in enumerate(parts)
     ]
 
 

@@ -1,13 +1,14 @@
 """The callback's write path alone, without HTTP: how fast can the store take callbacks?
 
-    .venv/bin/python bench/write_path.py [--jobs 2000]
+    .venv/bin/python bench/write_path.py [--jobs 2000] [--postgresql]
 
 Seeds jobs like the bench's callback phase, then calls what the route calls for each callback,
 `store.get_job` and `store.record_callback` (the genuine first delivery of `task.completed`), from
 1, 16 and 64 concurrent coroutines, with JOBHOOK_SQLITE_SYNCHRONOUS=FULL and NORMAL (NORMAL: no
 fsync per commit in WAL mode; a diagnostic, not a setting to run with). It counts the commits the
 writer made for them (group commit: writes queued during a commit share the next) and the CPU the
-process used per callback. Not part of `make bench`.
+process used per callback. `--postgresql`: the same on PostgreSQL (one transaction per write, on a pool
+of ten connections). Not part of `make bench`.
 """
 
 from __future__ import annotations
@@ -23,18 +24,34 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pg_phase
 import procs
 import seed
 
 from service.domain.status import Observation, Status
+from service.store.common import Store
+from service.store.postgres import PostgresStore
 from service.store.sqlite import SQLiteStore
+from tests.postgres import PostgresServer
 
 
-async def measure(workdir: Path, synchronous: str, jobs: int, concurrency: int) -> dict[str, float]:
+async def measure(
+    workdir: Path, synchronous: str, jobs: int, concurrency: int, postgres: PostgresServer | None = None
+) -> dict[str, float]:
+    """`postgres`: on a database of that server instead (`synchronous` is then only a label)."""
     db = workdir / f"write-path-{synchronous}-{concurrency}.db"
     procs.migrate(db, workdir / "migrate.log")
     seeded = seed.seed_open_jobs(db, jobs, now=time.time(), events=True)
-    store = SQLiteStore(db, synchronous=synchronous)
+    store: Store
+    if postgres is None:
+        store = SQLiteStore(db, synchronous=synchronous)
+    else:
+        name = f"write_path_{concurrency}"
+        postgres.admin(f'CREATE DATABASE "{name}"')
+        url = postgres.url(name)
+        procs.migrate(url, workdir / "migrate.log")
+        pg_phase.copy_to_postgresql(db, url)
+        store = PostgresStore(url)
     await store.open()
     observation = Observation(Status.COMPLETED, images=("https://files.aivideoapi.invalid/x.png",))
     todo = iter(seeded.ids)
@@ -64,6 +81,11 @@ async def measure(workdir: Path, synchronous: str, jobs: int, concurrency: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="also on a PostgreSQL server started in a temporary directory (fsync and synchronous_commit on)",
+    )
     args = parser.parse_args()
     run: Callable[..., Any] = asyncio.run
     try:
@@ -81,6 +103,19 @@ def main() -> None:
                     f"synchronous={synchronous:<6} {concurrency:>2} at once: {r['per_s']:6.0f} callbacks/s,"
                     f" {r['ms_each']:.2f} ms each, {r['cpu_us']:.0f} µs of CPU each, {r['group']:.1f} writes per commit"
                 )
+        if not args.postgresql:
+            return
+        server = PostgresServer(durable=True)
+        server.start()
+        try:
+            for concurrency in (1, 16, 64):
+                r = run(measure(workdir, "PostgreSQL", args.jobs, concurrency, server))
+                print(
+                    f"PostgreSQL             {concurrency:>2} at once: {r['per_s']:6.0f} callbacks/s,"
+                    f" {r['ms_each']:.2f} ms each, {r['cpu_us']:.0f} µs of CPU each (jobhook's process only)"
+                )
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
