@@ -19,8 +19,6 @@ from typing import Any
 
 import loadgen
 import procs
-import seed
-import workload
 
 sys.path.insert(0, str(procs.REPO))
 from tests.postgres import PostgresServer, missing_reason
@@ -179,12 +177,7 @@ def phase(bench: Any) -> dict[str, Any]:
     if reason is not None:
         return {"skipped": reason}
     s = bench.sizes
-    jobs_needed = s.callback_lines - s.callback_lines // 3
-    bench.step(f"postgresql: seeding {jobs_needed:,} submitted aivideoapi jobs")
-    db = bench.new_db("pg-seed")
-    seeded = seed.seed_open_jobs(db, jobs_needed, now=time.time())
-    requests = bench.workdir / "pg-callbacks.txt"
-    workload.callbacks(requests, seeded.ids, seeded.task_ids, s.callback_lines)
+    db, requests, _ = bench.callback_load("postgresql")
     out: dict[str, Any] = {"connections": s.callback_connections, "seconds": s.callback_seconds}
     bench.step("postgresql: the bare app")
     bare = bench.bare("bare-pg")

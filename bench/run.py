@@ -193,22 +193,24 @@ class Bench:
 
     # -- callbacks ---------------------------------------------------------------------------------
 
-    def phase_callbacks(self) -> dict[str, Any]:
+    def callback_load(self, phase: str) -> tuple[Path, Path, dict[str, Any]]:
+        """The callbacks load: a SQLite database seeded with the jobs it needs, its request file, and
+        what is in them (the request mix, the jobs seeded and how long seeding took)."""
         s = self.sizes
         jobs_needed = s.callback_lines - s.callback_lines // 3
-        self.step(f"callbacks: seeding {jobs_needed:,} submitted aivideoapi jobs")
-        db = self.new_db("callbacks")
+        self.step(f"{phase}: seeding {jobs_needed:,} submitted aivideoapi jobs")
+        db = self.new_db(phase)
         seeded = seed.seed_open_jobs(db, jobs_needed, now=time.time())
-        request_file = self.workdir / "callbacks.txt"
-        self.step(f"callbacks: signing {s.callback_lines:,} callbacks")
+        request_file = self.workdir / f"{phase}.txt"
+        self.step(f"{phase}: signing {s.callback_lines:,} callbacks")
         mix = workload.callbacks(request_file, seeded.ids, seeded.task_ids, s.callback_lines)
-        out: dict[str, Any] = {
-            "connections": s.callback_connections,
-            "seconds": s.callback_seconds,
-            "jobs_seeded": jobs_needed,
-            "seed_s": round(seeded.seconds, 1),
-            "requests_file": mix,
-        }
+        return db, request_file, {"jobs_seeded": jobs_needed, "seed_s": round(seeded.seconds, 1), "requests_file": mix}
+
+    def phase_callbacks(self) -> dict[str, Any]:
+        s = self.sizes
+        db, request_file, seeded = self.callback_load("callbacks")
+        mix = seeded["requests_file"]
+        out: dict[str, Any] = {"connections": s.callback_connections, "seconds": s.callback_seconds, **seeded}
         self.step("callbacks: the bare app")
         bare = self.bare("bare-callbacks")
         out["bare"] = self.load(bare, request_file, connections=s.callback_connections, seconds=s.callback_seconds)
