@@ -437,11 +437,16 @@ class Store(OutboxQueries, PurgeQueries, abc.ABC):
         def write(tx: Tx) -> Job:
             job = tx.job(job_id)
             tx.unschedule(job_id, DEADLINE)
-            verdict = status_machine.on_deadline(job.status, has_task_id=job.provider_task_id is not None)
+            verdict = status_machine.on_deadline(
+                job.status, has_task_id=job.provider_task_id is not None, sending=job.submit_state == "sending"
+            )
             if verdict is None:
                 return job
             new_status, error = verdict
-            tx.update(job_id, status=str(new_status), error=dumps(error.to_json()), finished_at=tx.now)
+            fields: dict[str, Any] = {"status": str(new_status), "error": dumps(error.to_json()), "finished_at": tx.now}
+            if job.submit_state == "sending":
+                fields["submit_state"] = "uncertain"  # settled: nothing waits for this call's answer any more
+            tx.update(job_id, **fields)
             tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
             if new_status in FINAL:
                 tx.unschedule(job_id)
