@@ -27,6 +27,9 @@ MAX_API_BODY = 1024 * 1024
 MAX_WAIT = 60.0
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# A job's history is bounded (service.domain.history), but a page of it is smaller still.
+DEFAULT_EVENTS_LIMIT = 100
+MAX_EVENTS_LIMIT = 500
 MAX_IDEMPOTENCY_KEY = 255
 MAX_TASK_ID = 200
 # No provider's task id has control characters; one would only break the provider's URLs and the logs.
@@ -121,6 +124,16 @@ def _wait_param(request: Request) -> float:
     return value
 
 
+def _limit_param(request: Request, default: int, most: int) -> int:
+    raw = request.query_params.get("limit")
+    if not raw:
+        return default
+    # ASCII digits only: str.isdigit() also takes "²" and "٣", and int() of 5,000 digits raises.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= most:
+        raise ApiError(400, "invalid_limit", f"limit must be a whole number from 1 to {most}, got {raw!r}")
+    return int(raw)
+
+
 async def list_jobs(request: Request) -> JSONResponse:
     rt = runtime(request)
     params = request.query_params
@@ -136,18 +149,7 @@ async def list_jobs(request: Request) -> JSONResponse:
             "invalid_provider",
             f"provider must be one of {', '.join(sorted(rt.engine.providers))}, got {provider!r}",
         )
-    raw_limit = params.get("limit")
-    limit = DEFAULT_LIMIT
-    if raw_limit:
-        # ASCII digits only: str.isdigit() also takes "²" and "٣", and int() of 5,000 digits raises.
-        if (
-            not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3)
-            or not 1 <= int(raw_limit) <= MAX_LIMIT
-        ):
-            raise ApiError(
-                400, "invalid_limit", f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw_limit!r}"
-            )
-        limit = int(raw_limit)
+    limit = _limit_param(request, DEFAULT_LIMIT, MAX_LIMIT)
     before = None
     cursor = params.get("cursor")
     if cursor:
@@ -162,10 +164,26 @@ async def list_jobs(request: Request) -> JSONResponse:
 
 
 async def job_events(request: Request) -> JSONResponse:
+    """The job's history, oldest first, a page at a time (`next_cursor`: the last event's id)."""
     rt = runtime(request)
     job = await load_job(rt, request.path_params["job_id"])
-    events = await rt.store.events(job.id)
-    return JSONResponse({"job_id": job.id, "events": [event.to_json() for event in events]})
+    limit = _limit_param(request, DEFAULT_EVENTS_LIMIT, MAX_EVENTS_LIMIT)
+    after = 0
+    cursor = request.query_params.get("cursor")
+    if cursor:
+        decoded = decode_cursor(cursor)
+        if decoded is None or not (decoded.isascii() and decoded.isdigit() and len(decoded) <= 18):
+            raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out; start again without it")
+        after = int(decoded)
+    events = await rt.store.events(job.id, after_id=after, limit=limit + 1)
+    page, more = events[:limit], len(events) > limit
+    return JSONResponse(
+        {
+            "job_id": job.id,
+            "events": [event.to_json() for event in page],
+            "next_cursor": encode_cursor(str(page[-1].id)) if more else None,
+        }
+    )
 
 
 async def refresh_job(request: Request) -> JSONResponse:

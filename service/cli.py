@@ -23,6 +23,7 @@ from service.store.engines import database_label
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_USAGE = 2  # a setting or an argument is wrong: starting again will not help
 EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: the database could not be used just now
+EVENTS_PAGE = 500  # `jobhook job` reads the job's history in pages this long (the API's largest)
 
 
 class CLIError(Exception):
@@ -430,16 +431,28 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    """The job's whole history, page after page (a job's history is bounded: a few pages at most)."""
+    events: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": EVENTS_PAGE}
+    while True:
+        page = _call(client, "GET", f"/v1/jobs/{job_id}/events", params=params)
+        events.extend(page["events"])
+        if not page.get("next_cursor"):
+            return events
+        params["cursor"] = page["next_cursor"]
+
+
 def cmd_job(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = _call(client, "GET", f"/v1/jobs/{args.id}")
-        events = _call(client, "GET", f"/v1/jobs/{args.id}/events")
+        events = _job_events(client, args.id)
     if args.json:
-        print(json.dumps({"job": job, "events": events["events"]}, indent=2))
+        print(json.dumps({"job": job, "events": events}, indent=2))
         return 0
     print(json.dumps(job, indent=2))
     print("\nhistory:")
-    for event in events["events"]:
+    for event in events:
         detail = ", ".join(f"{k}={v}" for k, v in event["detail"].items())
         print(f"  {event['at']}  {event['type']:9} {event['outcome'] or '':12} {detail}")
     return 0

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 
+from service import loglimit
 from service.config import Settings
 from service.domain import backoff, request
 from service.domain import callbacks as verify
@@ -137,6 +138,7 @@ class Engine:
         # A provider that answered 429 is left alone until then (soft state: harmless to lose).
         self.paused_until: dict[str, float] = {}
         self._nudge: Callable[[float], None] = lambda due_at: None
+        self.refusal_log = loglimit.LogLimiter()
 
     async def aclose(self) -> None:
         await self._downloads.aclose()
@@ -623,16 +625,22 @@ class Engine:
         return CallbackAnswer(200, {"status": str(kind)}, job.provider)
 
     async def _refuse(self, job: Job, refusal: verify.Refusal, detail: dict[str, Any]) -> CallbackAnswer:
-        log.warning("callback refused for %s: %s", job.id, refusal.code)
-        await self.store.note(
-            job.id, "callback", "refused", {**detail, "code": refusal.code, "message": refusal.message}
+        self._log_refusal((job.id, refusal.code), "callback refused for %s: %s", job.id, refusal.code)
+        await self.store.record_refusal(
+            job.id, refusal.code, {**detail, "code": refusal.code, "message": refusal.message}
         )
         body = {"error": {"code": refusal.code, "message": refusal.message}}
         return CallbackAnswer(refusal.status, body, job.provider)
 
     async def _refused_unknown(self, code: str, detail: dict[str, Any]) -> None:
-        log.warning("callback refused: %s", code)
+        self._log_refusal(("", code), "callback refused: %s", code)
         await self.store.log_refused(code, detail)
+
+    def _log_refusal(self, key: tuple[str, str], message: str, *args: object) -> None:
+        """Anyone can send refusals at will: a few lines per job and code a minute, the rest counted."""
+        left_out = self.refusal_log.admit(key)
+        if left_out is not None:
+            log.warning(message + "%s", *args, loglimit.note(left_out, self.refusal_log, key))
 
 
 def _first_attempt_settled(job: Job) -> bool:

@@ -16,8 +16,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import __version__, ids
-from service.api import DEFAULT_LIMIT, MAX_API_BODY, MAX_IDEMPOTENCY_KEY, MAX_LIMIT, MAX_TASK_ID, MAX_WAIT
+from service.api import (
+    DEFAULT_EVENTS_LIMIT,
+    DEFAULT_LIMIT,
+    MAX_API_BODY,
+    MAX_EVENTS_LIMIT,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_LIMIT,
+    MAX_TASK_ID,
+    MAX_WAIT,
+)
 from service.domain.callbacks import MAX_BODY_BYTES
+from service.domain.history import NOISE_EVENTS_PER_JOB
 from service.domain.request import MAX_OBJECT_BYTES, RENDERING_SPEEDS
 from service.domain.status import Status
 from service.operators import MAX_DELIVERY_ID
@@ -541,17 +551,34 @@ PATHS: dict[str, Schema] = {
     "/v1/jobs/{job_id}/events": {
         "parameters": [JOB_ID_PARAM],
         "get": _operation(
-            "The job's history: submission, each callback delivery, each poll, each notification.",
+            "The job's history, oldest first, a page at a time: submission, each callback delivery, each poll,"
+            f" each notification. Past the first {NOISE_EVENTS_PER_JOB} refused or duplicate deliveries, the"
+            " rest are counted on one `callback` event of outcome `summary`, updated in place.",
             {
                 "200": _json(
-                    "The events, oldest first.",
-                    _object({"job_id": {"type": "string"}, "events": {"type": "array", "items": _ref("Event")}}),
+                    "A page of events, oldest first; `next_cursor` fetches the next one.",
+                    _object(
+                        {
+                            "job_id": {"type": "string"},
+                            "events": {"type": "array", "items": _ref("Event")},
+                            "next_cursor": _nullable({"type": "string"}),
+                        }
+                    ),
                 ),
+                "400": _refusal("The page is not one this API understands.", "invalid_limit", "invalid_cursor"),
                 **AUTH,
                 **JOB_NOT_FOUND,
                 **STORAGE,
             },
             tag="jobs",
+            parameters=[
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": MAX_EVENTS_LIMIT},
+                    f"default {DEFAULT_EVENTS_LIMIT}",
+                ),
+                _query("cursor", {"type": "string"}, "a `next_cursor`"),
+            ],
         ),
     },
     "/v1/jobs/{job_id}/refresh": {

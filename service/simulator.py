@@ -17,8 +17,10 @@ import json
 import logging
 import math
 import random
+import re
 import textwrap
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -166,8 +168,8 @@ class Simulator:
                 raise _Refusal(400, "invalid_request", "body must be a JSON object") from None
             fields = _validate(body)
             prefix, callback_url = self.callback_prefix, fields["callback_url"]
-            if prefix is not None and callback_url is not None and not callback_url.startswith(prefix):
-                raise _Refusal(400, "invalid_request", f"callback_url must start with {prefix}")
+            if prefix is not None and callback_url is not None and not callback_url_allowed(callback_url, prefix):
+                raise _Refusal(400, "invalid_request", f"callback_url must be {prefix} followed by a callback token")
         except _Refusal as refusal:
             return _error(refusal)
         if self._client is None:
@@ -325,6 +327,41 @@ async def _read_capped(request: Request) -> bytes:
         if len(body) > MAX_BODY:
             raise _Refusal(400, "invalid_request", f"body must be at most {MAX_BODY} bytes")
     return bytes(body)
+
+
+# What follows the prefix in one of jobhook's callback URLs: one token (itsdangerous' URL-safe alphabet).
+CALLBACK_TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def callback_url_allowed(url: str, prefix: str) -> bool:
+    """Is `url` the prefix (jobhook's `…/callbacks/`) followed by one token, and nothing else?
+
+    A string prefix test is not enough: the HTTP client resolves `prefix + "../v1/jobs"` to another
+    route, and `%2e%2e`, a `user@` part, another port spelling or a `\\` can do the same. So the URL is
+    split, its scheme, host and port compared exactly, and what follows the prefix's path must be one
+    plain token: no `/`, no `%`, no `.` or `..` segment, no query or fragment.
+    """
+    try:
+        wanted, given = urllib.parse.urlsplit(prefix), urllib.parse.urlsplit(url)
+        ports = (wanted.port, given.port)
+    except ValueError:  # an unparseable host or port
+        return False
+    scheme = given.scheme.lower()
+    if scheme != wanted.scheme.lower() or scheme not in DEFAULT_PORTS:
+        return False
+    if given.username is not None or given.password is not None or "@" in given.netloc:
+        return False
+    if given.hostname is None or given.hostname != wanted.hostname:
+        return False
+    if (ports[1] or DEFAULT_PORTS[scheme]) != (ports[0] or DEFAULT_PORTS[scheme]):
+        return False
+    if given.query or given.fragment or "?" in url or "#" in url:
+        return False
+    if not given.path.startswith(wanted.path):
+        return False
+    rest = given.path[len(wanted.path) :]
+    return CALLBACK_TOKEN.fullmatch(rest) is not None and rest not in (".", "..")
 
 
 def _authenticate(request: Request) -> None:

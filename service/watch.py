@@ -19,16 +19,23 @@ class ChangeHub:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._streams: set[asyncio.Queue[str | None]] = set()
+        # Waiters and stream entries woken so far: what a change costs, for /metrics-style checks and
+        # the tests that show a delivery that changes nothing wakes nobody.
+        self.wakeups = 0
 
     def notify(self, job_ids: frozenset[str]) -> None:
+        """The store's after-commit listener: `job_ids` changed (a refused or duplicate delivery, which
+        changes nothing, never reaches here: see service.store.tx.Tx.event)."""
         for job_id in job_ids:
             for future in self._waiters.pop(job_id, ()):
                 if not future.done():
                     future.set_result(None)
+                    self.wakeups += 1
         for queue in self._streams:
             for job_id in job_ids:
                 try:
                     queue.put_nowait(job_id)
+                    self.wakeups += 1
                 except asyncio.QueueFull:
                     _overflow(queue)
                     break

@@ -87,9 +87,17 @@ class Service:
         return response.json()  # type: ignore[no-any-return]
 
     async def events(self, job_id: str) -> list[dict[str, Any]]:
-        response = await self.client.get(f"/v1/jobs/{job_id}/events")
-        assert response.status_code == 200, response.text
-        return response.json()["events"]  # type: ignore[no-any-return]
+        """The job's whole history, every page of it."""
+        events: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 500}
+        while True:
+            response = await self.client.get(f"/v1/jobs/{job_id}/events", params=params)
+            assert response.status_code == 200, response.text
+            page = response.json()
+            events.extend(page["events"])
+            if page["next_cursor"] is None:
+                return events
+            params["cursor"] = page["next_cursor"]
 
     async def wait_finished(self, job_id: str, timeout: float = 10) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

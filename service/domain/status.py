@@ -119,11 +119,14 @@ def apply(current: Status, observation: Observation) -> Decision:
     return Decision(Outcome.UNCHANGED, current, f"{seen} after {current} ignored: a status never moves backwards")
 
 
-def on_deadline(current: Status, *, has_task_id: bool) -> tuple[Status, JobError] | None:
+def on_deadline(current: Status, *, has_task_id: bool, sending: bool) -> tuple[Status, JobError] | None:
     """What `JOBHOOK_JOB_TIMEOUT` does to a job: None when it is already finished.
 
-    A job submitted without a known task id (the submission's outcome is unknown) ends `failed`,
-    since nothing can ever be polled; any other unfinished job becomes `timed_out`.
+    A job whose submission was sent without a known outcome ends `failed` with `submission_uncertain`:
+    one submitted without a task id (nothing can ever be polled), and one still "sending" (`sending`:
+    its call was in flight, or cut by a crash, when the deadline came — the provider may have it and
+    may charge for it). A job never sent, or refused, ends `submission_failed`; any other unfinished
+    job becomes `timed_out`.
     """
     if current in FINISHED:
         return None
@@ -132,6 +135,13 @@ def on_deadline(current: Status, *, has_task_id: bool) -> tuple[Status, JobError
             "submission_uncertain",
             "the provider never confirmed the submission and no callback bound it; it was not re-sent "
             "to avoid a double charge",
+        )
+    if current is Status.QUEUED and sending:
+        return Status.FAILED, JobError(
+            "submission_uncertain",
+            "the submission was sent but its outcome was still unknown at the deadline (the call had not "
+            "answered, or jobhook stopped during it); the provider may have it, and it was not re-sent to "
+            "avoid a double charge",
         )
     if current is Status.QUEUED:
         return Status.FAILED, JobError("submission_failed", "the provider never accepted the submission in time")

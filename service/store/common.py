@@ -437,11 +437,16 @@ class Store(OutboxQueries, PurgeQueries, abc.ABC):
         def write(tx: Tx) -> Job:
             job = tx.job(job_id)
             tx.unschedule(job_id, DEADLINE)
-            verdict = status_machine.on_deadline(job.status, has_task_id=job.provider_task_id is not None)
+            verdict = status_machine.on_deadline(
+                job.status, has_task_id=job.provider_task_id is not None, sending=job.submit_state == "sending"
+            )
             if verdict is None:
                 return job
             new_status, error = verdict
-            tx.update(job_id, status=str(new_status), error=dumps(error.to_json()), finished_at=tx.now)
+            fields: dict[str, Any] = {"status": str(new_status), "error": dumps(error.to_json()), "finished_at": tx.now}
+            if job.submit_state == "sending":
+                fields["submit_state"] = "uncertain"  # settled: nothing waits for this call's answer any more
+            tx.update(job_id, **fields)
             tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
             if new_status in FINAL:
                 tx.unschedule(job_id)
@@ -452,10 +457,20 @@ class Store(OutboxQueries, PurgeQueries, abc.ABC):
         return await self._write(write)
 
     async def note(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
-        """Record an event that changes nothing else (a refused delivery, a stopped poll, …)."""
+        """Record an event that changes nothing else (a stopped poll, a mirroring given up, …): nobody
+        waiting on the job is woken by it."""
 
         def write(tx: Tx) -> None:
-            tx.event(job_id, type_, outcome, detail)
+            tx.event(job_id, type_, outcome, detail, wake=False)
+
+        return await self._write(write)
+
+    async def record_refusal(self, job_id: str, code: str, detail: Mapping[str, Any]) -> None:
+        """A refused delivery to the job's callback URL: on its history, within the job's bound
+        (service.domain.history), and waking nobody."""
+
+        def write(tx: Tx) -> None:
+            tx.delivery_noise(job_id, "refused", code, detail)
 
         return await self._write(write)
 
@@ -535,8 +550,14 @@ class Store(OutboxQueries, PurgeQueries, abc.ABC):
         rows = await self._read(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", (*params, limit))
         return [job_from_row(row) for row in rows]
 
-    async def events(self, job_id: str) -> list[Event]:
-        rows = await self._read("SELECT * FROM job_events WHERE job_id = ? ORDER BY id", (job_id,))
+    async def events(self, job_id: str, *, after_id: int = 0, limit: int | None = None) -> list[Event]:
+        """The job's history, oldest first: from the event after `after_id` (keyset pagination), at
+        most `limit` of them (all when None)."""
+        sql = "SELECT * FROM job_events WHERE job_id = ? AND id > ? ORDER BY id"
+        params: tuple[Any, ...] = (job_id, after_id)
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", (*params, limit)
+        rows = await self._read(sql, params)
         return [
             Event(row["id"], row["job_id"], row["at"], row["type"], row["outcome"], loads(row["detail"]))
             for row in rows

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from service.domain import history
 from service.domain import status as status_machine
 from service.domain.job import Job
 from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
@@ -136,12 +137,46 @@ class Tx:
             raise JobNotFound(job_id)
         return job_from_row(row)
 
-    def event(self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any]) -> None:
+    def event(
+        self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any], *, wake: bool = True
+    ) -> None:
+        """One line of the job's history. `wake=False`: a note that changes nothing a reader of the job
+        sees (a refused or duplicate delivery, a stopped poll), so nobody waiting on the job is woken:
+        what outsiders can send at will must not fan out to every stream and waiter."""
         self.execute(
             "INSERT INTO job_events (job_id, at, type, outcome, detail) VALUES (?, ?, ?, ?, ?)",
             (job_id, self.now, type_, outcome, dumps(dict(detail))),
         )
-        self.changed.add(job_id)
+        if wake:
+            self.changed.add(job_id)
+
+    def delivery_noise(self, job_id: str, outcome: str, code: str, detail: Mapping[str, Any]) -> None:
+        """A refused or duplicate delivery: an event of its own while the job has had at most
+        `history.NOISE_EVENTS_PER_JOB` of them, then counted on the job's one summary event.
+
+        The count is a row per job (not a scan of its history): a duplicate is the retry storm's hot
+        path. Past the bound, the summary row is read and rewritten by primary key. Wakes nobody.
+        """
+        counter = self.execute(
+            "INSERT INTO job_event_bounds (job_id, noise) VALUES (?, 1) ON CONFLICT (job_id) "
+            "DO UPDATE SET noise = job_event_bounds.noise + 1 RETURNING noise, summary_id",
+            (job_id,),
+        ).fetchone()
+        if history.keeps_own_event(counter["noise"]):
+            self.event(job_id, "callback", outcome, detail, wake=False)
+            return
+        summary_id = counter["summary_id"]
+        row = None if summary_id is None else self.one("SELECT detail FROM job_events WHERE id = ?", (summary_id,))
+        if row is not None:
+            summary = history.summarise(loads(row["detail"]), outcome, code, self.now)
+            self.execute("UPDATE job_events SET detail = ? WHERE id = ?", (dumps(summary), summary_id))
+            return
+        summary = history.summarise(None, outcome, code, self.now)
+        created = self.execute(
+            "INSERT INTO job_events (job_id, at, type, outcome, detail) VALUES (?, ?, 'callback', ?, ?) RETURNING id",
+            (job_id, self.now, history.SUMMARY_OUTCOME, dumps(summary)),
+        ).fetchone()
+        self.execute("UPDATE job_event_bounds SET summary_id = ? WHERE job_id = ?", (created["id"], job_id))
 
     def update(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = self.now
@@ -219,7 +254,7 @@ class Tx:
         ).fetchone()[0]
         if count == 1:
             return True
-        self.event(job_id, "callback", "duplicate", {**detail, "event": event_key})
+        self.delivery_noise(job_id, "duplicate", event_key, {**detail, "event": event_key})
         return False
 
     def provider_state(self, provider: str) -> Row:

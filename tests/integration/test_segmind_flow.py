@@ -268,6 +268,20 @@ async def test_a_call_without_answer_fails_as_uncertain_and_is_never_resent(
         assert submit["detail"]["reason"] == "no_answer"
 
 
+async def test_a_call_still_without_answer_at_the_deadline_ends_uncertain(
+    jobhook: ServiceFactory, fake: FakeSegmind
+) -> None:
+    # JOBHOOK_JOB_TIMEOUT before the call's own timeout: at the deadline it was sent, and no answer is
+    # known. The provider may have it and charge for it: never "the provider never accepted" it.
+    fake.create_responses = ["hang"]
+    async with jobhook(**provider_env(fake, JOBHOOK_SYNC_TIMEOUT="30", JOBHOOK_JOB_TIMEOUT="1.5")) as svc:
+        job = await svc.submit(provider="segmind", prompt="longer than the deadline")
+        done = await svc.wait_finished(job["id"], timeout=20)
+        assert done["status"] == "failed"
+        assert done["error"]["code"] == "submission_uncertain", done["error"]
+        assert len(fake.creates) == 1
+
+
 async def test_a_call_longer_than_the_submit_timeout_but_within_the_sync_timeout_completes(
     jobhook: ServiceFactory, fake: FakeSegmind
 ) -> None:

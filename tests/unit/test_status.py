@@ -124,29 +124,37 @@ def test_status_sets() -> None:
 
 # -- deadline ---------------------------------------------------------------------------------------
 
-DEADLINES: list[tuple[Status, bool, Status | None, str | None]] = [
-    (Q, False, F, "submission_failed"),
-    (Q, True, F, "submission_failed"),
-    (S, False, F, "submission_uncertain"),
-    (S, True, T, "timed_out"),
-    (P, False, T, "timed_out"),
-    (P, True, T, "timed_out"),
-    (T, False, None, None),
-    (T, True, None, None),
-    (C, False, None, None),
-    (C, True, None, None),
-    (F, False, None, None),
-    (F, True, None, None),
+# (current, has a task id, submission "sending") → (status at the deadline, error code).
+DEADLINES: list[tuple[Status, bool, bool, Status | None, str | None]] = [
+    (Q, False, False, F, "submission_failed"),  # never sent, or refused: the provider has nothing
+    (Q, True, False, F, "submission_failed"),
+    # Sent, no answer yet (in flight, or cut by a crash whose lease comes after the deadline): the
+    # provider may have it and charge for it.
+    (Q, False, True, F, "submission_uncertain"),
+    (Q, True, True, F, "submission_uncertain"),
+    (S, False, False, F, "submission_uncertain"),
+    (S, False, True, F, "submission_uncertain"),
+    (S, True, False, T, "timed_out"),
+    (S, True, True, T, "timed_out"),
+    (P, False, False, T, "timed_out"),
+    (P, False, True, T, "timed_out"),
+    (P, True, False, T, "timed_out"),
+    (P, True, True, T, "timed_out"),
 ]
+DEADLINES += [(s, has, sending, None, None) for s in (T, C, F) for has in (False, True) for sending in (False, True)]
 
 
 def test_deadline_table_covers_every_case() -> None:
-    assert {(status, has) for status, has, _, _ in DEADLINES} == {(s, h) for s in Status for h in (False, True)}
+    cases = {(status, has, sending) for status, has, sending, _, _ in DEADLINES}
+    assert len(cases) == len(DEADLINES)
+    assert cases == {(s, h, x) for s in Status for h in (False, True) for x in (False, True)}
 
 
-@pytest.mark.parametrize(("current", "has_task_id", "expected", "code"), DEADLINES)
-def test_on_deadline(current: Status, has_task_id: bool, expected: Status | None, code: str | None) -> None:
-    verdict = on_deadline(current, has_task_id=has_task_id)
+@pytest.mark.parametrize(("current", "has_task_id", "sending", "expected", "code"), DEADLINES)
+def test_on_deadline(
+    current: Status, has_task_id: bool, sending: bool, expected: Status | None, code: str | None
+) -> None:
+    verdict = on_deadline(current, has_task_id=has_task_id, sending=sending)
     if expected is None:
         assert verdict is None
         return

@@ -132,7 +132,7 @@ function label(word) {
 
 const TONES = {
   good: ["accepted", "completed", "delivered", "done", "applied", "ok", "recovered"],
-  warn: ["duplicate", "queued", "retry", "resent", "pending", "timed_out", "stopped", "degraded", "low", "uncertain"],
+  warn: ["duplicate", "queued", "retry", "resent", "pending", "timed_out", "stopped", "degraded", "low", "uncertain", "summary"],
   bad: ["refused", "dead", "failed", "error", "rejected", "conflict"],
   info: ["submitted", "processing", "sending"],
 };
@@ -548,6 +548,14 @@ function describe(event) {
     case "status":
       return { title: "Status", text: `${label(d.from ?? "?")} → ${label(event.outcome)}${d.by ? ` (by ${d.by})` : ""}` };
     case "callback":
+      if (event.outcome === "summary") {
+        const counts = Object.entries(d.counts || {}).map(
+          ([outcome, codes]) => `${outcome}: ${Object.entries(codes).map(([code, n]) => `${code} ×${n}`).join(", ")}`,
+        );
+        add(`${d.count ?? "?"} more refused or duplicate deliveries, counted here`, ...counts);
+        add(d.last_at && `last ${stamp(d.last_at)}`);
+        return { title: "Callbacks (summary)", text: parts.join(" · ") };
+      }
       if (event.outcome === "refused") add(`refused: ${reason || "no reason given"}`);
       else if (event.outcome === "duplicate") add("already seen: answered “duplicate”, job unchanged");
       add(d.event || d.status, d.effect && d.effect !== "applied" ? d.effect : null);
@@ -576,6 +584,22 @@ function describe(event) {
   }
 }
 
+/** A job's history, following `next_cursor` page after page up to EVENTS_SHOWN events; `more`: some are left. */
+const EVENTS_PAGE = 500;
+const EVENTS_SHOWN = 2000;
+async function jobEvents(id) {
+  const events = [];
+  let cursor = null;
+  do {
+    const query = new URLSearchParams({ limit: String(EVENTS_PAGE) });
+    if (cursor) query.set("cursor", cursor);
+    const page = await api(`/v1/jobs/${encodeURIComponent(id)}/events?${query}`);
+    events.push(...page.events);
+    cursor = page.next_cursor || null;
+  } while (cursor && events.length < EVENTS_SHOWN);
+  return { events, more: Boolean(cursor) };
+}
+
 /** One job: its facts, its images, and its timeline (submission, callbacks, polls, notifications). */
 function jobPage(id) {
   const head = h("div");
@@ -588,7 +612,7 @@ function jobPage(id) {
     return h("div", { class: "fact" }, h("dt", null, term), h("dd", null, ...value));
   }
 
-  function render(job, events) {
+  function render(job, events, more) {
     clear(head);
     clear(body);
     document.title = `${label(job.status)} · ${prompt(job).slice(0, 40)} · jobhook`;
@@ -663,6 +687,17 @@ function jobPage(id) {
       );
     }
     if (!events.length) timeline.append(h("li", { class: "empty" }, "Nothing recorded yet."));
+    if (more) {
+      timeline.append(
+        h(
+          "li",
+          { class: "empty", id: "timeline-more" },
+          `Only the first ${events.length} events are shown; `,
+          h("code", null, `jobhook job ${job.id}`),
+          " prints them all.",
+        ),
+      );
+    }
 
     body.append(
       h("section", { class: "card" }, facts),
@@ -674,11 +709,8 @@ function jobPage(id) {
   async function load() {
     const mine = ++generation;
     try {
-      const [job, events] = await Promise.all([
-        api(`/v1/jobs/${encodeURIComponent(id)}`),
-        api(`/v1/jobs/${encodeURIComponent(id)}/events`),
-      ]);
-      if (mine === generation) render(job, events.events);
+      const [job, history] = await Promise.all([api(`/v1/jobs/${encodeURIComponent(id)}`), jobEvents(id)]);
+      if (mine === generation) render(job, history.events, history.more);
     } catch (error) {
       if (mine !== generation) return;
       clear(head);
