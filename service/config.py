@@ -261,6 +261,16 @@ def _parse(env: Mapping[str, str]) -> Settings:
             raise ConfigError(name, "expected a comma-separated list without empty entries")
         return items
 
+    def simulator_enabled() -> bool | None:
+        """JOBHOOK_SIMULATOR: `auto` (the default, None), or a boolean."""
+        raw = get("JOBHOOK_SIMULATOR")
+        if raw is None or raw.lower() == "auto":
+            return None
+        try:
+            return boolean("JOBHOOK_SIMULATOR", True)
+        except ConfigError:
+            raise ConfigError("JOBHOOK_SIMULATOR", f"expected auto, true or false, got {raw!r}") from None
+
     providers = {}
     for provider in PROVIDER_NAMES:
         key_name = f"JOBHOOK_{provider.upper()}_API_KEY"
@@ -344,9 +354,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         sqlite_synchronous=choice("JOBHOOK_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA"), upper=True),
         log_format=choice("JOBHOOK_LOG_FORMAT", "text", ("text", "json")),
         simulator=SimulatorSettings(
-            enabled=None
-            if (get("JOBHOOK_SIMULATOR") or "auto").lower() == "auto"
-            else boolean("JOBHOOK_SIMULATOR", True),
+            enabled=simulator_enabled(),
             latency=duration("JOBHOOK_SIMULATOR_LATENCY", 2.0),
             failure_rate=rate("JOBHOOK_SIMULATOR_FAILURE_RATE", 0.0),
             drop_rate=rate("JOBHOOK_SIMULATOR_DROP_RATE", 0.0),
@@ -355,7 +363,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
             seed=integer("JOBHOOK_SIMULATOR_SEED", 0, minimum=0) if seed_raw is not None else None,
             base_url=http_url("JOBHOOK_SIMULATOR_BASE_URL", simulator_url).rstrip("/") if simulator_url else None,
         ),
-        slack_webhook_url=Secret(http_url("JOBHOOK_SLACK_WEBHOOK_URL", slack)) if slack else None,
+        slack_webhook_url=Secret(http_url("JOBHOOK_SLACK_WEBHOOK_URL", slack, secret=True)) if slack else None,
         smtp=_smtp(get("JOBHOOK_SMTP_URL"), get("JOBHOOK_EMAIL_FROM"), get("JOBHOOK_EMAIL_TO")),
         forward=_forward(get("JOBHOOK_FORWARD_URL"), get("JOBHOOK_FORWARD_SECRET")),
         notify_on=notify_on,
@@ -417,7 +425,7 @@ def _forward(url: str | None, secret: str | None) -> ForwardSettings | None:
         if secret is not None:
             raise ConfigError("JOBHOOK_FORWARD_SECRET", "is set but JOBHOOK_FORWARD_URL is not: set both, or neither")
         return None
-    http_url("JOBHOOK_FORWARD_URL", url)
+    http_url("JOBHOOK_FORWARD_URL", url, secret=True)  # like Slack's, its path may hold a token
     if secret is None:
         raise ConfigError(
             "JOBHOOK_FORWARD_SECRET", "is required with JOBHOOK_FORWARD_URL: a Standard Webhooks whsec_… secret"
@@ -437,10 +445,25 @@ def _forward(url: str | None, secret: str | None) -> ForwardSettings | None:
 
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?$")
+# Everything between `scheme://` (if any) and the LAST `@`: user info, even with an unescaped `@`, `/`
+# or `:` in the password (a greedy match masks too much rather than too little).
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://|//)?.*@")
+_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
 
 
-def http_url(name: str, value: str) -> str:
-    """`value` if it is an absolute http(s) URL with a plausible host, else a ConfigError naming `name`."""
+def shown_url(value: str) -> str:
+    """A URL fit to show (listings, messages): user info and query values masked, as either may be a
+    credential (`https://user:password@…`, `?key=…`). Works on malformed URLs too."""
+    return _QUERY_VALUE.sub(r"\1***", _USERINFO.sub(r"\1***@", value))
+
+
+def http_url(name: str, value: str, *, secret: bool = False) -> str:
+    """`value` if it is an absolute http(s) URL with a plausible host, else a ConfigError naming `name`.
+
+    A refusal quotes the value with its user info and query values masked (`shown_url`); a `secret`
+    URL (a Slack webhook, whose path is the credential) is not quoted at all.
+    """
+    got = "the value is not shown: the URL is a credential" if secret else f"got {shown_url(value)!r}"
     try:
         if not value.isprintable() or any(ch.isspace() for ch in value):
             raise ValueError(value)
@@ -452,9 +475,9 @@ def http_url(name: str, value: str) -> str:
         elif not _HOSTNAME.match(host):
             raise ValueError(value)
     except ValueError:
-        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, got {value!r}") from None
+        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, {got}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, got {value!r}")
+        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, {got}")
     return value
 
 
@@ -472,15 +495,21 @@ def database_setting(raw: str | None) -> tuple[Path, Secret | None]:
     if scheme == "sqlite":
         path = raw.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
-            raise ConfigError("JOBHOOK_DATABASE", f"expected sqlite:///path/to/file.db, got {raw!r}")
+            raise ConfigError("JOBHOOK_DATABASE", f"expected sqlite:///path/to/file.db, got {shown_url(raw)!r}")
         # sqlite:///relative.db is a path relative to here, sqlite:////abs.db an absolute one (SQLAlchemy's rule).
         return Path(path[1:]), None
     if scheme in ("postgresql", "postgres"):
         try:
             parts = urlsplit(raw)
             parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-        except ValueError as exc:
-            raise ConfigError("JOBHOOK_DATABASE", f"not a valid PostgreSQL URL: {exc}") from None
+        except ValueError:
+            # Not urllib's text: it quotes the "port", which is part of the password when that holds an
+            # unescaped `/`, `?`, `#` or `@`.
+            raise ConfigError(
+                "JOBHOOK_DATABASE",
+                "not a valid PostgreSQL URL (the port is not a number; in the password, percent-encode "
+                "@ : / ? # as %40 %3A %2F %3F %23)",
+            ) from None
         if not parts.path.strip("/") and not parts.hostname:
             raise ConfigError("JOBHOOK_DATABASE", "expected postgresql://user:password@host:5432/database")
         return Path("./jobhook.db"), Secret(raw)

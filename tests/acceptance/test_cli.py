@@ -159,3 +159,30 @@ def test_providers_lists_tracking_and_prices_and_never_a_key() -> None:
     as_json = run("providers", "--json", env=env)
     assert "sk-very-secret-key" not in result.stdout + as_json.stdout
     assert '"configured": true' in as_json.stdout
+
+
+def test_providers_masks_a_base_urls_credentials_and_says_the_simulator_is_off() -> None:
+    """Issue 14, items 7 and 16."""
+    env = {
+        "JOBHOOK_SEGMIND_BASE_URL": "https://ops:s3cret-pass@proxy.example/segmind?key=s3cret-key",
+        "JOBHOOK_SIMULATOR": "false",
+    }
+    result = run("providers", env=env)
+    as_json = run("providers", "--json", env=env)
+    assert result.returncode == 0 and as_json.returncode == 0, result.stderr + as_json.stderr
+    assert "s3cret" not in result.stdout + result.stderr + as_json.stdout
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "https://***@proxy.example/segmind?key=***" in lines["segmind"]
+    assert "off: JOBHOOK_SIMULATOR=false" in lines["simulator"] and "built in" not in lines["simulator"]
+    assert "built in" in run("providers", env={"JOBHOOK_SIMULATOR": "auto"}).stdout
+
+
+def test_a_malformed_slack_webhook_url_stops_serve_naming_it_not_showing_it(tmp_path: Path) -> None:
+    """Issue 14, item 7: the URL is the credential."""
+    url = "hooks.slack.com/services/T0AAAA/B0BBBB/s3cretWebhookPath"
+    result = run(
+        "serve", "--port", "1", env={"JOBHOOK_SLACK_WEBHOOK_URL": url, "JOBHOOK_DATABASE": str(tmp_path / "x.db")}
+    )
+    assert result.returncode == 2
+    assert "JOBHOOK_SLACK_WEBHOOK_URL" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
