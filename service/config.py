@@ -6,12 +6,14 @@ Every error names the variable and says what it expects, so that `serve` can sto
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
 import re
 import secrets as _secrets
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -140,11 +142,117 @@ class Settings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, env_file: str | None = None) -> Settings:
         """Read settings: the environment first, then `env_file` (if given), then the defaults."""
-        env: dict[str, str] = {}
-        if env_file is not None:
-            env.update(read_env_file(env_file))
-        env.update(os.environ if environ is None else environ)
-        return _parse(env)
+        return _parse(environment(environ, env_file))
+
+
+def environment(environ: Mapping[str, str] | None = None, env_file: str | None = None) -> dict[str, str]:
+    """The variables settings are read from: `environ` (by default the process's) over `env_file`'s."""
+    env: dict[str, str] = {}
+    if env_file is not None:
+        env.update(read_env_file(env_file))
+    env.update(os.environ if environ is None else environ)
+    return env
+
+
+def load(env_file: str | None = None, *, warn: Callable[[str], None] | None = None) -> Settings:
+    """Settings for a command: as `Settings.from_environ`, after a warning for each JOBHOOK_* variable
+    that is no setting (`setting_warnings`), printed on stderr unless `warn` takes them."""
+    env = environment(None, env_file)
+    for line in setting_warnings(env):
+        if warn is None:
+            print(f"jobhook: warning: {line}", file=sys.stderr, flush=True)
+        else:
+            warn(line)
+    return Settings.from_environ(env)
+
+
+# -- the names of the settings (issue 14, item 12) --------------------------------------------------
+# Every JOBHOOK_* variable that means something, in one place: a name missing here is warned about as
+# unknown at start-up, so a new setting is added here too.
+SETTING_NAMES: tuple[str, ...] = (
+    "JOBHOOK_DATABASE",
+    "JOBHOOK_MEDIA_DIR",
+    "JOBHOOK_PUBLIC_URL",
+    "JOBHOOK_SECRET",
+    "JOBHOOK_API_TOKENS",
+    "JOBHOOK_CALLBACK_GRACE",
+    "JOBHOOK_POLL_INTERVAL",
+    "JOBHOOK_POLL_MAX_INTERVAL",
+    "JOBHOOK_POLL_CONCURRENCY",
+    "JOBHOOK_POLL_TIMEOUT",
+    "JOBHOOK_JOB_TIMEOUT",
+    "JOBHOOK_TIMESTAMP_TOLERANCE",
+    "JOBHOOK_SUBMIT_TIMEOUT",
+    "JOBHOOK_SYNC_TIMEOUT",
+    "JOBHOOK_MIRROR_IMAGES",
+    "JOBHOOK_MIRROR_ALLOW_NETWORKS",
+    "JOBHOOK_SQLITE_SYNCHRONOUS",
+    "JOBHOOK_LOG_FORMAT",
+    "JOBHOOK_SIMULATOR",
+    "JOBHOOK_SIMULATOR_LATENCY",
+    "JOBHOOK_SIMULATOR_FAILURE_RATE",
+    "JOBHOOK_SIMULATOR_DROP_RATE",
+    "JOBHOOK_SIMULATOR_DUPLICATE_RATE",
+    "JOBHOOK_SIMULATOR_CALLBACK_RETRIES",
+    "JOBHOOK_SIMULATOR_SEED",
+    "JOBHOOK_SIMULATOR_BASE_URL",
+    "JOBHOOK_SLACK_WEBHOOK_URL",
+    "JOBHOOK_SMTP_URL",
+    "JOBHOOK_EMAIL_FROM",
+    "JOBHOOK_EMAIL_TO",
+    "JOBHOOK_FORWARD_URL",
+    "JOBHOOK_FORWARD_SECRET",
+    "JOBHOOK_NOTIFY_ON",
+    "JOBHOOK_NOTIFY_RETRY_SCHEDULE",
+    "JOBHOOK_DEGRADED_AFTER",
+    "JOBHOOK_CREDITS_LOW",
+    "JOBHOOK_MAX_CONNECTIONS",
+    "JOBHOOK_MAX_WAITERS",
+    "JOBHOOK_MAX_STREAMS",
+    # SPEC §8 and §9: routing and budgets
+    "JOBHOOK_ROUTE_ORDER",
+    "JOBHOOK_ROUTE_BREAKER_FAILURES",
+    "JOBHOOK_ROUTE_COOLDOWN",
+    "JOBHOOK_ROUTE_MAX_COOLDOWN",
+    "JOBHOOK_ROUTE_CREDITS_COOLDOWN",
+    "JOBHOOK_BUDGET_USD_PER_DAY",
+    # the API clients (`jobhook submit`, `jobs`, `job`)
+    "JOBHOOK_URL",
+    "JOBHOOK_TOKEN",
+    # read by deploy/ (compose, Caddy) from the same env file, not by jobhook itself
+    "JOBHOOK_DOMAIN",
+    "JOBHOOK_UPSTREAM",
+    "JOBHOOK_PRIVATE_ADDR",
+    "JOBHOOK_PRIVATE_BIND",
+    "JOBHOOK_PG_PASSWORD",
+    "JOBHOOK_ENV_FILE",
+)
+# JOBHOOK_<PROVIDER>_<suffix>, for each provider of PROVIDER_NAMES.
+PROVIDER_SETTING_SUFFIXES = ("API_KEY", "BASE_URL", "PRICES", "BUDGET_USD_PER_DAY")
+# The test suite's own variables (JOBHOOK_TEST_ENGINES, JOBHOOK_CRASH_SEED): never warned about.
+TEST_ONLY_PREFIXES = ("JOBHOOK_TEST_", "JOBHOOK_CRASH_")
+
+
+def known_setting_names() -> tuple[str, ...]:
+    per_provider = tuple(
+        f"JOBHOOK_{provider.upper()}_{suffix}" for provider in PROVIDER_NAMES for suffix in PROVIDER_SETTING_SUFFIXES
+    )
+    return SETTING_NAMES + per_provider
+
+
+def setting_warnings(env: Mapping[str, str]) -> list[str]:
+    """One line for each JOBHOOK_* variable that is no setting, with the closest known name if there is
+    one: a misspelt setting is otherwise silently ignored, and its default silently used."""
+    known = known_setting_names()
+    lines = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith("JOBHOOK_") or name in known or upper.startswith(TEST_ONLY_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"unknown setting {name} is ignored{hint}")
+    return lines
 
 
 def read_env_file(path: str) -> dict[str, str]:
@@ -483,6 +591,20 @@ def http_url(name: str, value: str, *, secret: bool = False) -> str:
 
 def generate_secret() -> str:
     return _secrets.token_urlsafe(32)
+
+
+def check_database_directory(settings: Settings) -> None:
+    """A SQLite database may be a new file, but not in a new directory: a misspelt JOBHOOK_DATABASE
+    would otherwise start afresh (a new signing key, no jobs) in directories made for it. Only a
+    missing directory is refused here; one that cannot be used is the store's error."""
+    if settings.database_url is not None:
+        return
+    folder = settings.database.parent
+    if not folder.exists():
+        raise ConfigError(
+            "JOBHOOK_DATABASE",
+            f"the directory {folder} does not exist: create it, or correct the path ({settings.database})",
+        )
 
 
 def database_setting(raw: str | None) -> tuple[Path, Secret | None]:

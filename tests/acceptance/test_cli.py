@@ -14,13 +14,19 @@ from tests.acceptance.harness import ServeProcess, jobhook_command
 
 
 def run(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    stdout: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """`stdout`: a file descriptor to write to instead of a pipe read here."""
     return subprocess.run(
         jobhook_command(*args),
         env={**os.environ, **(env or {})},
         cwd=cwd,
-        capture_output=True,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
         check=False,
@@ -127,6 +133,14 @@ async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path, dat
         assert listing.returncode == 0
         assert "simulator" in listing.stdout and "completed" in listing.stdout
         job_id = listing.stdout.splitlines()[1].split()[0]
+        # `jobhook jobs --json | head`: a reader that went away ends the output quietly (issue 14, item 16).
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            piped = run("jobs", "--json", env=env, stdout=writer)
+        finally:
+            os.close(writer)
+        assert piped.returncode == 141 and piped.stderr == "", piped.stderr
         shown = run("job", job_id, env=env)
         assert shown.returncode == 0
         assert "history:" in shown.stdout and "callback" in shown.stdout

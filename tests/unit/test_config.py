@@ -14,8 +14,10 @@ from service.config import (
     Settings,
     SimulatorSettings,
     http_url,
+    known_setting_names,
     parse_duration,
     read_env_file,
+    setting_warnings,
     shown_url,
 )
 from service.errors import JobhookError
@@ -636,3 +638,61 @@ def test_a_wrong_simulator_setting_lists_auto() -> None:
 
 def test_shown_url_without_a_scheme() -> None:
     assert shown_url("user:pass@host:8000/x") == "***@host:8000/x"
+
+
+# -- misspelt settings are warned about (issue 14, item 12) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "warning"),
+    [
+        (
+            "JOBHOOK_POLL_INTERVALL",
+            "unknown setting JOBHOOK_POLL_INTERVALL is ignored; did you mean JOBHOOK_POLL_INTERVAL?",
+        ),
+        (
+            "jobhook_poll_interval",
+            "unknown setting jobhook_poll_interval is ignored; did you mean JOBHOOK_POLL_INTERVAL?",
+        ),
+        ("JOBHOOK_AIVIDEOAPI_APIKEY", "did you mean JOBHOOK_AIVIDEOAPI_API_KEY?"),
+        ("JOBHOOK_SEGMIND_BASEURL", "did you mean JOBHOOK_SEGMIND_BASE_URL?"),
+        ("JOBHOOK_API_TOKEN", "did you mean JOBHOOK_API_TOKENS?"),
+        ("JOBHOOK_SIMULATOR_LATENCE", "did you mean JOBHOOK_SIMULATOR_LATENCY?"),
+        ("JOBHOOK_BUDGET_USD_PER_DA", "did you mean JOBHOOK_BUDGET_USD_PER_DAY?"),
+        ("JOBHOOK_FOO", "unknown setting JOBHOOK_FOO is ignored"),
+    ],
+)
+def test_an_unknown_setting_is_warned_about_with_the_closest_name(name: str, warning: str) -> None:
+    [line] = setting_warnings({name: "1", "JOBHOOK_POLL_INTERVAL": "2", "PATH": "/bin"})
+    assert line.endswith(warning), line
+    if "did you mean" not in warning:
+        assert "did you mean" not in line
+
+
+def test_known_settings_and_others_are_not_warned_about() -> None:
+    env = {name: "x" for name in known_setting_names()}
+    env.update(
+        {
+            "JOBHOOK_APIFRAME_PRICES": "TURBO=0.03",  # per provider, coming with SPEC §9
+            "JOBHOOK_SEGMIND_BUDGET_USD_PER_DAY": "5",
+            "JOBHOOK_ROUTE_ORDER": "price",
+            "JOBHOOK_MIRROR_ALLOW_NETWORKS": "127.0.0.0/8",
+            "JOBHOOK_URL": "http://127.0.0.1:8000",  # the API clients' own
+            "JOBHOOK_DOMAIN": "hooks.example.com",  # deploy/'s, in the same env file
+            "JOBHOOK_TEST_ENGINES": "sqlite",  # the test suite's
+            "JOBHOOK_CRASH_SEED": "1",
+            "HOME": "/root",
+            "POLL_INTERVALL": "1",  # not ours
+        }
+    )
+    assert setting_warnings(env) == []
+
+
+def test_every_setting_read_is_a_known_name() -> None:
+    """A setting read in config.py but missing from the list would be warned about as unknown."""
+    import re
+
+    source = Path(__file__).parents[2].joinpath("service", "config.py").read_text()
+    read = set(re.findall(r'"(JOBHOOK_[A-Z_]+)"', source)) - {"JOBHOOK_TEST_", "JOBHOOK_CRASH_"}
+    read |= {f"JOBHOOK_{name.upper()}_{suffix}" for name in PROVIDER_NAMES for suffix in ("API_KEY", "BASE_URL")}
+    assert read <= set(known_setting_names())
