@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -133,6 +134,13 @@ async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path, dat
         assert listing.returncode == 0
         assert "simulator" in listing.stdout and "completed" in listing.stdout
         job_id = listing.stdout.splitlines()[1].split()[0]
+        # serve logs a job's end as it logs its submission: one INFO line (issue 14, item 16).
+        for _ in range(100):  # the log is written by a thread of its own: give it a moment
+            if f"finished {job_id}: completed (by callback)" in service.log():
+                break
+            await asyncio.sleep(0.05)
+        assert f"finished {job_id}: completed (by callback)" in service.log(), service.log()
+        assert service.log().count(f"finished {job_id}") == 1
         # `jobhook jobs --json | head`: a reader that went away ends the output quietly (issue 14, item 16).
         reader, writer = os.pipe()
         os.close(reader)
