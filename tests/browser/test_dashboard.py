@@ -151,6 +151,10 @@ async def test_job_page_shows_the_timeline_and_images(jobhook: ServiceFactory, d
                 "title", re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC$")
             )
             await expect(page.locator("section", has=timeline)).to_contain_text("times in UTC")
+            # Ids in the facts' narrow columns are never broken mid-word (issue 14, item 16).
+            for name in ("Job", "Task id"):
+                code = page.locator(".fact").filter(has=page.get_by_text(name, exact=True)).locator("code")
+                assert await code.evaluate(ONE_LINE), name
 
             await page.goto(f"/dashboard/jobs/{stale['id']}")
             refused = timeline.locator('[data-type="callback"][data-outcome="refused"]').first
