@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from service import maintenance
+from service import config, maintenance
 from service.config import Settings
 from service.errors import ConfigError, SchemaTooNew, StorageError
 from service.store.engines import database_label
@@ -24,6 +24,10 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 EXIT_USAGE = 2  # a setting or an argument is wrong: starting again will not help
 EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: the database could not be used just now
 EVENTS_PAGE = 500  # `jobhook job` reads the job's history in pages this long (the API's largest)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command whose reader closed the pipe
+
+
+ENV_FILE_HELP = "read JOBHOOK_* settings from a .env-style file too (the environment wins)"
 
 
 class CLIError(Exception):
@@ -38,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(EXIT_USAGE)
     try:
         code = args.handler(args)
+    except BrokenPipeError:
+        # The reader went away (`jobhook jobs --json | head`): nothing is wrong, and nothing is left to
+        # say. stdout is pointed at /dev/null so that the flush at exit does not fail once more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(EXIT_BROKEN_PIPE) from None
     except (ConfigError, CLIError, SchemaTooNew, maintenance.MaintenanceError) as exc:
         print(f"jobhook: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
@@ -50,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_environ(env_file=args.env_file)
+    """The settings, after a warning on stderr for each JOBHOOK_* variable that is no setting."""
+    return config.load(args.env_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Callbacks, polling and durable state for asynchronous image generation jobs.",
         epilog="Settings are environment variables (JOBHOOK_*); see README.md. Try `jobhook demo`.",
     )
-    parser.add_argument("--env-file", metavar="FILE", help="read JOBHOOK_* settings from a .env-style file too")
+    parser.add_argument("--env-file", metavar="FILE", help=ENV_FILE_HELP)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
 
     serve = commands.add_parser("serve", help="run the service", description="Run the service (one uvicorn process).")
@@ -178,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--json", action="store_true", help="print the API's JSON")
     client_options(job)
     job.set_defaults(handler=cmd_job)
+    # `jobhook serve --env-file x` as well as `jobhook --env-file x serve`. SUPPRESS: a subcommand that
+    # is not given it keeps the value given before the subcommand.
+    for sub in commands.choices.values():
+        sub.add_argument("--env-file", metavar="FILE", default=argparse.SUPPRESS, help=ENV_FILE_HELP)
     return parser
 
 
@@ -235,8 +249,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
+    """Open the database (creating a new SQLite file, but never its directory) and migrate it: `serve`
+    and `migrate` stop here, in one line, on a database that cannot be used."""
     from service.store.engines import make_store
 
+    config.check_database_directory(settings)
     store = make_store(settings)
     await store.open()
     try:
@@ -293,23 +310,33 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             raise CLIError("resend takes delivery ids, or --dead for every dead delivery")
     elif args.ids:
         raise CLIError("ids go with `resend`: jobhook outbox resend ID…")
+    if settings.database_url is None:
+        maintenance.require_database(settings.database)  # opening the store would create an empty one
     rows = asyncio.run(_outbox(settings, args))
+    missing = sorted(set(args.ids) - {row.id for row in rows})
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
-        return 0
-    if args.action == "resend":
+    elif args.action == "resend" and rows:
         print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'} queued again")
-    elif not rows:
+    elif args.action == "resend" and args.dead:
+        print("no dead deliveries")
+    elif not rows and not missing:
         print("no deliveries")
-    if not rows:
-        return 0
+    if rows and not args.json:
+        _print_outbox(rows)
+    if missing:
+        names = ", ".join(str(number) for number in missing)
+        raise CLIError(f"no delivery with id {names} (`jobhook outbox` lists them)")
+    return 0
+
+
+def _print_outbox(rows: Sequence[Any]) -> None:
     print(f"{'id':>6}  {'destination':11} {'status':9} {'tries':>5}  {'type':28} {'job':32} last error")
     for row in rows:
         print(
             f"{row.id:>6}  {row.destination:11} {row.status:9} {row.attempts:>5}  {row.type:28} "
             f"{row.job_id or row.provider or '-':32} {row.last_error or ''}"
         )
-    return 0
 
 
 async def _outbox(settings: Settings, args: argparse.Namespace) -> list[Any]:
@@ -330,6 +357,14 @@ async def _outbox(settings: Settings, args: argparse.Namespace) -> list[Any]:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
+    try:
+        config.http_url("--url", args.url)
+    except ConfigError:
+        # `localhost:8000` reads as a URL of scheme "localhost": say so, rather than "is it running?".
+        raise CLIError(
+            f"--url (or JOBHOOK_URL) must start with http:// or https://, e.g. {DEFAULT_URL}; "
+            f"got {config.shown_url(args.url)!r}"
+        ) from None
     token = args.token
     if token is None:  # the first of JOBHOOK_API_TOKENS, from the environment or --env-file
         tokens = load_settings(args).api_tokens

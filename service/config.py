@@ -6,12 +6,14 @@ Every error names the variable and says what it expects, so that `serve` can sto
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
 import re
 import secrets as _secrets
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -140,11 +142,117 @@ class Settings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, env_file: str | None = None) -> Settings:
         """Read settings: the environment first, then `env_file` (if given), then the defaults."""
-        env: dict[str, str] = {}
-        if env_file is not None:
-            env.update(read_env_file(env_file))
-        env.update(os.environ if environ is None else environ)
-        return _parse(env)
+        return _parse(environment(environ, env_file))
+
+
+def environment(environ: Mapping[str, str] | None = None, env_file: str | None = None) -> dict[str, str]:
+    """The variables settings are read from: `environ` (by default the process's) over `env_file`'s."""
+    env: dict[str, str] = {}
+    if env_file is not None:
+        env.update(read_env_file(env_file))
+    env.update(os.environ if environ is None else environ)
+    return env
+
+
+def load(env_file: str | None = None, *, warn: Callable[[str], None] | None = None) -> Settings:
+    """Settings for a command: as `Settings.from_environ`, after a warning for each JOBHOOK_* variable
+    that is no setting (`setting_warnings`), printed on stderr unless `warn` takes them."""
+    env = environment(None, env_file)
+    for line in setting_warnings(env):
+        if warn is None:
+            print(f"jobhook: warning: {line}", file=sys.stderr, flush=True)
+        else:
+            warn(line)
+    return Settings.from_environ(env)
+
+
+# -- the names of the settings (issue 14, item 12) --------------------------------------------------
+# Every JOBHOOK_* variable that means something, in one place: a name missing here is warned about as
+# unknown at start-up, so a new setting is added here too.
+SETTING_NAMES: tuple[str, ...] = (
+    "JOBHOOK_DATABASE",
+    "JOBHOOK_MEDIA_DIR",
+    "JOBHOOK_PUBLIC_URL",
+    "JOBHOOK_SECRET",
+    "JOBHOOK_API_TOKENS",
+    "JOBHOOK_CALLBACK_GRACE",
+    "JOBHOOK_POLL_INTERVAL",
+    "JOBHOOK_POLL_MAX_INTERVAL",
+    "JOBHOOK_POLL_CONCURRENCY",
+    "JOBHOOK_POLL_TIMEOUT",
+    "JOBHOOK_JOB_TIMEOUT",
+    "JOBHOOK_TIMESTAMP_TOLERANCE",
+    "JOBHOOK_SUBMIT_TIMEOUT",
+    "JOBHOOK_SYNC_TIMEOUT",
+    "JOBHOOK_MIRROR_IMAGES",
+    "JOBHOOK_MIRROR_ALLOW_NETWORKS",
+    "JOBHOOK_SQLITE_SYNCHRONOUS",
+    "JOBHOOK_LOG_FORMAT",
+    "JOBHOOK_SIMULATOR",
+    "JOBHOOK_SIMULATOR_LATENCY",
+    "JOBHOOK_SIMULATOR_FAILURE_RATE",
+    "JOBHOOK_SIMULATOR_DROP_RATE",
+    "JOBHOOK_SIMULATOR_DUPLICATE_RATE",
+    "JOBHOOK_SIMULATOR_CALLBACK_RETRIES",
+    "JOBHOOK_SIMULATOR_SEED",
+    "JOBHOOK_SIMULATOR_BASE_URL",
+    "JOBHOOK_SLACK_WEBHOOK_URL",
+    "JOBHOOK_SMTP_URL",
+    "JOBHOOK_EMAIL_FROM",
+    "JOBHOOK_EMAIL_TO",
+    "JOBHOOK_FORWARD_URL",
+    "JOBHOOK_FORWARD_SECRET",
+    "JOBHOOK_NOTIFY_ON",
+    "JOBHOOK_NOTIFY_RETRY_SCHEDULE",
+    "JOBHOOK_DEGRADED_AFTER",
+    "JOBHOOK_CREDITS_LOW",
+    "JOBHOOK_MAX_CONNECTIONS",
+    "JOBHOOK_MAX_WAITERS",
+    "JOBHOOK_MAX_STREAMS",
+    # SPEC §8 and §9: routing and budgets
+    "JOBHOOK_ROUTE_ORDER",
+    "JOBHOOK_ROUTE_BREAKER_FAILURES",
+    "JOBHOOK_ROUTE_COOLDOWN",
+    "JOBHOOK_ROUTE_MAX_COOLDOWN",
+    "JOBHOOK_ROUTE_CREDITS_COOLDOWN",
+    "JOBHOOK_BUDGET_USD_PER_DAY",
+    # the API clients (`jobhook submit`, `jobs`, `job`)
+    "JOBHOOK_URL",
+    "JOBHOOK_TOKEN",
+    # read by deploy/ (compose, Caddy) from the same env file, not by jobhook itself
+    "JOBHOOK_DOMAIN",
+    "JOBHOOK_UPSTREAM",
+    "JOBHOOK_PRIVATE_ADDR",
+    "JOBHOOK_PRIVATE_BIND",
+    "JOBHOOK_PG_PASSWORD",
+    "JOBHOOK_ENV_FILE",
+)
+# JOBHOOK_<PROVIDER>_<suffix>, for each provider of PROVIDER_NAMES.
+PROVIDER_SETTING_SUFFIXES = ("API_KEY", "BASE_URL", "PRICES", "BUDGET_USD_PER_DAY")
+# The test suite's own variables (JOBHOOK_TEST_ENGINES, JOBHOOK_CRASH_SEED): never warned about.
+TEST_ONLY_PREFIXES = ("JOBHOOK_TEST_", "JOBHOOK_CRASH_")
+
+
+def known_setting_names() -> tuple[str, ...]:
+    per_provider = tuple(
+        f"JOBHOOK_{provider.upper()}_{suffix}" for provider in PROVIDER_NAMES for suffix in PROVIDER_SETTING_SUFFIXES
+    )
+    return SETTING_NAMES + per_provider
+
+
+def setting_warnings(env: Mapping[str, str]) -> list[str]:
+    """One line for each JOBHOOK_* variable that is no setting, with the closest known name if there is
+    one: a misspelt setting is otherwise silently ignored, and its default silently used."""
+    known = known_setting_names()
+    lines = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith("JOBHOOK_") or name in known or upper.startswith(TEST_ONLY_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"unknown setting {name} is ignored{hint}")
+    return lines
 
 
 def read_env_file(path: str) -> dict[str, str]:
@@ -261,6 +369,16 @@ def _parse(env: Mapping[str, str]) -> Settings:
             raise ConfigError(name, "expected a comma-separated list without empty entries")
         return items
 
+    def simulator_enabled() -> bool | None:
+        """JOBHOOK_SIMULATOR: `auto` (the default, None), or a boolean."""
+        raw = get("JOBHOOK_SIMULATOR")
+        if raw is None or raw.lower() == "auto":
+            return None
+        try:
+            return boolean("JOBHOOK_SIMULATOR", True)
+        except ConfigError:
+            raise ConfigError("JOBHOOK_SIMULATOR", f"expected auto, true or false, got {raw!r}") from None
+
     providers = {}
     for provider in PROVIDER_NAMES:
         key_name = f"JOBHOOK_{provider.upper()}_API_KEY"
@@ -344,9 +462,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         sqlite_synchronous=choice("JOBHOOK_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA"), upper=True),
         log_format=choice("JOBHOOK_LOG_FORMAT", "text", ("text", "json")),
         simulator=SimulatorSettings(
-            enabled=None
-            if (get("JOBHOOK_SIMULATOR") or "auto").lower() == "auto"
-            else boolean("JOBHOOK_SIMULATOR", True),
+            enabled=simulator_enabled(),
             latency=duration("JOBHOOK_SIMULATOR_LATENCY", 2.0),
             failure_rate=rate("JOBHOOK_SIMULATOR_FAILURE_RATE", 0.0),
             drop_rate=rate("JOBHOOK_SIMULATOR_DROP_RATE", 0.0),
@@ -355,7 +471,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
             seed=integer("JOBHOOK_SIMULATOR_SEED", 0, minimum=0) if seed_raw is not None else None,
             base_url=http_url("JOBHOOK_SIMULATOR_BASE_URL", simulator_url).rstrip("/") if simulator_url else None,
         ),
-        slack_webhook_url=Secret(http_url("JOBHOOK_SLACK_WEBHOOK_URL", slack)) if slack else None,
+        slack_webhook_url=Secret(http_url("JOBHOOK_SLACK_WEBHOOK_URL", slack, secret=True)) if slack else None,
         smtp=_smtp(get("JOBHOOK_SMTP_URL"), get("JOBHOOK_EMAIL_FROM"), get("JOBHOOK_EMAIL_TO")),
         forward=_forward(get("JOBHOOK_FORWARD_URL"), get("JOBHOOK_FORWARD_SECRET")),
         notify_on=notify_on,
@@ -417,7 +533,7 @@ def _forward(url: str | None, secret: str | None) -> ForwardSettings | None:
         if secret is not None:
             raise ConfigError("JOBHOOK_FORWARD_SECRET", "is set but JOBHOOK_FORWARD_URL is not: set both, or neither")
         return None
-    http_url("JOBHOOK_FORWARD_URL", url)
+    http_url("JOBHOOK_FORWARD_URL", url, secret=True)  # like Slack's, its path may hold a token
     if secret is None:
         raise ConfigError(
             "JOBHOOK_FORWARD_SECRET", "is required with JOBHOOK_FORWARD_URL: a Standard Webhooks whsec_… secret"
@@ -437,10 +553,25 @@ def _forward(url: str | None, secret: str | None) -> ForwardSettings | None:
 
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?$")
+# Everything between `scheme://` (if any) and the LAST `@`: user info, even with an unescaped `@`, `/`
+# or `:` in the password (a greedy match masks too much rather than too little).
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://|//)?.*@")
+_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
 
 
-def http_url(name: str, value: str) -> str:
-    """`value` if it is an absolute http(s) URL with a plausible host, else a ConfigError naming `name`."""
+def shown_url(value: str) -> str:
+    """A URL fit to show (listings, messages): user info and query values masked, as either may be a
+    credential (`https://user:password@…`, `?key=…`). Works on malformed URLs too."""
+    return _QUERY_VALUE.sub(r"\1***", _USERINFO.sub(r"\1***@", value))
+
+
+def http_url(name: str, value: str, *, secret: bool = False) -> str:
+    """`value` if it is an absolute http(s) URL with a plausible host, else a ConfigError naming `name`.
+
+    A refusal quotes the value with its user info and query values masked (`shown_url`); a `secret`
+    URL (a Slack webhook, whose path is the credential) is not quoted at all.
+    """
+    got = "the value is not shown: the URL is a credential" if secret else f"got {shown_url(value)!r}"
     try:
         if not value.isprintable() or any(ch.isspace() for ch in value):
             raise ValueError(value)
@@ -452,14 +583,28 @@ def http_url(name: str, value: str) -> str:
         elif not _HOSTNAME.match(host):
             raise ValueError(value)
     except ValueError:
-        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, got {value!r}") from None
+        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, {got}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, got {value!r}")
+        raise ConfigError(name, f"expected an http(s) URL such as https://hooks.example.com, {got}")
     return value
 
 
 def generate_secret() -> str:
     return _secrets.token_urlsafe(32)
+
+
+def check_database_directory(settings: Settings) -> None:
+    """A SQLite database may be a new file, but not in a new directory: a misspelt JOBHOOK_DATABASE
+    would otherwise start afresh (a new signing key, no jobs) in directories made for it. Only a
+    missing directory is refused here; one that cannot be used is the store's error."""
+    if settings.database_url is not None:
+        return
+    folder = settings.database.parent
+    if not folder.exists():
+        raise ConfigError(
+            "JOBHOOK_DATABASE",
+            f"the directory {folder} does not exist: create it, or correct the path ({settings.database})",
+        )
 
 
 def database_setting(raw: str | None) -> tuple[Path, Secret | None]:
@@ -472,15 +617,21 @@ def database_setting(raw: str | None) -> tuple[Path, Secret | None]:
     if scheme == "sqlite":
         path = raw.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
-            raise ConfigError("JOBHOOK_DATABASE", f"expected sqlite:///path/to/file.db, got {raw!r}")
+            raise ConfigError("JOBHOOK_DATABASE", f"expected sqlite:///path/to/file.db, got {shown_url(raw)!r}")
         # sqlite:///relative.db is a path relative to here, sqlite:////abs.db an absolute one (SQLAlchemy's rule).
         return Path(path[1:]), None
     if scheme in ("postgresql", "postgres"):
         try:
             parts = urlsplit(raw)
             parts.port  # noqa: B018 - raises ValueError on a port that is not a number
-        except ValueError as exc:
-            raise ConfigError("JOBHOOK_DATABASE", f"not a valid PostgreSQL URL: {exc}") from None
+        except ValueError:
+            # Not urllib's text: it quotes the "port", which is part of the password when that holds an
+            # unescaped `/`, `?`, `#` or `@`.
+            raise ConfigError(
+                "JOBHOOK_DATABASE",
+                "not a valid PostgreSQL URL (the port is not a number; in the password, percent-encode "
+                "@ : / ? # as %40 %3A %2F %3F %23)",
+            ) from None
         if not parts.path.strip("/") and not parts.hostname:
             raise ConfigError("JOBHOOK_DATABASE", "expected postgresql://user:password@host:5432/database")
         return Path("./jobhook.db"), Secret(raw)

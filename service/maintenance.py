@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service import ids
-from service.config import Settings, parse_duration
+from service.config import Settings, load, parse_duration
 from service.errors import StorageError
 from service.media import MediaStore
 from service.store.base import PURGEABLE, PurgedRows
@@ -474,7 +474,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    settings = Settings.from_environ(env_file=getattr(args, "env_file", None))
+    settings = load(getattr(args, "env_file", None))
     if settings.database_url is not None:
         # PostgreSQL has the tool for this, and it needs no help from jobhook.
         raise MaintenanceError(
@@ -482,7 +482,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
             f"pg_dump --format=custom --file={args.path} '<the JOBHOOK_DATABASE URL>' "
             "(and restore with pg_restore)"
         )
-    _require_database(settings.database)
+    require_database(settings.database)
     target = Path(args.path).expanduser()
     report = asyncio.run(backup(settings.database, target, overwrite=args.force, progress=_BackupProgress()))
     print(report.summary())
@@ -494,16 +494,18 @@ def cmd_purge(args: argparse.Namespace) -> int:
         older_than = parse_age(args.older_than)
     except MaintenanceError as exc:
         raise MaintenanceError(f"--older-than: {exc}") from None
-    settings = Settings.from_environ(env_file=getattr(args, "env_file", None))
+    settings = load(getattr(args, "env_file", None))
     if settings.database_url is None:
-        _require_database(settings.database)
+        require_database(settings.database)
     report = asyncio.run(_run_purge(settings, older_than, dry_run=args.dry_run))
     for line in report.summary():
         print(line)
     return 0
 
 
-def _require_database(database: Path) -> None:
+def require_database(database: Path) -> None:
+    """Refuse a SQLite database that is not there: opening it would create an empty one, and a command
+    run in the wrong directory (or with a misspelt path) would report success on it."""
     if not database.is_file():
         raise MaintenanceError(f"no database at {database} (set JOBHOOK_DATABASE, or --env-file)")
 

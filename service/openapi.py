@@ -152,7 +152,9 @@ GENERATION_FIELDS: dict[str, Schema] = {
     "reference_image_url": {"type": "string", "pattern": "^https?://"},
     "provider_options": {
         "type": "object",
-        "description": f"Passed to the provider as is; at most {MAX_OBJECT_BYTES} bytes of JSON.",
+        "description": f"Passed to the provider as is; at most {MAX_OBJECT_BYTES} bytes of JSON. A key that "
+        "jobhook sets itself (a field of this vocabulary, the model, a callback or webhook URL, or the "
+        "provider's name for one of them) is refused with 422 `reserved_option`.",
     },
 }
 
@@ -455,6 +457,7 @@ PATHS: dict[str, Schema] = {
                     "unknown_provider",
                     "provider_not_configured",
                     "unsupported_field",
+                    "reserved_option",
                     "unsupported_value",
                     "idempotency_key_reused",
                 ),

@@ -7,6 +7,7 @@ and, if not, which field is wrong and what the provider accepts (the 422 answer)
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,9 @@ GENERATION_FIELDS = (
 )
 TOP_LEVEL_FIELDS = ("provider", "metadata", "submit", *GENERATION_FIELDS)
 MAX_OBJECT_BYTES = 16 * 1024  # metadata and provider_options, each
+# Names under which a provider may take a URL to call back: jobhook registers its own (signed) one,
+# and a second would send the job's outcome elsewhere and leave jobhook polling.
+CALLBACK_KEYS = ("callback_url", "callback", "webhook_url", "webhook", "notify_url", "hook_url")
 
 
 class RequestError(JobhookError):
@@ -94,6 +98,10 @@ class Capabilities:
     magic_prompt: bool = False
     num_images_range: tuple[int, int] = (1, 1)
     reference_image: bool = False
+    # The keys of the object `provider_options` is merged into that the adapter sets itself (from
+    # validated fields, or the model and callback URL): an option under one of these names would
+    # override what was checked and priced, so it is refused (see `reserved_option`).
+    wire_keys: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +186,15 @@ def check(request: GenerationRequest, caps: Capabilities, provider: str) -> None
         raise _unsupported("magic_prompt", provider)
     if request.reference_image_url is not None and not caps.reference_image:
         raise _unsupported("reference_image_url", provider)
+    key = reserved_option(request.provider_options, caps.wire_keys)
+    if key is not None:
+        raise RequestError(
+            f"provider_options.{key}",
+            "reserved_option",
+            f"provider_options may not set {key!r}: jobhook sets it for {provider} from the request's checked "
+            "fields (or its own callback URL), and an override could change what is charged; use the request's "
+            "fields instead",
+        )
     if request.num_images is not None:
         low, high = caps.num_images_range
         if not low <= request.num_images <= high:
@@ -188,6 +205,25 @@ def check(request: GenerationRequest, caps: Capabilities, provider: str) -> None
                 f"num_images must be {accepted} for {provider}",
                 list(range(low, high + 1)),
             )
+
+
+def reserved_option(options: Mapping[str, Any], wire_keys: tuple[str, ...]) -> str | None:
+    """The first `provider_options` key that would override what jobhook checked, priced or set, else None.
+
+    Refused: a key the adapter sets on the wire (`wire_keys`), a field of the request vocabulary
+    (`rendering_speed` must go through its check, whatever the provider calls it), and a callback URL.
+    Keys are compared without case, `_` or `-`: `callbackUrl` or `Rendering-Speed` would reach a
+    lenient provider just the same.
+    """
+    reserved = {_loose(key) for key in (*wire_keys, *GENERATION_FIELDS, *CALLBACK_KEYS)}
+    for key in options:
+        if _loose(key) in reserved:
+            return key
+    return None
+
+
+def _loose(key: str) -> str:
+    return re.sub(r"[-_\s]", "", key).lower()
 
 
 def _check_choice(value: str | None, accepted: tuple[str, ...] | None, field: str, provider: str) -> None:

@@ -30,6 +30,8 @@ CAPABILITIES = Capabilities(
     prompt_max_chars=5000,
     aspect_ratios=("1:1", "3:4", "9:16", "4:3", "16:9"),
     output_formats=("jpeg", "png"),
+    # `input` (where provider_options go) and the top level: what submit_request sets.
+    wire_keys=("prompt", "size", "rendering_speed", "output_format", "model", "callback_url"),
 )
 PRICES_USD = {"TURBO": 0.08, "BALANCED": 0.14, "QUALITY": 0.22}
 DEFAULT_SPEED = "BALANCED"

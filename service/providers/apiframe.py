@@ -39,6 +39,9 @@ CAPABILITIES = Capabilities(
     style_types=("AUTO", "GENERAL", "REALISTIC", "DESIGN"),
     magic_prompt=True,
     reference_image=True,
+    # ideogramParams carries the checked fields (and the tier's rendering_speed): replacing it whole
+    # would drop them.
+    wire_keys=("prompt", "model", "webhook_url", "ideogramParams"),
 )
 
 

@@ -27,6 +27,7 @@ from service.providers.base import (
 CAPABILITIES = Capabilities(
     aspect_ratios=("1:1", "16:9", "9:16", "3:4", "4:3", "3:2", "2:3", "9:21", "21:9"),
     output_formats=("png", "jpeg", "webp"),
+    wire_keys=("model", "prompt", "size", "rendering_speed", "output_format"),
 )
 PRICE_PER_IMAGE_USD = 0.12  # 12 credits
 

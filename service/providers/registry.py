@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.config import Settings
+from service.config import Settings, shown_url
 from service.providers.aivideoapi import AivideoapiAdapter
 from service.providers.apiframe import ApiframeAdapter
 from service.providers.apiinone import ApiinoneAdapter
@@ -35,16 +35,18 @@ def describe(settings: Settings) -> list[dict[str, Any]]:
                 "provider": name,
                 "configured": provider.configured,
                 "api_key": "set" if provider.configured else f"unset: JOBHOOK_{name.upper()}_API_KEY",
-                "base_url": provider.base_url,
+                "base_url": shown_url(provider.base_url),  # user info or a query may hold a credential
                 "tracking": tracking,
                 "prices_usd": dict(adapter.price_list),
             }
         )
+    # None is JOBHOOK_SIMULATOR=auto, which `serve` settles by the address it listens on.
+    simulator = {None: "built in (auto: on for loopback)", True: "built in", False: "off: JOBHOOK_SIMULATOR=false"}
     rows.append(
         {
             "provider": "simulator",
             "configured": settings.simulator.enabled is not False,
-            "api_key": "built in",
+            "api_key": simulator[settings.simulator.enabled],
             "base_url": "<this jobhook>/simulator",
             "tracking": "callback" if settings.public_url else "polling (no JOBHOOK_PUBLIC_URL)",
             "prices_usd": {},

@@ -40,6 +40,15 @@ CAPABILITIES = Capabilities(
     seed_range=(-1, 2147483647),
     magic_prompt=True,
     num_images_range=(1, 8),
+    wire_keys=(
+        "prompt",
+        "rendering_speed",
+        "image_size",
+        "num_images",
+        "enable_prompt_expansion",
+        "output_format",
+        "seed",
+    ),
 )
 # Statuses whose body may name no code: 406 is how segmind says the balance is too low.
 ERROR_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 406: "insufficient_credits"}

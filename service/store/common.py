@@ -9,6 +9,7 @@ engine's `_write`, which returns only after COMMIT. Reads go through the engine'
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -45,6 +46,8 @@ from service.store.tx import (
     loads,
     probe,
 )
+
+log = logging.getLogger("jobhook")
 
 T = TypeVar("T")
 
@@ -117,6 +120,8 @@ class Store(OutboxQueries, PurgeQueries, abc.ABC):
 
     def _committed(self, tx: Tx) -> None:
         """After a commit, in the event loop: tell whoever listens what it changed."""
+        for job_id, status, by in tx.finished:  # submissions are logged by the engine; their ends here
+            log.info("finished %s: %s%s", job_id, status, f" (by {by})" if by else "")
         for provider, degraded in tx.health.items():
             (self.degraded.add if degraded else self.degraded.discard)(provider)
         if tx.outbox_changed:

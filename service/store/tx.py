@@ -121,6 +121,8 @@ class Tx:
         self.mirror_images = mirror_images
         self.policy = policy
         self.changed: set[str] = set()
+        # Jobs this transaction brought to a final status: (id, status, resolved_by), logged after commit.
+        self.finished: list[tuple[str, str, str | None]] = []
         self.outbox_changed = False
         self.health: dict[str, bool] = {}  # provider → degraded, for what this transaction changed
 
@@ -183,6 +185,8 @@ class Tx:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         self.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
         self.changed.add(job_id)
+        if fields.get("finished_at") is not None:  # every way to a final status sets it, once
+            self.finished.append((job_id, str(fields.get("status")), fields.get("resolved_by")))
 
     def schedule(
         self, job_id: str, kind: str, provider: str, due_at: float, attempt: int, *, replace: bool = True

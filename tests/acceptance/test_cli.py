@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -14,13 +15,19 @@ from tests.acceptance.harness import ServeProcess, jobhook_command
 
 
 def run(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+    stdout: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """`stdout`: a file descriptor to write to instead of a pipe read here."""
     return subprocess.run(
         jobhook_command(*args),
         env={**os.environ, **(env or {})},
         cwd=cwd,
-        capture_output=True,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.PIPE,
         text=True,
         timeout=timeout,
         check=False,
@@ -127,6 +134,21 @@ async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path, dat
         assert listing.returncode == 0
         assert "simulator" in listing.stdout and "completed" in listing.stdout
         job_id = listing.stdout.splitlines()[1].split()[0]
+        # serve logs a job's end as it logs its submission: one INFO line (issue 14, item 16).
+        for _ in range(100):  # the log is written by a thread of its own: give it a moment
+            if f"finished {job_id}: completed (by callback)" in service.log():
+                break
+            await asyncio.sleep(0.05)
+        assert f"finished {job_id}: completed (by callback)" in service.log(), service.log()
+        assert service.log().count(f"finished {job_id}") == 1
+        # `jobhook jobs --json | head`: a reader that went away ends the output quietly (issue 14, item 16).
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            piped = run("jobs", "--json", env=env, stdout=writer)
+        finally:
+            os.close(writer)
+        assert piped.returncode == 141 and piped.stderr == "", piped.stderr
         shown = run("job", job_id, env=env)
         assert shown.returncode == 0
         assert "history:" in shown.stdout and "callback" in shown.stdout
@@ -159,3 +181,30 @@ def test_providers_lists_tracking_and_prices_and_never_a_key() -> None:
     as_json = run("providers", "--json", env=env)
     assert "sk-very-secret-key" not in result.stdout + as_json.stdout
     assert '"configured": true' in as_json.stdout
+
+
+def test_providers_masks_a_base_urls_credentials_and_says_the_simulator_is_off() -> None:
+    """Issue 14, items 7 and 16."""
+    env = {
+        "JOBHOOK_SEGMIND_BASE_URL": "https://ops:s3cret-pass@proxy.example/segmind?key=s3cret-key",
+        "JOBHOOK_SIMULATOR": "false",
+    }
+    result = run("providers", env=env)
+    as_json = run("providers", "--json", env=env)
+    assert result.returncode == 0 and as_json.returncode == 0, result.stderr + as_json.stderr
+    assert "s3cret" not in result.stdout + result.stderr + as_json.stdout
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "https://***@proxy.example/segmind?key=***" in lines["segmind"]
+    assert "off: JOBHOOK_SIMULATOR=false" in lines["simulator"] and "built in" not in lines["simulator"]
+    assert "built in" in run("providers", env={"JOBHOOK_SIMULATOR": "auto"}).stdout
+
+
+def test_a_malformed_slack_webhook_url_stops_serve_naming_it_not_showing_it(tmp_path: Path) -> None:
+    """Issue 14, item 7: the URL is the credential."""
+    url = "hooks.slack.com/services/T0AAAA/B0BBBB/s3cretWebhookPath"
+    result = run(
+        "serve", "--port", "1", env={"JOBHOOK_SLACK_WEBHOOK_URL": url, "JOBHOOK_DATABASE": str(tmp_path / "x.db")}
+    )
+    assert result.returncode == 2
+    assert "JOBHOOK_SLACK_WEBHOOK_URL" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr

@@ -92,7 +92,13 @@ def dashboard(browser: Browser) -> DashboardFactory:
 
     @contextlib.asynccontextmanager
     async def open_tab(svc: Service, *, width: int = 1280, height: int = 800) -> AsyncIterator[Tab]:
-        context = await browser.new_context(base_url=svc.url, viewport={"width": width, "height": height})
+        # A locale and zone of their own (12-hour, not UTC): the dashboard must show UTC whatever they are.
+        context = await browser.new_context(
+            base_url=svc.url,
+            viewport={"width": width, "height": height},
+            locale="en-US",
+            timezone_id="America/New_York",
+        )
         context.set_default_timeout(10_000)
         try:
             page = await context.new_page()

@@ -4,6 +4,7 @@ resend button, sign-in and sign-out with a token that never reaches a URL, and a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,21 @@ async def test_job_page_shows_the_timeline_and_images(jobhook: ServiceFactory, d
             image = page.locator(".gallery img").first
             await expect(image).to_have_attribute("src", f"/v1/jobs/{twice['id']}/images/0")
             await loaded(image)
+            # UTC, 24-hour, the zone said, whatever the browser's locale (issue 14, item 16).
+            created = twice["created_at"]  # e.g. 2026-12-04T14:03:07.123456Z
+            await expect(page.locator(".fact", has_text="Created").locator("dd")).to_have_text(
+                f"{created[:10]} {created[11:19]} UTC"
+            )
+            event_time = timeline.locator(".event-time").first
+            await expect(event_time).to_have_text(re.compile(r"^\d{2}:\d{2}:\d{2}\.\d{3}$"))
+            await expect(event_time).to_have_attribute(
+                "title", re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC$")
+            )
+            await expect(page.locator("section", has=timeline)).to_contain_text("times in UTC")
+            # Ids in the facts' narrow columns are never broken mid-word (issue 14, item 16).
+            for name in ("Job", "Task id"):
+                code = page.locator(".fact").filter(has=page.get_by_text(name, exact=True)).locator("code")
+                assert await code.evaluate(ONE_LINE), name
 
             await page.goto(f"/dashboard/jobs/{stale['id']}")
             refused = timeline.locator('[data-type="callback"][data-outcome="refused"]').first
@@ -176,6 +192,10 @@ async def test_providers_show_callback_health_and_today(jobhook: ServiceFactory,
             await expect(card.locator(".callbacks")).to_have_attribute("data-health", "degraded")
             await expect(card.locator(".today-jobs")).to_have_text("1")
             await expect(card.locator(".credits")).to_have_text("—")  # the simulator reports no balance
+            # What the CLI says: the simulator is free, segmind publishes no price (issue 14, item 16).
+            await expect(card.locator(".price")).to_have_text("free")
+            await expect(page.locator('[data-provider="segmind"] .price')).to_have_text("not published")
+            await expect(page.locator('[data-provider="apiinone"] .price')).to_have_text("any tier $0.12")
             await expect(page.locator('[data-provider="aivideoapi"] .callbacks')).to_have_attribute("data-health", "ok")
 
 
@@ -265,6 +285,21 @@ async def test_sign_in_once_never_a_token_in_a_url_and_sign_out(
             assert not [url for url in tab.urls if TOKEN in url], tab.urls
 
 
+# The element is laid out as one line box: one rectangle, no taller than a line.
+ONE_LINE = """el => el.getClientRects().length === 1
+    && el.getBoundingClientRect().height < 1.5 * parseFloat(getComputedStyle(el).lineHeight)"""
+
+
+async def test_the_dashboard_has_its_own_icon(jobhook: ServiceFactory, dashboard: DashboardFactory) -> None:
+    async with jobhook() as svc, dashboard(svc) as tab:
+        await tab.page.goto("/dashboard")
+        href = await tab.page.locator('link[rel="icon"]').get_attribute("href")
+        assert href == "/dashboard/static/favicon.svg"
+        icon = await tab.page.request.get(href)
+        assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+        assert (await icon.body()).startswith(b"<svg")
+
+
 async def test_a_phone_never_scrolls_sideways(
     jobhook: ServiceFactory, dashboard: DashboardFactory, tmp_path: Path
 ) -> None:
@@ -283,6 +318,16 @@ async def test_a_phone_never_scrolls_sideways(
             await expect(page.locator('#timeline [data-type="notification"][data-outcome="dead"]')).to_contain_text(
                 "job.completed → webhook"
             )
+            # Ids are never broken mid-word: each stays on one line (issue 14, item 16).
+            job_id = page.locator(".fact").filter(has=page.get_by_text("Job", exact=True)).locator("code")
+            await expect(job_id).to_have_text(job["id"])
+            assert await job_id.evaluate(ONE_LINE)
+            assert (
+                await page.locator(".fact")
+                .filter(has=page.get_by_text("Task id", exact=True))
+                .locator("code")
+                .evaluate(ONE_LINE)
+            )
             await page.locator("#timeline details").first.evaluate("d => d.open = true")
             await no_sideways_scroll(tab)
             await page.goto("/dashboard/providers")
@@ -291,3 +336,4 @@ async def test_a_phone_never_scrolls_sideways(
             await page.goto("/dashboard/outbox")
             await expect(page.locator("#deliveries .delivery").first).to_be_visible()
             await no_sideways_scroll(tab)
+            assert await page.locator("#deliveries .delivery a code").first.evaluate(ONE_LINE)

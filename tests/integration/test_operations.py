@@ -95,6 +95,23 @@ async def test_providers_route_shows_health_and_today(jobhook: ServiceFactory) -
         assert "API_KEY" in rows["aivideoapi"]["api_key"]
 
 
+async def test_providers_route_masks_a_base_urls_credentials(jobhook: ServiceFactory) -> None:
+    """Issue 14, item 7: user info and query values of a base URL may be credentials."""
+    env = {
+        "JOBHOOK_APIFRAME_BASE_URL": "https://ops:s3cret-pass@proxy.example:8443/apiframe?token=s3cret-token",
+        "JOBHOOK_SIMULATOR": "false",
+    }
+    async with jobhook(**env) as svc:
+        response = await svc.client.get("/v1/providers")
+        assert response.status_code == 200
+        assert "s3cret" not in response.text
+        rows = {row["provider"]: row for row in response.json()["providers"]}
+        assert rows["apiframe"]["base_url"] == "https://***@proxy.example:8443/apiframe?token=***"
+        # Issue 14, item 16: a simulator turned off is not "built in" and ready.
+        assert rows["simulator"]["configured"] is False
+        assert rows["simulator"]["api_key"] == "off: JOBHOOK_SIMULATOR=false"
+
+
 async def test_outbox_routes_list_and_resend(jobhook: ServiceFactory) -> None:
     async with HTTPSink(verify=True) as backend:
         backend.always = 500

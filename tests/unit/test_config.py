@@ -14,8 +14,11 @@ from service.config import (
     Settings,
     SimulatorSettings,
     http_url,
+    known_setting_names,
     parse_duration,
     read_env_file,
+    setting_warnings,
+    shown_url,
 )
 from service.errors import JobhookError
 
@@ -171,7 +174,7 @@ DURATION_VARIABLES = [
 def test_duration_errors_name_the_variable(variable: str, value: str) -> None:
     error = error_for(**{variable: value})
     assert_names(error, variable)
-    assert repr(value) in str(error)
+    assert repr(shown_url(value)) in str(error)  # the value itself, but for user info ("mailto:ops@…")
 
 
 @pytest.mark.parametrize("variable", DURATION_VARIABLES)
@@ -258,7 +261,7 @@ BAD_URLS = [
 def test_bad_urls_name_the_variable(variable: str, value: str) -> None:
     error = error_for(**{variable: value})
     assert_names(error, variable)
-    assert repr(value) in str(error)
+    assert repr(shown_url(value)) in str(error)  # the value itself, but for user info ("mailto:ops@…")
 
 
 @pytest.mark.parametrize(
@@ -570,3 +573,126 @@ def test_a_database_url_that_is_wrong_names_the_variable(raw: str, says: str) ->
     error = error_for(JOBHOOK_DATABASE=raw)
     assert_names(error, "JOBHOOK_DATABASE")
     assert says in str(error)
+
+
+# -- secrets are named, never echoed (issue 14, item 7) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "extra"),
+    [
+        # a Slack webhook's path is the credential: however it is malformed, none of it is printed
+        ("JOBHOOK_SLACK_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/s3cretpath", {}),
+        ("JOBHOOK_SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/s3cret path", {}),
+        ("JOBHOOK_SLACK_WEBHOOK_URL", "https://hooks.slack.com:s3cret/services", {}),
+        ("JOBHOOK_FORWARD_URL", "ftp://hooks.example/s3cret-token", {"JOBHOOK_FORWARD_SECRET": "whsec_" + "A" * 40}),
+        # a base URL's user info and query values
+        ("JOBHOOK_AIVIDEOAPI_BASE_URL", "ftp://user:s3cret@api.example", {}),
+        ("JOBHOOK_APIFRAME_BASE_URL", "https://user:s3cret@api example", {}),
+        ("JOBHOOK_SEGMIND_BASE_URL", "https://user:pa/s3cret@api.example", {}),
+        ("JOBHOOK_APIINONE_BASE_URL", "https://api.example:x/?key=s3cret&b=1", {}),
+        ("JOBHOOK_PUBLIC_URL", "https://user:s3cret@:8000", {}),
+        ("JOBHOOK_SIMULATOR_BASE_URL", "replica-1:s3cret@host:8000", {}),
+        # a PostgreSQL password with an unescaped `/` is read by urllib as the port
+        ("JOBHOOK_DATABASE", "postgresql://jobhook:ab/s3cret@db:5432/jobhook", {}),
+        ("JOBHOOK_DATABASE", "sqlite://user:s3cret@x", {}),
+    ],
+)
+def test_a_wrong_secret_setting_is_named_and_not_shown(variable: str, value: str, extra: dict[str, str]) -> None:
+    error = error_for(**{variable: value, **extra})
+    assert_names(error, variable)
+    assert "s3cret" not in str(error)
+
+
+def test_a_wrong_base_url_is_shown_with_its_user_info_masked() -> None:
+    error = error_for(JOBHOOK_AIVIDEOAPI_BASE_URL="ftp://user:s3cret@api.example/v1?key=s3cret")
+    assert "'ftp://***@api.example/v1?key=***'" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://api.example", "https://api.example"),
+        ("https://api.example:8443/v1", "https://api.example:8443/v1"),
+        ("https://user:pass@api.example/v1", "https://***@api.example/v1"),
+        ("https://sk-key@api.example", "https://***@api.example"),
+        ("https://u:p@ss@api.example", "https://***@api.example"),  # an unescaped @ in the password
+        ("https://api.example/v1?key=abc&mode=x#top", "https://api.example/v1?key=***&mode=***#top"),
+        ("https://api.example/v1?flag", "https://api.example/v1?flag"),
+    ],
+)
+def test_shown_url(url: str, shown: str) -> None:
+    assert shown_url(url) == shown
+
+
+@pytest.mark.parametrize("value", ["auto", "AUTO", " Auto "])
+def test_the_simulator_setting_takes_auto(value: str) -> None:
+    assert settings(JOBHOOK_SIMULATOR=value).simulator.enabled is None
+
+
+def test_a_wrong_simulator_setting_lists_auto() -> None:
+    error = error_for(JOBHOOK_SIMULATOR="sometimes")
+    assert_names(error, "JOBHOOK_SIMULATOR")
+    assert "auto, true or false" in str(error)
+
+
+def test_shown_url_without_a_scheme() -> None:
+    assert shown_url("user:pass@host:8000/x") == "***@host:8000/x"
+
+
+# -- misspelt settings are warned about (issue 14, item 12) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "warning"),
+    [
+        (
+            "JOBHOOK_POLL_INTERVALL",
+            "unknown setting JOBHOOK_POLL_INTERVALL is ignored; did you mean JOBHOOK_POLL_INTERVAL?",
+        ),
+        (
+            "jobhook_poll_interval",
+            "unknown setting jobhook_poll_interval is ignored; did you mean JOBHOOK_POLL_INTERVAL?",
+        ),
+        ("JOBHOOK_AIVIDEOAPI_APIKEY", "did you mean JOBHOOK_AIVIDEOAPI_API_KEY?"),
+        ("JOBHOOK_SEGMIND_BASEURL", "did you mean JOBHOOK_SEGMIND_BASE_URL?"),
+        ("JOBHOOK_API_TOKEN", "did you mean JOBHOOK_API_TOKENS?"),
+        ("JOBHOOK_SIMULATOR_LATENCE", "did you mean JOBHOOK_SIMULATOR_LATENCY?"),
+        ("JOBHOOK_BUDGET_USD_PER_DA", "did you mean JOBHOOK_BUDGET_USD_PER_DAY?"),
+        ("JOBHOOK_FOO", "unknown setting JOBHOOK_FOO is ignored"),
+    ],
+)
+def test_an_unknown_setting_is_warned_about_with_the_closest_name(name: str, warning: str) -> None:
+    [line] = setting_warnings({name: "1", "JOBHOOK_POLL_INTERVAL": "2", "PATH": "/bin"})
+    assert line.endswith(warning), line
+    if "did you mean" not in warning:
+        assert "did you mean" not in line
+
+
+def test_known_settings_and_others_are_not_warned_about() -> None:
+    env = {name: "x" for name in known_setting_names()}
+    env.update(
+        {
+            "JOBHOOK_APIFRAME_PRICES": "TURBO=0.03",  # per provider, coming with SPEC §9
+            "JOBHOOK_SEGMIND_BUDGET_USD_PER_DAY": "5",
+            "JOBHOOK_ROUTE_ORDER": "price",
+            "JOBHOOK_MIRROR_ALLOW_NETWORKS": "127.0.0.0/8",
+            "JOBHOOK_URL": "http://127.0.0.1:8000",  # the API clients' own
+            "JOBHOOK_DOMAIN": "hooks.example.com",  # deploy/'s, in the same env file
+            "JOBHOOK_TEST_ENGINES": "sqlite",  # the test suite's
+            "JOBHOOK_CRASH_SEED": "1",
+            "HOME": "/root",
+            "POLL_INTERVALL": "1",  # not ours
+        }
+    )
+    assert setting_warnings(env) == []
+
+
+def test_every_setting_read_is_a_known_name() -> None:
+    """A setting read in config.py but missing from the list would be warned about as unknown."""
+    import re
+
+    source = Path(__file__).parents[2].joinpath("service", "config.py").read_text()
+    read = set(re.findall(r'"(JOBHOOK_[A-Z_]+)"', source)) - {"JOBHOOK_TEST_", "JOBHOOK_CRASH_"}
+    read |= {f"JOBHOOK_{name.upper()}_{suffix}" for name in PROVIDER_NAMES for suffix in ("API_KEY", "BASE_URL")}
+    assert read <= set(known_setting_names())

@@ -18,6 +18,7 @@ from service.domain.request import (
     Submission,
     check,
     parse_submission,
+    reserved_option,
 )
 from service.errors import JobhookError
 from service.providers.aivideoapi import CAPABILITIES as AIVIDEOAPI
@@ -526,3 +527,94 @@ def test_from_json_ignores_fields_it_does_not_know() -> None:
 def test_image_count() -> None:
     assert GenerationRequest(prompt="a").image_count == 1
     assert GenerationRequest(prompt="a", num_images=3).image_count == 3
+
+
+# -- provider_options may not override what was checked (issue 14, item 8) ---------------------------
+
+
+def _adapters() -> dict[str, Any]:
+    from service.providers.registry import adapters
+
+    return adapters()
+
+
+@pytest.mark.parametrize(
+    ("provider", "key"),
+    [
+        # keys each adapter sets on the wire itself
+        ("aivideoapi", "rendering_speed"),
+        ("aivideoapi", "size"),
+        ("aivideoapi", "model"),
+        ("aivideoapi", "callback_url"),
+        ("apiframe", "model"),
+        ("apiframe", "webhook_url"),
+        ("apiframe", "ideogramParams"),
+        ("segmind", "num_images"),
+        ("segmind", "image_size"),
+        ("segmind", "rendering_speed"),
+        ("segmind", "enable_prompt_expansion"),
+        ("apiinone", "model"),
+        ("apiinone", "size"),
+        ("apiinone", "rendering_speed"),
+        # the request vocabulary, whatever the provider's wire calls it
+        ("apiframe", "rendering_speed"),
+        ("aivideoapi", "num_images"),
+        ("apiinone", "prompt"),
+        # a callback URL under any usual name, for every provider
+        ("apiinone", "callback_url"),
+        ("segmind", "webhook"),
+        ("aivideoapi", "webhook_url"),
+        # spelt otherwise: a lenient provider would still read it
+        ("aivideoapi", "renderingSpeed"),
+        ("apiframe", "Webhook-URL"),
+        ("segmind", "NUM_IMAGES"),
+        ("aivideoapi", "callbackUrl"),
+    ],
+)
+def test_provider_options_that_override_a_checked_field_are_refused(provider: str, key: str) -> None:
+    caps = _adapters()[provider].capabilities
+    request = GenerationRequest(prompt="a cat", provider_options={"style": "vivid", key: "x"})
+    with pytest.raises(RequestError) as caught:
+        check(request, caps, provider)
+    assert caught.value.code == "reserved_option"
+    assert caught.value.field == f"provider_options.{key}"
+    assert repr(key) in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("provider", "options"),
+    [
+        ("aivideoapi", {"style": "vivid", "n_steps": 3}),
+        ("apiframe", {"magic_prompt_option": "Auto"}),  # inside ideogramParams on the wire, not the top level
+        ("segmind", {"enable_safety_checker": False}),
+        ("apiinone", {"quality": "hd"}),
+        ("aivideoapi", {"simulate": {"latency": 1}}),
+    ],
+)
+def test_other_provider_options_pass(provider: str, options: dict[str, Any]) -> None:
+    check(GenerationRequest(prompt="a cat", provider_options=options), _adapters()[provider].capabilities, provider)
+
+
+@pytest.mark.parametrize("provider", ["aivideoapi", "apiframe", "segmind", "apiinone"])
+def test_every_key_an_adapter_sets_is_reserved(provider: str) -> None:
+    """The table above cannot drift from the adapters: each key a full submission puts where
+    provider_options are merged (aivideoapi: `input`; the others: the body) is refused as an option."""
+    adapter = _adapters()[provider]
+    caps = adapter.capabilities
+    full = GenerationRequest(
+        prompt="a cat",
+        aspect_ratio=caps.aspect_ratios[0] if caps.aspect_ratios else None,
+        rendering_speed="TURBO",
+        output_format=caps.output_formats[0] if caps.output_formats else None,
+        seed=1 if caps.seed_range else None,
+        negative_prompt="blur" if caps.negative_prompt else None,
+        style_type=caps.style_types[0] if caps.style_types else None,
+        magic_prompt=True if caps.magic_prompt else None,
+        num_images=caps.num_images_range[1],
+        reference_image_url="https://images.example/ref.png" if caps.reference_image else None,
+    )
+    wire = adapter.submit_request(full, "https://hooks.example/callbacks/t").json
+    assert wire is not None
+    keys = (set(wire) | set(wire.get("input", {}))) - {"input"}
+    for key in keys:
+        assert reserved_option({key: 1}, caps.wire_keys) == key, key

@@ -76,19 +76,25 @@ function ago(value) {
   if (seconds < 60) return `${seconds} s ago`;
   if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
   if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
-  return date.toLocaleDateString();
+  return `${date.toISOString().slice(0, 10)} UTC`;
 }
 
+// Times are UTC, 24-hour, with the zone said: as the API, the CLI and the logs give them, whatever
+// the browser's locale ("2026-12-04 14:03:07 UTC", never "12/4/2026, 2:03:07 PM").
 function stamp(value) {
   const date = toDate(value);
-  return date ? date.toLocaleString() : "—";
+  return date ? `${date.toISOString().slice(0, 19).replace("T", " ")} UTC` : "—";
 }
 
+/** The time of day of a job's event, to the millisecond: "14:03:07.123" (its title has the date and zone). */
 function clock(value) {
   const date = toDate(value);
-  if (!date) return "—";
-  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
-  return `${time}.${String(date.getMilliseconds()).padStart(3, "0")}`;
+  return date ? date.toISOString().slice(11, 23) : "—";
+}
+
+/** An id (job, task): one line, never broken mid-word; cut with an ellipsis where there is no room. */
+function idCode(text) {
+  return h("code", { class: "id", title: text }, text);
 }
 
 function span(seconds) {
@@ -415,7 +421,7 @@ function jobsPage() {
         h(
           "span",
           { class: "job-sub" },
-          h("code", null, job.id),
+          idCode(job.id),
           " · ",
           h("time", { datetime: job.created_at, title: stamp(job.created_at), dataset: { ago: job.created_at } }, ago(job.created_at)),
         ),
@@ -627,13 +633,13 @@ function jobPage(id) {
     const facts = h(
       "dl",
       { class: "facts" },
-      fact("Job", h("code", null, job.id)),
+      fact("Job", idCode(job.id)),
       fact("Provider", job.provider),
       fact("Tier", tier(job)),
       fact("Duration", duration(job)),
       fact("Cost", money(job.cost_usd)),
       fact("Resolved by", job.resolved_by || "—"),
-      fact("Task id", job.provider_task_id ? h("code", null, job.provider_task_id) : "—"),
+      fact("Task id", job.provider_task_id ? idCode(job.provider_task_id) : "—"),
       fact("Callback URL", job.callback_url_registered ? "registered" : "none (polling)"),
       fact("Created", h("time", { datetime: job.created_at }, stamp(job.created_at))),
       fact("Finished", job.finished_at ? h("time", { datetime: job.finished_at }, stamp(job.finished_at)) : "—"),
@@ -702,7 +708,7 @@ function jobPage(id) {
     body.append(
       h("section", { class: "card" }, facts),
       h("section", { class: "card" }, h("h2", null, "Images"), gallery),
-      h("section", { class: "card" }, h("h2", null, "Timeline"), timeline),
+      h("section", { class: "card" }, h("h2", null, "Timeline ", h("span", { class: "muted small" }, "times in UTC")), timeline),
     );
   }
 
@@ -736,6 +742,11 @@ function jobPage(id) {
     resync: load,
     unmount: () => refresh.cancel(),
   };
+}
+
+/** What the CLI says where a provider lists no price: the simulator costs nothing; segmind does not say. */
+function unpriced(p) {
+  return p.provider === "simulator" ? "free" : "not published";
 }
 
 /** Providers: callback health, credits left, jobs and cost today. */
@@ -779,7 +790,7 @@ function providersPage() {
         ),
         h("div", { class: "fact" }, h("dt", null, "Jobs today"), h("dd", { class: "today-jobs" }, String(p.today?.jobs ?? 0))),
         h("div", { class: "fact" }, h("dt", null, "Cost today"), h("dd", { class: "today-cost" }, money(p.today?.cost_usd ?? 0))),
-        h("div", { class: "fact" }, h("dt", null, "Price per image"), h("dd", null, prices.length ? prices.join(" · ") : "—")),
+        h("div", { class: "fact" }, h("dt", null, "Price per image"), h("dd", { class: "price" }, prices.length ? prices.join(" · ") : unpriced(p))),
       ),
       p.configured ? null : h("p", { class: "muted small" }, p.api_key),
     );
@@ -871,7 +882,7 @@ function outboxPage() {
         "div",
         { class: "delivery-meta" },
         d.job_id
-          ? h("a", { href: jobPath(d.job_id), "data-link": true }, h("code", null, d.job_id))
+          ? h("a", { href: jobPath(d.job_id), "data-link": true }, idCode(d.job_id))
           : d.provider && `provider ${d.provider}`,
         h("span", null, `${d.attempts} attempt${d.attempts === 1 ? "" : "s"}`),
         h("time", { title: stamp(d.created_at) }, ago(d.created_at)),
