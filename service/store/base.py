@@ -134,8 +134,9 @@ class WriterStats:
 
 
 def redact_url(url: str) -> str:
-    """A database URL without its password, for messages and logs."""
-    return re.sub(r"(//[^:/@]*):[^/@]*@", r"\1:***@", url)
+    """A database URL without its password, for messages and logs. The password runs to the authority's
+    last `@`: an unescaped `@` in it (`u:a@b@host`) must not leave its tail showing."""
+    return re.sub(r"(//[^:/@]*):[^/]*@", r"\1:***@", url)
 
 
 class TaskIdConflict(Exception):

@@ -60,6 +60,8 @@ def test_a_health_change_alone_is_announced() -> None:
         ("postgresql://jobhook:s3cret@db:5432/jobhook", "postgresql://jobhook:***@db:5432/jobhook"),
         ("postgresql://db/jobhook", "postgresql://db/jobhook"),
         ("postgresql://jobhook@db/jobhook", "postgresql://jobhook@db/jobhook"),
+        ("postgresql://jobhook:a@b@db/jobhook", "postgresql://jobhook:***@db/jobhook"),
+        ("postgresql://jobhook:a@b@db/x@y", "postgresql://jobhook:***@db/x@y"),
     ],
 )
 def test_a_database_url_is_shown_without_its_password(url: str, shown: str) -> None:
