@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from service import ids
+from service import ids, limits
 from service.domain.job import Job
 from service.domain.request import RequestError, parse_submission
 from service.domain.status import FINISHED, Status
@@ -107,7 +107,10 @@ async def get_job(request: Request) -> JSONResponse:
     wait = _wait_param(request)
     job = await load_job(rt, job_id)
     if wait > 0 and not job.finished:
-        job = await rt.engine.wait_until(job_id, lambda j: j.status in FINISHED, wait) or job
+        with rt.waiters.hold():  # past JOBHOOK_MAX_WAITERS: 503 with Retry-After, never queued
+            waited = rt.engine.wait_until(job_id, lambda j: j.status in FINISHED, wait)
+            found = await limits.while_connected(request, waited)
+            job = found or job
     return JSONResponse(job_json(request, job))
 
 

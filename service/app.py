@@ -23,7 +23,8 @@ from service.config import Settings, generate_secret
 from service.domain.callbacks import CallbackTokens
 from service.engine import Engine, ProviderRuntime
 from service.errors import StorageError
-from service.http import ApiError, BearerAuth, JSONResponse, error_response
+from service.http import ApiError, BearerAuth, JSONResponse, SecurityHeaders, error_response
+from service.limits import Slots
 from service.loop import MAX_SLEEP, WorkLoop
 from service.media import MediaStore
 from service.metrics import Metrics
@@ -57,6 +58,8 @@ class Runtime:
     tasks: dict[str, asyncio.Task[None]]
     sessions: sessions.Sessions
     metrics: Metrics
+    waiters: Slots  # GET /v1/jobs/{id}?wait=N held now (JOBHOOK_MAX_WAITERS)
+    streams: Slots  # /v1/stream clients now (JOBHOOK_MAX_STREAMS)
 
     @property
     def loops(self) -> dict[str, WorkLoop]:
@@ -143,8 +146,21 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         tasks = {
             loop.name: asyncio.create_task(loop.run(stop), name=f"jobhook-{loop.name}") for loop in (poller, outbox)
         }
-        signins = sessions.Sessions(keys, settings.api_tokens)
-        app.state.runtime = Runtime(settings, store, engine, poller, outbox, hub, tasks, signins, metrics)
+        signins = sessions.Sessions(keys, settings.api_tokens, store, clock=clock)
+        limits = settings.limits
+        app.state.runtime = Runtime(
+            settings,
+            store,
+            engine,
+            poller,
+            outbox,
+            hub,
+            tasks,
+            signins,
+            metrics,
+            waiters=Slots(limits.max_waiters, "too_many_waiters", "requests waiting on a job (?wait=)"),
+            streams=Slots(limits.max_streams, "too_many_streams", "event streams (/v1/stream)"),
+        )
         try:
             yield
         finally:
@@ -180,7 +196,8 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         routes.append(Mount("/simulator", app=simulator.app))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(BearerAuth, tokens=list(settings.api_tokens))],
+        # SecurityHeaders first, so that it also marks the sign-in refusals of BearerAuth.
+        middleware=[Middleware(SecurityHeaders), Middleware(BearerAuth, tokens=list(settings.api_tokens))],
         exception_handlers={
             ApiError: _api_error,
             StorageError: _storage_error,

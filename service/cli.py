@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import ipaddress
 import json
+import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +20,7 @@ from typing import Any
 import httpx
 
 from service import config, maintenance
-from service.config import Settings
+from service.config import ConnectionLimits, Settings
 from service.errors import ConfigError, SchemaTooNew, StorageError
 from service.store.engines import database_label
 
@@ -218,14 +222,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.simulator.enabled is None and not _is_loopback(args.host):
         # JOBHOOK_SIMULATOR=auto: a free renderer has no place on a public address.
         settings = dataclasses.replace(settings, simulator=dataclasses.replace(settings.simulator, enabled=False))
+    listeners = _listen(args.host, args.port)  # a port in use stops us here, in one line, before anything
     asyncio.run(_migrate(settings))  # a database that cannot be opened stops us here, in one line
     import uvicorn
 
     from service import logs
     from service.app import create_app
-    from service.http import server_protocol
+    from service.http import KEEP_ALIVE_TIMEOUT, server_protocol
 
     logs.setup(settings.log_format)
+    limits = _fit_open_files(settings.limits)
     local_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     self_url = f"http://{local_host}:{args.port}"
     app = create_app(settings, self_url=self_url)
@@ -233,19 +239,81 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"dashboard  {self_url}/dashboard", file=sys.stderr, flush=True)
     # No access log: callback and image URLs carry tokens. Long `?wait=` requests are cut after 15 s
     # at shutdown; nothing acknowledged depends on them.
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
         log_level="warning",
         access_log=False,
         lifespan="on",
-        http=server_protocol(),
+        http=server_protocol(limits),
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
         timeout_graceful_shutdown=15,
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run(sockets=listeners)
+    return 0 if server.started else 1
+
+
+# The descriptors jobhook needs besides its connections: the database, media files, outgoing HTTP.
+RESERVED_FILES = 256
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for every address `host` names, so that a port in use is one line, not a traceback
+    after the banner. uvicorn serves on them as they are."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CLIError(f"--host {host!r}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, _, _, _, address in addresses:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only then.
+            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CLIError(
+                f"port {port} is in use on {host}: stop what listens there, or pass another --port"
+            ) from None
+        raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sockets
+
+
+def _fit_open_files(limits: ConnectionLimits) -> ConnectionLimits:
+    """Raise the open-file limit to what JOBHOOK_MAX_CONNECTIONS needs; if the system will not allow it,
+    lower the cap (and say so) rather than fail on accept() when the descriptors run out."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = limits.max_connections + RESERVED_FILES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        fitted = max(16, soft - RESERVED_FILES)
+        logging.getLogger("jobhook").warning(
+            "JOBHOOK_MAX_CONNECTIONS=%d needs %d open files, but the limit is %d: capping connections at %d",
+            limits.max_connections,
+            needed,
+            soft,
+            fitted,
+        )
+        return dataclasses.replace(limits, max_connections=fitted)
+    return limits
 
 
 async def _migrate(settings: Settings) -> int:

@@ -92,6 +92,16 @@ DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (
 
 
 @dataclasses.dataclass(frozen=True)
+class ConnectionLimits:
+    """What one client or a crowd of them can hold of `jobhook serve` (issue 14, item 3)."""
+
+    max_connections: int = 4096  # open connections; past it, idle ones are closed first, else 503
+    max_waiters: int = 1000  # GET /v1/jobs/{id}?wait=N held at once; past it, 503 with Retry-After
+    max_streams: int = 100  # /v1/stream clients at once; past it, 503 with Retry-After
+    head_timeout: float = 10.0  # seconds for a request line and headers to arrive, then the connection closes
+
+
+@dataclasses.dataclass(frozen=True)
 class ProviderSettings:
     name: str
     api_key: Secret | None
@@ -132,6 +142,7 @@ class Settings:
     notify_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     degraded_after: int = 3
     credits_low: float = 20.0
+    limits: ConnectionLimits = ConnectionLimits()
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -441,6 +452,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
     except ValueError:
         raise ConfigError("JOBHOOK_CREDITS_LOW", f"expected a number of credits, got {credits_raw!r}") from None
     database, database_url = database_setting(get("JOBHOOK_DATABASE"))
+    limits = ConnectionLimits(
+        max_connections=integer("JOBHOOK_MAX_CONNECTIONS", ConnectionLimits.max_connections, minimum=16),
+        max_waiters=integer("JOBHOOK_MAX_WAITERS", ConnectionLimits.max_waiters, minimum=1),
+        max_streams=integer("JOBHOOK_MAX_STREAMS", ConnectionLimits.max_streams, minimum=1),
+        head_timeout=duration("JOBHOOK_HEAD_TIMEOUT", ConnectionLimits.head_timeout, minimum=0.1, maximum=300.0),
+    )
     return Settings(
         database=database,
         database_url=database_url,
@@ -478,6 +495,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         notify_retry_schedule=schedule,
         degraded_after=integer("JOBHOOK_DEGRADED_AFTER", 3, minimum=1),
         credits_low=credits_low,
+        limits=limits,
     )
 
 

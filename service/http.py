@@ -2,36 +2,77 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import orjson
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.config import ConnectionLimits
+from service.errors import StorageError
+
+NOSNIFF = ("X-Content-Type-Options", "nosniff")
 
 
 class JSONResponse(Response):
+    """JSON, never sniffed as anything else (a browser must not run an echoed string as HTML or script).
+
+    The header is set here as well as by `SecurityHeaders`: Starlette answers an unexpected error from
+    outside every middleware."""
+
     media_type = "application/json"
+
+    def __init__(self, content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(content, status_code=status_code, headers=headers)
+        self.headers.setdefault(*NOSNIFF)
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
 
 
-class ApiError(Exception):
-    """An answer that refuses: `{"error": {"code", "message", …}}` with `status`."""
+class SecurityHeaders:
+    """Pure ASGI middleware: `X-Content-Type-Options: nosniff` on every answer that does not say otherwise
+    (the simulator's JSON, static files, images, the event stream)."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault(*NOSNIFF)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class ApiError(Exception):
+    """An answer that refuses: `{"error": {"code", "message", …}}` with `status` (and `headers`, such as
+    Retry-After)."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
         self.extra = extra
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.code, self.message, **self.extra)
+        return error_response(self.status, self.code, self.message, headers=self.headers, **self.extra)
 
 
 def error_response(
@@ -110,7 +151,15 @@ class BearerAuth:
             )
             await response(scope, receive, send)
             return
-        if sessions.valid(_cookie(headers.get(b"cookie", b""), "jobhook_session")):
+        try:
+            signed_in = await sessions.valid(_cookie(headers.get(b"cookie", b""), "jobhook_session"))
+        except StorageError:  # sessions are rows: out here, no exception handler would answer for it
+            response = error_response(
+                503, "storage_unavailable", "the database is unavailable; retry later", headers={"Retry-After": "5"}
+            )
+            await response(scope, receive, send)
+            return
+        if signed_in:
             unsafe = scope["method"] not in ("GET", "HEAD", "OPTIONS")
             if unsafe and b"x-jobhook-csrf" not in headers:
                 response = error_response(403, "csrf_required", "send the X-Jobhook-CSRF header with this request")
@@ -137,22 +186,50 @@ def _cookie(header: bytes, name: str) -> str | None:
     return None
 
 
-# -- the request head's bound -------------------------------------------------------------------------
+# -- the connection's bounds: its head's size and time, and how many connections at once ----------------
 
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; h11's own default is 16 KiB
+KEEP_ALIVE_TIMEOUT = 5  # uvicorn's timeout_keep_alive: an idle kept-alive connection is closed after this
+LINGER = 1.0  # seconds a refused connection keeps reading (and dropping) what the client still sends
+MAX_LINGERING = 256  # past this many at once, a refused connection is closed at once
+RETRY_AFTER = "1"
 
 
-def server_protocol() -> Any:
-    """What `uvicorn.run(http=…)` should get: httptools with a bound on the request head.
+def refusal_bytes(status: int, reason: bytes, code: str, message: str, *, retry_after: str | None = None) -> bytes:
+    """A whole HTTP/1.1 answer that refuses and closes, written by the protocol itself (no request, no app)."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    extra = b"retry-after: %s\r\n" % retry_after.encode() if retry_after is not None else b""
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nx-content-type-options: nosniff\r\n%s"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (status, reason, extra, len(body), body)
+    )
 
-    uvicorn's httptools protocol buffers a head of any size (a 10 MiB header is read, kept and
-    answered); its h11 protocol stops at a bound but is several times slower. Without httptools
-    installed, h11 it is (its bound is `h11_max_incomplete_event_size`, 16 KiB by default).
+
+def server_protocol(limits: ConnectionLimits | None = None) -> type[asyncio.Protocol]:
+    """What `uvicorn.Config(http=…)` should get: httptools, with the bounds uvicorn does not have.
+
+    Built anew for each server (the connections waiting for a head are counted per class). It pins the
+    uvicorn versions it was tested with (pyproject.toml): it overrides HttpToolsProtocol's parser
+    callbacks, `connection_made`/`connection_lost`, `on_response_complete`, `send_400_response` and
+    `shutdown`, and reads its `transport`, `connections`, `cycle` and `pipeline`.
+
+    - The head's size: uvicorn's httptools protocol buffers a head of any size (a 10 MiB header is read,
+      kept and answered); its h11 protocol stops at a bound but is several times slower.
+    - The head's time: uvicorn has no such bound. A connection must bring a whole request line and headers
+      within `head_timeout` of opening, or of its previous answer; else it is closed (408 if part of a
+      head came). uvicorn's `timeout_keep_alive` closes an idle kept-alive connection sooner.
+    - How many connections: uvicorn's `limit_concurrency` is checked only once a head is complete, so
+      connections that never finish one are not refused, and its 503 is plain text. Here, a connection
+      past `max_connections` closes the oldest connection that is waiting for a head (a slow or idle
+      one: it holds nothing being answered); when every connection is in the middle of a request, the
+      new one gets a JSON 503 with Retry-After and is closed. Never queued.
     """
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
-        return "h11"
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    bounds = limits or ConnectionLimits()
+    # Connections waiting for a request head, oldest first: the ones to close when a new one needs room.
+    awaiting: dict[BoundedHttpToolsProtocol, None] = {}
+    lingering: set[BoundedHttpToolsProtocol] = set()
 
     class _HeadTooLarge(Exception):
         pass
@@ -173,9 +250,79 @@ def server_protocol() -> Any:
             self._head_chunks = 0
             self._head_parsed = 0
             self._head_refused = False
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._linger_timer: asyncio.TimerHandle | None = None
+
+        # -- how many connections, and how long a head may take --------------------------------------
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            if len(self.connections) > bounds.max_connections and not _make_room():
+                self._refuse_connection()
+                return
+            self._await_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_awaiting()
+            lingering.discard(self)
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            pipelined = bool(self.pipeline)  # a request already read is started: no head to wait for
+            super().on_response_complete()
+            if not pipelined and not self.transport.is_closing():
+                self._await_head()
+
+        def shutdown(self) -> None:
+            self._stop_awaiting()
+            super().shutdown()
+
+        def _await_head(self) -> None:
+            self._stop_awaiting()
+            awaiting[self] = None
+            self._head_timer = self.loop.call_later(bounds.head_timeout, self._head_timed_out)
+
+        def _stop_awaiting(self) -> None:
+            awaiting.pop(self, None)
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            awaiting.pop(self, None)
+            if self.transport.is_closing():
+                return
+            if self._head_chunks:
+                message = f"the request line and headers did not arrive within {bounds.head_timeout:g} s"
+                self.transport.write(refusal_bytes(408, b"Request Timeout", "request_timeout", message))
+            self.transport.close()
+
+        def _close_for_room(self) -> None:
+            """Closed for a newer connection: it was idle (silently, as a kept-alive connection is
+            closed) or still sending a head (then told why)."""
+            self._stop_awaiting()
+            if self.transport.is_closing():
+                return
+            if self._head_chunks:
+                self.transport.write(_too_many_connections())
+            self.transport.close()
+
+        def _refuse_connection(self) -> None:
+            """503, then read and drop for a moment before closing: closing a socket with unread request
+            bytes sends a reset, which can destroy the answer before the client reads it."""
+            self.transport.write(_too_many_connections())
+            if len(lingering) >= MAX_LINGERING or not self.transport.can_write_eof():
+                self.transport.close()
+                return
+            lingering.add(self)
+            self.transport.write_eof()
+            self._linger_timer = self.loop.call_later(LINGER, self.transport.close)
 
         def data_received(self, data: bytes) -> None:
-            if self._head_refused:
+            if self._head_refused or self in lingering:
                 return
             reading_head, heads_done = self._reading_head, self._heads_done
             super().data_received(data)
@@ -186,6 +333,8 @@ def server_protocol() -> Any:
                 self._head_chunks += len(data)
                 if self._head_chunks > MAX_HEAD_BYTES:
                     self._refuse_head()
+
+        # -- the head's size ---------------------------------------------------------------------------
 
         def on_message_begin(self) -> None:
             self._reading_head = True
@@ -201,6 +350,7 @@ def server_protocol() -> Any:
             super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
+            self._stop_awaiting()
             self._reading_head = False
             self._heads_done += 1
             super().on_headers_complete()
@@ -228,18 +378,22 @@ def server_protocol() -> Any:
                 return
             if self.cycle is None or self.cycle.response_complete:
                 # Not in the middle of another response on this connection: say why before closing.
-                body = orjson.dumps(
-                    {
-                        "error": {
-                            "code": "headers_too_large",
-                            "message": f"the request line and headers exceed {MAX_HEAD_BYTES} bytes",
-                        }
-                    }
-                )
+                message = f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"
                 self.transport.write(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                    refusal_bytes(431, b"Request Header Fields Too Large", "headers_too_large", message)
                 )
             self.transport.close()
+
+    def _make_room() -> bool:
+        """Close the connection that has waited longest for a head; False if none is waiting."""
+        oldest = next(iter(awaiting), None)
+        if oldest is None:
+            return False
+        oldest._close_for_room()
+        return True
+
+    def _too_many_connections() -> bytes:
+        message = f"jobhook has {bounds.max_connections} connections open, each in the middle of a request"
+        return refusal_bytes(503, b"Service Unavailable", "too_many_connections", message, retry_after=RETRY_AFTER)
 
     return BoundedHttpToolsProtocol

@@ -521,7 +521,13 @@ PATHS: dict[str, Schema] = {
                 "400": _refusal(f"`wait` is not a number of seconds from 0 to {MAX_WAIT:g}.", "invalid_wait"),
                 **AUTH,
                 **JOB_NOT_FOUND,
-                **STORAGE,
+                "503": _refusal(
+                    "The database cannot be read or written right now, or JOBHOOK_MAX_WAITERS requests already"
+                    " wait (with `wait`); retry later.",
+                    "storage_unavailable",
+                    "too_many_waiters",
+                    headers={"Retry-After": _header("seconds", {"type": "string", "pattern": "^[0-9]+$"})},
+                ),
             },
             tag="jobs",
             parameters=[_query("wait", {"type": "number", "minimum": 0, "maximum": MAX_WAIT}, "seconds; default 0")],
@@ -747,6 +753,11 @@ PATHS: dict[str, Schema] = {
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
                 **AUTH,
+                "503": _refusal(
+                    "JOBHOOK_MAX_STREAMS streams are open already; retry later.",
+                    "too_many_streams",
+                    headers={"Retry-After": _header("seconds", {"type": "string", "pattern": "^[0-9]+$"})},
+                ),
             },
             tag="operators",
         )
@@ -765,8 +776,13 @@ PATHS: dict[str, Schema] = {
             "Sign in with an API token: a session cookie stands in for it from then on.",
             {
                 "303": _redirect("Signed in: to `next`.", **{"Set-Cookie": _header("the session")}),
-                "400": _refusal("The form cannot be read.", "http_error"),
+                "400": _refusal("The body cannot be read as a form or a JSON object.", "invalid_body"),
                 "401": _html("The token is not valid: the page again, with the error."),
+                "413": _refusal("The body is over 8 KiB.", "payload_too_large"),
+                "415": _refusal(
+                    "Not a form (application/x-www-form-urlencoded) nor JSON: refused unread.",
+                    "unsupported_media_type",
+                ),
             },
             tag="dashboard",
             security=PUBLIC,
@@ -776,14 +792,15 @@ PATHS: dict[str, Schema] = {
                 "content": {
                     "application/x-www-form-urlencoded": {
                         "schema": _object({"token": {"type": "string"}}),
-                    }
+                    },
+                    JSON: {"schema": _object({"token": {"type": "string"}})},
                 },
             },
         ),
     },
     "/dashboard/logout": {
         "post": _operation(
-            "Sign out: the session cookie is cleared.",
+            "Sign out: the session ends (its cookie opens nothing from then on) and the cookie is cleared.",
             {"303": _redirect("To the sign-in page."), **UNSAFE_AUTH},
             tag="dashboard",
         )

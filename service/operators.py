@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from service.api import job_json, json_body, runtime
 from service.http import ApiError, JSONResponse
@@ -119,7 +121,22 @@ async def stream(request: Request) -> StreamingResponse:
                     yield b"event: job\ndata: " + orjson.dumps(job_json(request, job)) + b"\n\n"
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    rt.streams.take()  # past JOBHOOK_MAX_STREAMS: 503 with Retry-After, never queued
+    return HeldStream(events(), rt.streams.give_back, media_type="text/event-stream", headers=headers)
+
+
+class HeldStream(StreamingResponse):
+    """A stream that gives its slot back when it ends, however it ends (the client gone, shutdown)."""
+
+    def __init__(self, content: AsyncIterator[bytes], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 routes = [

@@ -33,6 +33,7 @@ from service.store.base import (
 )
 from service.store.outbox_queries import OutboxQueries
 from service.store.purge_queries import PurgeQueries
+from service.store.session_queries import SessionQueries
 from service.store.tx import (
     DEADLINE,
     INTERNAL,
@@ -52,7 +53,7 @@ log = logging.getLogger("jobhook")
 T = TypeVar("T")
 
 
-class Store(OutboxQueries, PurgeQueries, abc.ABC):
+class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
     """jobhook's state; one subclass per engine provides the connections and the schema."""
 
     dialect: Dialect
