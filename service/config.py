@@ -218,6 +218,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "JOBHOOK_DEGRADED_AFTER",
     "JOBHOOK_CREDITS_LOW",
     "JOBHOOK_MAX_CONNECTIONS",
+    "JOBHOOK_HEAD_TIMEOUT",
     "JOBHOOK_MAX_WAITERS",
     "JOBHOOK_MAX_STREAMS",
     # SPEC §8 and §9: routing and budgets
