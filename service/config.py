@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from service.domain import addresses
 from service.errors import ConfigError
 
 PROVIDER_NAMES = ("aivideoapi", "apiframe", "segmind", "apiinone")
@@ -120,6 +121,8 @@ class Settings:
     sync_timeout: float = 300.0
     poll_timeout: float = 30.0  # at most POLL_TIMEOUT_MAX: a poll's lease (service.engine) assumes it
     mirror_images: bool = True
+    # Networks images may be mirrored from although they are not public (JOBHOOK_MIRROR_ALLOW_NETWORKS).
+    mirror_allow_networks: tuple[addresses.IPNetwork, ...] = ()
     sqlite_synchronous: str = "FULL"
     log_format: str = "text"
     simulator: SimulatorSettings = SimulatorSettings()
@@ -323,6 +326,14 @@ def _parse(env: Mapping[str, str]) -> Settings:
     except ValueError:
         raise ConfigError("JOBHOOK_CREDITS_LOW", f"expected a number of credits, got {credits_raw!r}") from None
     database, database_url = database_setting(get("JOBHOOK_DATABASE"))
+    allow_raw = get("JOBHOOK_MIRROR_ALLOW_NETWORKS")
+    try:
+        mirror_allow_networks = addresses.parse_networks(allow_raw) if allow_raw is not None else ()
+    except ValueError as exc:
+        raise ConfigError(
+            "JOBHOOK_MIRROR_ALLOW_NETWORKS",
+            f"expected comma-separated networks such as 10.0.0.0/8,fd00::/8, got {str(exc)!r}",
+        ) from None
     return Settings(
         database=database,
         database_url=database_url,
@@ -341,6 +352,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         sync_timeout=duration("JOBHOOK_SYNC_TIMEOUT", 300.0, minimum=0.1),
         poll_timeout=duration("JOBHOOK_POLL_TIMEOUT", 30.0, minimum=0.1, maximum=POLL_TIMEOUT_MAX),
         mirror_images=boolean("JOBHOOK_MIRROR_IMAGES", True),
+        mirror_allow_networks=mirror_allow_networks,
         sqlite_synchronous=choice("JOBHOOK_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA"), upper=True),
         log_format=choice("JOBHOOK_LOG_FORMAT", "text", ("text", "json")),
         simulator=SimulatorSettings(
