@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
 import orjson
 
 from service.config import Settings
@@ -29,11 +28,11 @@ from service.errors import JobhookError
 from service.ids import new_job_id
 from service.media import MediaFile, MediaStore
 from service.metrics import Metrics
-from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse, sniff
-from service.providers.http import USER_AGENT, NotSent, ProviderHTTP, Uncertain
+from service.mirror import Downloader, Mirror
+from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse
+from service.providers.http import NotSent, ProviderHTTP, Uncertain
 from service.store.base import NewJob, ReceiptKind, SubmitKind, SubmitResult, TaskIdConflict
 from service.store.common import Store
-from service.store.tx import MIRROR
 from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
@@ -42,8 +41,6 @@ POLL_LEASE = 45.0
 # A synchronous provider's call runs from the work queue; the request that created the job waits this
 # long for its first attempt to settle, so that an immediate refusal still answers 502 (SPEC §3).
 SYNC_FIRST_ANSWER_WAIT = 1.0
-MIRROR_ATTEMPTS = 8
-MAX_IMAGE_BYTES = 50 * 1024 * 1024
 UNCERTAIN_SYNC = JobError(
     "submission_uncertain",
     "the synchronous call was cut before it answered; it was not re-sent to avoid a double charge",
@@ -63,6 +60,8 @@ class ProviderRuntime:
     name: str
     adapter: Adapter
     http: ProviderHTTP | None  # None: known but not configured (no API key)
+    # Where jobhook itself serves this provider's images (the built-in simulator): fetched unchecked.
+    own_images: str | None = None
 
     @property
     def configured(self) -> bool:
@@ -79,10 +78,6 @@ class IdempotencyMismatch(JobhookError):
 
 class NotPollable(JobhookError):
     """The job has no task id at the provider yet, so there is nothing to ask about."""
-
-
-class DownloadError(JobhookError):
-    """An image could not be fetched for mirroring (unreachable, too large, not an image)."""
 
 
 class NotBackendSubmitted(JobhookError):
@@ -127,7 +122,6 @@ class Engine:
         self.store = store
         self.media = media
         self.metrics = metrics or Metrics()
-        self._downloads = httpx.AsyncClient(timeout=60.0, follow_redirects=True, headers={"User-Agent": USER_AGENT})
         self.providers = providers
         self.tokens = tokens
         self.media_tokens = verify.CallbackTokens(tokens.keys, salt=verify.MEDIA_SALT)
@@ -137,9 +131,18 @@ class Engine:
         # A provider that answered 429 is left alone until then (soft state: harmless to lose).
         self.paused_until: dict[str, float] = {}
         self._nudge: Callable[[float], None] = lambda due_at: None
+        self.mirroring = Mirror(
+            store,
+            media,
+            Downloader(settings.mirror_allow_networks),
+            own_images={name: runtime.own_images for name, runtime in providers.items() if runtime.own_images},
+            nudge=lambda due_at: self._nudge(due_at),
+            clock=clock,
+            rng=self.rng,
+        )
 
     async def aclose(self) -> None:
-        await self._downloads.aclose()
+        await self.mirroring.aclose()
 
     def submit_lease(self, runtime: ProviderRuntime) -> float:
         """How long a submission to this provider may stay "sending" before it counts as cut."""
@@ -439,62 +442,6 @@ class Engine:
         )
         self._nudge(next_at)
         return applied.job
-
-    # -- mirroring ---------------------------------------------------------------------------------
-
-    async def mirror(self, job_id: str, attempt: int) -> None:
-        """Download a completed job's images into the media directory (providers' URLs expire)."""
-        job = await self.store.get_job(job_id)
-        if job is None:
-            return
-        missing = [index for index in range(len(job.images)) if job.held(index) is None]
-        held: dict[int, MediaFile] = {}
-        errors: dict[str, str] = {}
-        for index in missing:
-            try:
-                image = await self._download(job.images[index])
-                held[index] = await self.media.save(job.id, index, image.data, image.content_type)
-            except DownloadError as exc:
-                errors[str(index)] = str(exc)
-            except OSError as exc:  # the media directory is full, read-only or not a directory
-                errors[str(index)] = f"cannot keep the image: {exc.strerror or exc}"
-                log.warning("mirror %s: cannot keep image %d under JOBHOOK_MEDIA_DIR: %s", job.id, index, exc)
-        if held or not errors:
-            await self.store.record_media(job.id, held, {"attempt": attempt + 1})
-        if not errors:
-            return
-        if attempt + 1 >= MIRROR_ATTEMPTS:
-            await self.store.unschedule(job.id, "mirror")
-            await self.store.note(job.id, "mirror", "gave_up", {"attempts": attempt + 1, "errors": errors})
-            log.warning("mirror %s: gave up after %d attempts", job.id, attempt + 1)
-            return
-        wait = backoff.delay(attempt, 5.0, 600.0, self.rng)
-        event = ("mirror", "retry", {"attempt": attempt + 1, "errors": errors, "retry_in": round(wait, 1)})
-        await self.store.reschedule(job.id, "mirror", MIRROR, self.clock() + wait, attempt + 1, event)
-        self._nudge(self.clock() + wait)
-
-    async def _download(self, url: str) -> ImageBytes:
-        """One image, at most MAX_IMAGE_BYTES, that really is an image."""
-        try:
-            async with self._downloads.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise DownloadError(f"HTTP {response.status_code}")
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
-                    raise DownloadError(f"larger than {MAX_IMAGE_BYTES} bytes")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_IMAGE_BYTES:
-                        raise DownloadError(f"larger than {MAX_IMAGE_BYTES} bytes")
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise DownloadError(f"{type(exc).__name__}: {exc}") from None
-        data = b"".join(chunks)
-        kind = sniff(data)
-        if kind is None:
-            raise DownloadError("the answer is not a PNG, JPEG or WebP image")
-        return ImageBytes(data, kind)
 
     async def expire(self, job_id: str) -> None:
         job = await self.store.expire(job_id)

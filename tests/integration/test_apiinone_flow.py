@@ -251,7 +251,8 @@ async def test_what_apiinone_cannot_honour_is_refused(jobhook: ServiceFactory, f
 
 
 async def test_webp_is_accepted_and_its_image_mirrored(jobhook: ServiceFactory, fake: FakeApiinone) -> None:
-    async with jobhook(**provider_env(fake)) as svc:
+    # The fake serves its images on loopback: mirroring from there must be allowed.
+    async with jobhook(**provider_env(fake, JOBHOOK_MIRROR_ALLOW_NETWORKS="127.0.0.0/8")) as svc:
         job = await svc.submit(provider="apiinone", prompt="small and sharp", output_format="webp")
         [create] = fake.creates
         assert create.body["output_format"] == "webp"
