@@ -21,6 +21,7 @@ import orjson
 from service.config import Settings
 from service.domain import backoff, request
 from service.domain import callbacks as verify
+from service.domain import status as status_machine
 from service.domain.job import Job
 from service.domain.request import GenerationRequest, RequestError, Submission
 from service.domain.status import FINAL, JobError, Observation, Status
@@ -191,9 +192,10 @@ class Engine:
             return f"{self.settings.public_url}/media/{self.media_tokens.sign(job.id, str(index))}"
         return job.images[index] if index < len(job.images) else None
 
-    def _cost(self, job: Job, images: int) -> float | None:
+    def _cost(self, job: Job) -> float | None:
+        """What the job costs: the images its request asked for, not however many a provider listed."""
         runtime = self.providers.get(job.provider)
-        return runtime.adapter.price_usd(job.request, images) if runtime else None
+        return runtime.adapter.price_usd(job.request, status_machine.images_asked(job.request)) if runtime else None
 
     async def wait_until(self, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job | None:
         """The job as soon as `done(job)` holds, or as it is when `timeout` seconds have passed."""
@@ -329,9 +331,12 @@ class Engine:
         observation = answer.observation
         media: tuple[MediaFile, ...] = ()
         if answer.images:  # a synchronous answer: the images themselves, kept before the job says so
-            media = tuple(await self._keep(job.id, answer.images))
+            kept, ignored = status_machine.keep_images(answer.images, status_machine.images_asked(job.request))
+            media = tuple(await self._keep(job.id, kept))
             observation = Observation(Status.COMPLETED)
             detail["images"] = len(media)
+            if ignored:
+                detail["images_ignored"] = ignored
         images = len(observation.images) if observation is not None else 0
         now = self.clock()
         first_poll = self.first_poll_at(job, now) if answer.task_id else None
@@ -343,7 +348,7 @@ class Engine:
             task_id=answer.task_id,
             observation=observation,
             first_poll_at=first_poll,
-            cost_usd=self._cost(job, images) if images else None,
+            cost_usd=self._cost(job) if images else None,
             media=media,
             credits_remaining=answer.credits_remaining,
         )
@@ -437,7 +442,7 @@ class Engine:
             detail,
             outcome=outcome,
             next_poll=(next_at, attempt + 1),
-            cost_if_completed=self._cost(job, images) if images else None,
+            cost_if_completed=self._cost(job) if images else None,
             confirming=confirming,
         )
         self._nudge(next_at)
@@ -530,7 +535,7 @@ class Engine:
                 observation,
                 _delivery_detail(headers, body),
                 bind_task_id=bind,
-                cost_if_completed=self._cost(job, images) if images else None,
+                cost_if_completed=self._cost(job) if images else None,
                 poll_if_bound=self.first_poll_at(job, now),
             )
         except TaskIdConflict:

@@ -25,6 +25,7 @@ def provider_env(fake: FakeApiinone, **extra: str) -> dict[str, str]:
         "JOBHOOK_APIINONE_API_KEY": "aio_test",
         "JOBHOOK_APIINONE_BASE_URL": fake.base_url,
         "JOBHOOK_CALLBACK_GRACE": "30",
+        "JOBHOOK_MIRROR_ALLOW_NETWORKS": "127.0.0.0/8",  # the fake serves its images on loopback
         **extra,
     }
 
@@ -251,8 +252,7 @@ async def test_what_apiinone_cannot_honour_is_refused(jobhook: ServiceFactory, f
 
 
 async def test_webp_is_accepted_and_its_image_mirrored(jobhook: ServiceFactory, fake: FakeApiinone) -> None:
-    # The fake serves its images on loopback: mirroring from there must be allowed.
-    async with jobhook(**provider_env(fake, JOBHOOK_MIRROR_ALLOW_NETWORKS="127.0.0.0/8")) as svc:
+    async with jobhook(**provider_env(fake)) as svc:
         job = await svc.submit(provider="apiinone", prompt="small and sharp", output_format="webp")
         [create] = fake.creates
         assert create.body["output_format"] == "webp"
