@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import random
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +23,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from service.config import Settings
 from service.domain import addresses
-from service.mirror import Downloader, Refused
+from service.domain.status import Observation, Status
+from service.ids import new_job_id
+from service.media import MediaStore
+from service.mirror import Downloader, Mirror, Refused
+from service.store.base import NewJob
+from service.store.engines import make_store
 from tests.conftest import Service, ServiceFactory, eventually
 from tests.fakes.aivideoapi import FakeAivideoapi, TaskScript
 from tests.fakes.server import free_socket, serve_asgi
@@ -53,12 +62,19 @@ class ImageHost:
             self._hit(request)
             return RedirectResponse(request.query_params["url"], status_code=307)
 
+        async def flaky(request: Request) -> Response:
+            self._hit(request)
+            if self.hits.count(request.url.path) == 1:
+                return Response(b"busy", status_code=503)
+            return Response(SECRET, media_type="image/png")
+
         return Starlette(
             routes=[
                 Route("/secret.png", secret),
                 Route("/files/{name}", secret),  # the simulator's shape of image path
                 Route("/hop/{left:int}", hop),
                 Route("/to", to),
+                Route("/flaky.png", flaky),  # 503 the first time
             ]
         )
 
@@ -288,3 +304,59 @@ async def test_only_the_simulators_own_file_urls_skip_the_address_check(path: st
         finally:
             await downloader.aclose()
         assert len(host.hits) == int(trusted)
+
+
+async def test_a_retry_for_another_image_leaves_a_refused_one_alone(database: str, tmp_path: Path) -> None:
+    # No provider asks for two images by URL today; a job that holds two (its request says 2) shows
+    # that a refusal stays final while another image of the same job is retried.
+    store = make_store(Settings.from_environ({"JOBHOOK_DATABASE": database}), mirror_images=True)
+    await store.open()
+    downloader = Downloader(addresses.parse_networks("127.0.0.1/32"))
+    try:
+        async with image_host("127.0.0.1") as allowed, image_host("127.0.0.2") as secret:
+            job, _ = await store.create_job(
+                NewJob(
+                    id=new_job_id(),
+                    provider="aivideoapi",
+                    request={"prompt": "two", "num_images": 2},
+                    metadata=None,
+                    callback_url_registered=True,
+                    submitted_by_backend=True,
+                    idempotency_key=None,
+                    request_hash=None,
+                    deadline_at=time.time() + 600,
+                    submit_lease_until=None,
+                )
+            )
+            urls = (f"{secret.url}/secret.png", f"{allowed.url}/flaky.png")
+            done = Observation(Status.COMPLETED, images=urls)
+            await store.record_callback(job.id, "completed", done, {}, bind_task_id="t-1", cost_if_completed=None)
+            mirror = Mirror(
+                store,
+                MediaStore(tmp_path / "media"),
+                downloader,
+                own_images={},
+                nudge=lambda due_at: None,
+                clock=time.time,
+                rng=random.Random(1),
+            )
+            await mirror.run(job.id, 0)
+            [due] = [due for due in await store.due_for(job.id) if due.kind == "mirror"]
+            await mirror.run(job.id, due.attempt)
+            events = [e for e in await store.events(job.id) if e.type == "mirror"]
+            assert [(e.outcome, e.detail.get("attempt")) for e in events] == [
+                ("refused", 1),
+                ("retry", 1),
+                ("done", 2),
+            ]
+            assert events[0].detail["refused"] == {"0": {"host": "127.0.0.2", "message": "address not allowed"}}
+            assert events[1].detail["errors"] == {"1": "HTTP 503"}
+            assert events[2].detail["images"] == [1]
+            held = await store.get_job(job.id)
+            assert held is not None and held.held(0) is None and held.held(1) is not None
+            assert secret.hits == []
+            assert allowed.hits == ["/flaky.png", "/flaky.png"]
+            assert [due.kind for due in await store.due_for(job.id)] == []
+    finally:
+        await downloader.aclose()
+        await store.close()
