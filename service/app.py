@@ -86,13 +86,12 @@ def build_providers(settings: Settings, self_url: str | None) -> dict[str, Provi
         runtimes[name] = ProviderRuntime(name, adapter, http)
     if simulator_enabled(settings) and self_url is not None:
         simulator = AivideoapiAdapter(name="simulator", prices={})
+        base_url = settings.simulator.base_url or f"{self_url}/simulator"
         http = ProviderHTTP(
-            settings.simulator.base_url or f"{self_url}/simulator",
-            simulator.auth_headers(SIMULATOR_KEY),
-            timeout=timeout,
-            submit_timeout=submit_timeout,
+            base_url, simulator.auth_headers(SIMULATOR_KEY), timeout=timeout, submit_timeout=submit_timeout
         )
-        runtimes["simulator"] = ProviderRuntime("simulator", simulator, http)
+        # The simulator is part of jobhook: its images are mirrored from it, wherever it listens.
+        runtimes["simulator"] = ProviderRuntime("simulator", simulator, http, own_images=f"{base_url}/files/")
     return runtimes
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from service.domain import addresses
 from service.errors import ConfigError
 
 PROVIDER_NAMES = ("aivideoapi", "apiframe", "segmind", "apiinone")
@@ -132,6 +133,8 @@ class Settings:
     sync_timeout: float = 300.0
     poll_timeout: float = 30.0  # at most POLL_TIMEOUT_MAX: a poll's lease (service.engine) assumes it
     mirror_images: bool = True
+    # Networks images may be mirrored from although they are not public (JOBHOOK_MIRROR_ALLOW_NETWORKS).
+    mirror_allow_networks: tuple[addresses.IPNetwork, ...] = ()
     sqlite_synchronous: str = "FULL"
     log_format: str = "text"
     simulator: SimulatorSettings = SimulatorSettings()
@@ -459,6 +462,14 @@ def _parse(env: Mapping[str, str]) -> Settings:
         max_streams=integer("JOBHOOK_MAX_STREAMS", ConnectionLimits.max_streams, minimum=1),
         head_timeout=duration("JOBHOOK_HEAD_TIMEOUT", ConnectionLimits.head_timeout, minimum=0.1, maximum=300.0),
     )
+    allow_raw = get("JOBHOOK_MIRROR_ALLOW_NETWORKS")
+    try:
+        mirror_allow_networks = addresses.parse_networks(allow_raw) if allow_raw is not None else ()
+    except ValueError as exc:
+        raise ConfigError(
+            "JOBHOOK_MIRROR_ALLOW_NETWORKS",
+            f"expected comma-separated networks such as 10.0.0.0/8,fd00::/8, got {str(exc)!r}",
+        ) from None
     return Settings(
         database=database,
         database_url=database_url,
@@ -477,6 +488,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         sync_timeout=duration("JOBHOOK_SYNC_TIMEOUT", 300.0, minimum=0.1),
         poll_timeout=duration("JOBHOOK_POLL_TIMEOUT", 30.0, minimum=0.1, maximum=POLL_TIMEOUT_MAX),
         mirror_images=boolean("JOBHOOK_MIRROR_IMAGES", True),
+        mirror_allow_networks=mirror_allow_networks,
         sqlite_synchronous=choice("JOBHOOK_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA"), upper=True),
         log_format=choice("JOBHOOK_LOG_FORMAT", "text", ("text", "json")),
         simulator=SimulatorSettings(

@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
 import orjson
 
 from service import loglimit
 from service.config import Settings
 from service.domain import backoff, request
 from service.domain import callbacks as verify
+from service.domain import status as status_machine
 from service.domain.job import Job
 from service.domain.request import GenerationRequest, RequestError, Submission
 from service.domain.status import FINAL, JobError, Observation, Status
@@ -30,11 +30,11 @@ from service.errors import JobhookError
 from service.ids import new_job_id
 from service.media import MediaFile, MediaStore
 from service.metrics import Metrics
-from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse, sniff
-from service.providers.http import USER_AGENT, NotSent, ProviderHTTP, Uncertain
+from service.mirror import Downloader, Mirror
+from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse
+from service.providers.http import NotSent, ProviderHTTP, Uncertain
 from service.store.base import NewJob, ReceiptKind, SubmitKind, SubmitResult, TaskIdConflict
 from service.store.common import Store
-from service.store.tx import MIRROR
 from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
@@ -43,8 +43,6 @@ POLL_LEASE = 45.0
 # A synchronous provider's call runs from the work queue; the request that created the job waits this
 # long for its first attempt to settle, so that an immediate refusal still answers 502 (SPEC §3).
 SYNC_FIRST_ANSWER_WAIT = 1.0
-MIRROR_ATTEMPTS = 8
-MAX_IMAGE_BYTES = 50 * 1024 * 1024
 UNCERTAIN_SYNC = JobError(
     "submission_uncertain",
     "the synchronous call was cut before it answered; it was not re-sent to avoid a double charge",
@@ -64,6 +62,8 @@ class ProviderRuntime:
     name: str
     adapter: Adapter
     http: ProviderHTTP | None  # None: known but not configured (no API key)
+    # Where jobhook itself serves this provider's images (the built-in simulator): fetched unchecked.
+    own_images: str | None = None
 
     @property
     def configured(self) -> bool:
@@ -80,10 +80,6 @@ class IdempotencyMismatch(JobhookError):
 
 class NotPollable(JobhookError):
     """The job has no task id at the provider yet, so there is nothing to ask about."""
-
-
-class DownloadError(JobhookError):
-    """An image could not be fetched for mirroring (unreachable, too large, not an image)."""
 
 
 class NotBackendSubmitted(JobhookError):
@@ -128,7 +124,6 @@ class Engine:
         self.store = store
         self.media = media
         self.metrics = metrics or Metrics()
-        self._downloads = httpx.AsyncClient(timeout=60.0, follow_redirects=True, headers={"User-Agent": USER_AGENT})
         self.providers = providers
         self.tokens = tokens
         self.media_tokens = verify.CallbackTokens(tokens.keys, salt=verify.MEDIA_SALT)
@@ -139,9 +134,18 @@ class Engine:
         self.paused_until: dict[str, float] = {}
         self._nudge: Callable[[float], None] = lambda due_at: None
         self.refusal_log = loglimit.LogLimiter()
+        self.mirroring = Mirror(
+            store,
+            media,
+            Downloader(settings.mirror_allow_networks),
+            own_images={name: runtime.own_images for name, runtime in providers.items() if runtime.own_images},
+            nudge=lambda due_at: self._nudge(due_at),
+            clock=clock,
+            rng=self.rng,
+        )
 
     async def aclose(self) -> None:
-        await self._downloads.aclose()
+        await self.mirroring.aclose()
 
     def submit_lease(self, runtime: ProviderRuntime) -> float:
         """How long a submission to this provider may stay "sending" before it counts as cut."""
@@ -190,9 +194,10 @@ class Engine:
             return f"{self.settings.public_url}/media/{self.media_tokens.sign(job.id, str(index))}"
         return job.images[index] if index < len(job.images) else None
 
-    def _cost(self, job: Job, images: int) -> float | None:
+    def _cost(self, job: Job) -> float | None:
+        """What the job costs: the images its request asked for, not however many a provider listed."""
         runtime = self.providers.get(job.provider)
-        return runtime.adapter.price_usd(job.request, images) if runtime else None
+        return runtime.adapter.price_usd(job.request, status_machine.images_asked(job.request)) if runtime else None
 
     async def wait_until(self, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job | None:
         """The job as soon as `done(job)` holds, or as it is when `timeout` seconds have passed."""
@@ -328,9 +333,12 @@ class Engine:
         observation = answer.observation
         media: tuple[MediaFile, ...] = ()
         if answer.images:  # a synchronous answer: the images themselves, kept before the job says so
-            media = tuple(await self._keep(job.id, answer.images))
+            kept, ignored = status_machine.keep_images(answer.images, status_machine.images_asked(job.request))
+            media = tuple(await self._keep(job.id, kept))
             observation = Observation(Status.COMPLETED)
             detail["images"] = len(media)
+            if ignored:
+                detail["images_ignored"] = ignored
         images = len(observation.images) if observation is not None else 0
         now = self.clock()
         first_poll = self.first_poll_at(job, now) if answer.task_id else None
@@ -342,7 +350,7 @@ class Engine:
             task_id=answer.task_id,
             observation=observation,
             first_poll_at=first_poll,
-            cost_usd=self._cost(job, images) if images else None,
+            cost_usd=self._cost(job) if images else None,
             media=media,
             credits_remaining=answer.credits_remaining,
         )
@@ -436,67 +444,11 @@ class Engine:
             detail,
             outcome=outcome,
             next_poll=(next_at, attempt + 1),
-            cost_if_completed=self._cost(job, images) if images else None,
+            cost_if_completed=self._cost(job) if images else None,
             confirming=confirming,
         )
         self._nudge(next_at)
         return applied.job
-
-    # -- mirroring ---------------------------------------------------------------------------------
-
-    async def mirror(self, job_id: str, attempt: int) -> None:
-        """Download a completed job's images into the media directory (providers' URLs expire)."""
-        job = await self.store.get_job(job_id)
-        if job is None:
-            return
-        missing = [index for index in range(len(job.images)) if job.held(index) is None]
-        held: dict[int, MediaFile] = {}
-        errors: dict[str, str] = {}
-        for index in missing:
-            try:
-                image = await self._download(job.images[index])
-                held[index] = await self.media.save(job.id, index, image.data, image.content_type)
-            except DownloadError as exc:
-                errors[str(index)] = str(exc)
-            except OSError as exc:  # the media directory is full, read-only or not a directory
-                errors[str(index)] = f"cannot keep the image: {exc.strerror or exc}"
-                log.warning("mirror %s: cannot keep image %d under JOBHOOK_MEDIA_DIR: %s", job.id, index, exc)
-        if held or not errors:
-            await self.store.record_media(job.id, held, {"attempt": attempt + 1})
-        if not errors:
-            return
-        if attempt + 1 >= MIRROR_ATTEMPTS:
-            await self.store.unschedule(job.id, "mirror")
-            await self.store.note(job.id, "mirror", "gave_up", {"attempts": attempt + 1, "errors": errors})
-            log.warning("mirror %s: gave up after %d attempts", job.id, attempt + 1)
-            return
-        wait = backoff.delay(attempt, 5.0, 600.0, self.rng)
-        event = ("mirror", "retry", {"attempt": attempt + 1, "errors": errors, "retry_in": round(wait, 1)})
-        await self.store.reschedule(job.id, "mirror", MIRROR, self.clock() + wait, attempt + 1, event)
-        self._nudge(self.clock() + wait)
-
-    async def _download(self, url: str) -> ImageBytes:
-        """One image, at most MAX_IMAGE_BYTES, that really is an image."""
-        try:
-            async with self._downloads.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise DownloadError(f"HTTP {response.status_code}")
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
-                    raise DownloadError(f"larger than {MAX_IMAGE_BYTES} bytes")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_IMAGE_BYTES:
-                        raise DownloadError(f"larger than {MAX_IMAGE_BYTES} bytes")
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise DownloadError(f"{type(exc).__name__}: {exc}") from None
-        data = b"".join(chunks)
-        kind = sniff(data)
-        if kind is None:
-            raise DownloadError("the answer is not a PNG, JPEG or WebP image")
-        return ImageBytes(data, kind)
 
     async def expire(self, job_id: str) -> None:
         job = await self.store.expire(job_id)
@@ -585,7 +537,7 @@ class Engine:
                 observation,
                 _delivery_detail(headers, body),
                 bind_task_id=bind,
-                cost_if_completed=self._cost(job, images) if images else None,
+                cost_if_completed=self._cost(job) if images else None,
                 poll_if_bound=self.first_poll_at(job, now),
             )
         except TaskIdConflict:

@@ -66,6 +66,6 @@ class Poller(WorkLoop):
         elif due.kind == "submit":
             await self.engine.resubmit(due.job_id)
         elif due.kind == "mirror":
-            await self.engine.mirror(due.job_id, due.attempt)
+            await self.engine.mirroring.run(due.job_id, due.attempt)
         else:
             await self.engine.poll(due.job_id, due.attempt, confirming=due.kind == "confirm")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class Status(enum.StrEnum):
@@ -20,6 +22,10 @@ class Status(enum.StrEnum):
     FAILED = "failed"
     TIMED_OUT = "timed_out"
 
+
+# A job keeps at most the images its request asked for (`num_images`, 1 when unset), and never more
+# than this: a provider's answer listing more (150 URLs in one callback) cannot grow a job without bound.
+MAX_IMAGES = 8
 
 FINAL = frozenset({Status.COMPLETED, Status.FAILED})
 # Statuses nobody needs to wait for any more (`?wait=N` returns, notifications go out).
@@ -93,6 +99,8 @@ class Decision:
     outcome: Outcome
     status: Status
     reason: str
+    images: tuple[str, ...] = ()  # the images the job takes from the observation, when applied
+    ignored: int = 0  # how many more the observation listed than the job asked for
 
     @property
     def applied(self) -> bool:
@@ -103,8 +111,34 @@ class Decision:
         return self.applied and self.status in FINAL
 
 
-def apply(current: Status, observation: Observation) -> Decision:
-    """Decide what an observation does to a job whose status is `current`."""
+def images_asked(request: Mapping[str, Any]) -> int:
+    """How many images a job with this (stored) request keeps: its `num_images`, 1 to MAX_IMAGES."""
+    asked = request.get("num_images")
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked < 1:
+        return 1
+    return min(asked, MAX_IMAGES)
+
+
+def keep_images(images: tuple[T, ...], asked: int) -> tuple[tuple[T, ...], int]:
+    """The images a job keeps of those a provider offered (the first `asked`), and how many it ignores."""
+    kept = images[: max(0, asked)]
+    return kept, len(images) - len(kept)
+
+
+def apply(current: Status, observation: Observation, *, asked: int = 1) -> Decision:
+    """Decide what an observation does to a job whose status is `current`.
+
+    `asked`: how many images the job asked for (`images_asked`); an applied decision takes at most
+    that many of the observation's images and says how many it ignored.
+    """
+    decision = _status(current, observation)
+    if not decision.applied or not observation.images:
+        return decision
+    kept, ignored = keep_images(observation.images, asked)
+    return dataclasses.replace(decision, images=kept, ignored=ignored)
+
+
+def _status(current: Status, observation: Observation) -> Decision:
     seen = observation.status
     if current in FINAL:
         if seen == current:

@@ -327,14 +327,14 @@ class Tx:
         `record` is the event that brought the observation (type, outcome, detail); it is written
         first, with the decision's effect, so that a job's history reads cause before consequence.
         """
-        decision = status_machine.apply(job.status, observation)
+        decision = status_machine.apply(job.status, observation, asked=status_machine.images_asked(job.request))
         if record is not None:
             type_, outcome, detail = record
             self.event(job.id, type_, outcome, {**detail, "effect": str(decision.outcome)})
         if decision.applied:
             fields: dict[str, Any] = {"status": str(decision.status)}
-            if observation.images:
-                fields["images"] = dumps(list(observation.images))
+            if decision.images:
+                fields["images"] = dumps(list(decision.images))
             if decision.status is Status.FAILED:
                 error = observation.error or JobError("provider_failed", "the provider reported the job failed")
                 fields["error"] = dumps(error.to_json())
@@ -348,13 +348,17 @@ class Tx:
                 fields["submitted_at"] = self.now
             self.update(job.id, **fields)
             self.event(job.id, "status", str(decision.status), {"from": str(job.status), "by": str(source)})
+            if decision.ignored:
+                kept = len(decision.images)
+                detail = {"offered": kept + decision.ignored, "kept": kept, "ignored": decision.ignored}
+                self.event(job.id, "images", "ignored", {**detail, "by": str(source)})
             if decision.status in FINAL:
                 self.unschedule(job.id)
                 if self.wants(f"job.{decision.status}"):
                     self.notify(f"job.{decision.status}", job=self.job(job.id))
                 if source is Source.POLL and job.callback_url_registered:
                     self.finished_by_polling(job.provider)
-            if decision.status is Status.COMPLETED and observation.images and self.mirror_images:
+            if decision.status is Status.COMPLETED and decision.images and self.mirror_images:
                 self.schedule(job.id, "mirror", MIRROR, self.now, 0)
         elif decision.outcome is Outcome.CONFLICT:
             self.event(

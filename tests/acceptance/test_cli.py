@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -115,6 +116,12 @@ def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
     assert "status → completed (by poll)" in out
     assert "status → failed" in out
     assert (tmp_path / "demo" / "jobhook.db").exists()
+    # The simulator's images are served on loopback by jobhook itself: they are mirrored without
+    # JOBHOOK_MIRROR_ALLOW_NETWORKS (the demo sets nothing of the user's), never refused.
+    with sqlite3.connect(tmp_path / "demo" / "jobhook.db") as db:
+        outcomes = [row[0] for row in db.execute("SELECT outcome FROM job_events WHERE type = 'mirror'")]
+    assert outcomes and set(outcomes) == {"done"}, outcomes
+    assert list((tmp_path / "demo" / "media").glob("job_*/0.*"))
 
 
 async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path, database: str) -> None:

@@ -21,7 +21,12 @@ async def fake() -> AsyncIterator[FakeAivideoapi]:
 
 
 def provider_env(fake: FakeAivideoapi, **extra: str) -> dict[str, str]:
-    return {"JOBHOOK_AIVIDEOAPI_API_KEY": "sk-test", "JOBHOOK_AIVIDEOAPI_BASE_URL": fake.base_url, **extra}
+    return {
+        "JOBHOOK_AIVIDEOAPI_API_KEY": "sk-test",
+        "JOBHOOK_AIVIDEOAPI_BASE_URL": fake.base_url,
+        "JOBHOOK_MIRROR_ALLOW_NETWORKS": "127.0.0.0/8",  # the fake serves its images on loopback
+        **extra,
+    }
 
 
 def kinds(events: list[dict[str, Any]], type_: str) -> list[str | None]:

@@ -21,7 +21,12 @@ async def fake() -> AsyncIterator[FakeApiframe]:
 
 
 def provider_env(fake: FakeApiframe, **extra: str) -> dict[str, str]:
-    return {"JOBHOOK_APIFRAME_API_KEY": "afk_test", "JOBHOOK_APIFRAME_BASE_URL": fake.base_url, **extra}
+    return {
+        "JOBHOOK_APIFRAME_API_KEY": "afk_test",
+        "JOBHOOK_APIFRAME_BASE_URL": fake.base_url,
+        "JOBHOOK_MIRROR_ALLOW_NETWORKS": "127.0.0.0/8",  # the fake serves its images on loopback
+        **extra,
+    }
 
 
 # A long grace: any query the fake sees before it is the one that confirms a webhook's claim.
@@ -340,8 +345,11 @@ async def test_every_result_shape_completes_the_job(jobhook: ServiceFactory, fak
             done = await svc.wait_finished(job["id"])
             assert done["status"] == "completed", shape
             assert done["resolved_by"] == "callback", shape
-            expected = urls[:1] if shape == "string" else urls
-            assert [image["url"] for image in done["result"]["images"]] == expected, shape
+            # The job asked for one image (num_images unset): it keeps the first, and notes the rest.
+            assert [image["url"] for image in done["result"]["images"]] == urls[:1], shape
+            offered = 1 if shape == "string" else len(urls)
+            noted = [e["detail"]["offered"] for e in await svc.events(job["id"]) if e["type"] == "images"]
+            assert noted == ([offered] if offered > 1 else []), shape
         await fake.wait_idle()
         assert {d.answer["status"] for d in fake.deliveries} == {"accepted"}
 

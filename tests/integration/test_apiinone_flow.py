@@ -25,6 +25,7 @@ def provider_env(fake: FakeApiinone, **extra: str) -> dict[str, str]:
         "JOBHOOK_APIINONE_API_KEY": "aio_test",
         "JOBHOOK_APIINONE_BASE_URL": fake.base_url,
         "JOBHOOK_CALLBACK_GRACE": "30",
+        "JOBHOOK_MIRROR_ALLOW_NETWORKS": "127.0.0.0/8",  # the fake serves its images on loopback
         **extra,
     }
 

@@ -19,8 +19,17 @@ async def fake() -> AsyncIterator[FakeAivideoapi]:
         yield provider
 
 
+# The fake provider serves its images on loopback, which jobhook refuses to mirror from unless allowed.
+LOOPBACK = "127.0.0.0/8"
+
+
 def env(fake: FakeAivideoapi, **extra: str) -> dict[str, str]:
-    return {"JOBHOOK_AIVIDEOAPI_API_KEY": "sk-test", "JOBHOOK_AIVIDEOAPI_BASE_URL": fake.base_url, **extra}
+    return {
+        "JOBHOOK_AIVIDEOAPI_API_KEY": "sk-test",
+        "JOBHOOK_AIVIDEOAPI_BASE_URL": fake.base_url,
+        "JOBHOOK_MIRROR_ALLOW_NETWORKS": LOOPBACK,
+        **extra,
+    }
 
 
 async def mirror_events(svc: Service, job_id: str) -> list[dict[str, Any]]:

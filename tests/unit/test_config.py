@@ -376,6 +376,19 @@ def test_simulator_retry_schedule_errors(value: str) -> None:
     assert_names(error_for(JOBHOOK_SIMULATOR_CALLBACK_RETRIES=value), "JOBHOOK_SIMULATOR_CALLBACK_RETRIES")
 
 
+def test_mirror_allow_networks_are_unset_by_default_and_parsed_in_order() -> None:
+    assert settings().mirror_allow_networks == ()
+    parsed = settings(JOBHOOK_MIRROR_ALLOW_NETWORKS=" 127.0.0.0/8, fd00::/8 ,10.1.2.3").mirror_allow_networks
+    assert [str(network) for network in parsed] == ["127.0.0.0/8", "fd00::/8", "10.1.2.3/32"]
+
+
+@pytest.mark.parametrize("value", ["127.0.0.0/33", "localhost", "10.0.0.1/8", "127.0.0.0/8,,::1", "10.0.0.0/8;"])
+def test_a_malformed_mirror_allow_network_stops_with_one_line(value: str) -> None:
+    error = error_for(JOBHOOK_MIRROR_ALLOW_NETWORKS=value)
+    assert_names(error, "JOBHOOK_MIRROR_ALLOW_NETWORKS")
+    assert "networks such as 10.0.0.0/8" in error.message
+
+
 def test_secret_list_keeps_order() -> None:
     assert settings(JOBHOOK_SECRET=" b , a ,c").secrets == ("b", "a", "c")
 
