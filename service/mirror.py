@@ -16,6 +16,7 @@ import logging
 import random
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -37,6 +38,11 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 3
 # One image, every hop included: a server that trickles bytes cannot hold a download slot for ever.
 DOWNLOAD_DEADLINE = 120.0
+# One run over a job's images, all of them: the poller leases a mirror row for MIRROR_LEASE, so a run
+# must end well before another replica (or this one) may claim the same row again. Images not reached
+# in time are left to the next attempt.
+RUN_DEADLINE = DOWNLOAD_DEADLINE
+MIRROR_LEASE = RUN_DEADLINE + 30.0
 STEP_TIMEOUTS = {"connect": 10.0, "read": 60.0, "write": 60.0, "pool": 60.0}
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 REFUSED_ADDRESS = "address not allowed"
@@ -144,12 +150,14 @@ class Downloader:
         await self._guarded.aclose()
         await self._own.aclose()
 
-    async def fetch(self, url: str, *, own_prefix: str | None = None) -> ImageBytes:
+    async def fetch(self, url: str, *, own_prefix: str | None = None, within: float = DOWNLOAD_DEADLINE) -> ImageBytes:
+        """The image at `url`, every hop included within `within` seconds (at most DOWNLOAD_DEADLINE)."""
+        limit = min(within, DOWNLOAD_DEADLINE)
         try:
-            async with asyncio.timeout(DOWNLOAD_DEADLINE):
+            async with asyncio.timeout(limit):
                 return await self._follow(url, own_prefix)
         except TimeoutError:
-            raise DownloadError(f"not done within {DOWNLOAD_DEADLINE:g} s") from None
+            raise DownloadError(f"not done within {limit:g} s") from None
 
     async def _follow(self, url: str, own_prefix: str | None) -> ImageBytes:
         target = _http_url(url)
@@ -259,9 +267,16 @@ class Mirror:
         held: dict[int, MediaFile] = {}
         errors: dict[str, str] = {}
         refused: dict[str, dict[str, str]] = {}
+        ends = time.monotonic() + RUN_DEADLINE
         for index in missing:
+            left = ends - time.monotonic()
+            if left <= 0:
+                errors[str(index)] = f"not reached within this run's {RUN_DEADLINE:g} s"
+                continue
             try:
-                image = await self.downloader.fetch(job.images[index], own_prefix=self.own_images.get(job.provider))
+                image = await self.downloader.fetch(
+                    job.images[index], own_prefix=self.own_images.get(job.provider), within=left
+                )
                 held[index] = await self.media.save(job.id, index, image.data, image.content_type)
             except Refused as exc:
                 # The host only: a URL's query may hold a credential (a signed link).

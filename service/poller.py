@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from service import mirror
 from service.engine import POLL_LEASE, Engine
 from service.loop import MAX_SLEEP, WorkLoop
 from service.store.base import Due
@@ -33,6 +34,7 @@ class Poller(WorkLoop):
         self.leases = {
             name: max(POLL_LEASE, engine.submit_lease(runtime)) for name, runtime in engine.providers.items()
         }
+        self.leases[MIRROR] = mirror.MIRROR_LEASE
         self.limits = {name: concurrency for name in engine.providers}
         self.limits.update({INTERNAL: DEADLINE_BATCH, MIRROR: MIRROR_CONCURRENCY})
         engine.on_schedule(self.nudge)

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from service import mirror
+from service.store.tx import MIRROR
 from tests.conftest import Service, ServiceFactory, eventually
 from tests.fakes.aivideoapi import FakeAivideoapi, TaskScript
 
@@ -120,3 +122,13 @@ async def test_a_media_directory_that_cannot_be_written_is_one_line_and_a_retry(
         assert "mirror_url" not in (await svc.job(job["id"]))["result"]["images"][0]
     mirror_lines = [r for r in caplog.records if "mirror" in r.getMessage()]
     assert mirror_lines and all(r.exc_info is None for r in mirror_lines)  # said in a line, no traceback
+
+
+async def test_a_mirroring_run_ends_before_its_lease_so_no_second_claim_downloads_the_same_images(
+    jobhook: ServiceFactory, fake: FakeAivideoapi
+) -> None:
+    """A run over a job's images is bounded as a whole; the row it works on stays leased past that bound
+    (a lease shorter than a download let a second claim fetch the same images while the first ran)."""
+    async with jobhook(**env(fake)) as svc:
+        lease = svc.runtime.poller.leases[MIRROR]
+        assert mirror.DOWNLOAD_DEADLINE <= mirror.RUN_DEADLINE < lease
