@@ -97,19 +97,6 @@ def test_migrate_creates_the_schema_and_refuses_a_newer_database(tmp_path: Path)
     assert "Traceback" not in unusable.stderr
 
 
-def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
-    result = run("demo", "--dir", str(tmp_path / "demo"), timeout=90)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "every job ended as scripted" in out
-    assert 'answered "duplicate"' in out
-    assert "refused: stale_timestamp" in out
-    assert "HTTP 404" in out  # the forged callback
-    assert "status → completed (by poll)" in out
-    assert "status → failed" in out
-    assert (tmp_path / "demo" / "jobhook.db").exists()
-
-
 async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path, database: str) -> None:
     service = ServeProcess(
         tmp_path,
