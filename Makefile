@@ -83,11 +83,15 @@ postgresql:
 	  fi; \
 	fi
 
+# Most tests wait (on sockets, timers, child processes) rather than compute: more workers than cores
+# pay off. worksteal: a worker that is done takes tests queued for one still busy with a long test.
+TEST_WORKERS ?= 4
+
 test: $(STAMP) browser strace postgresql
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 # Performance is measured, never asserted: the service against a bare Starlette app, same run, same load.
 bench: $(STAMP)
