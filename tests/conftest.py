@@ -33,7 +33,10 @@ POSTGRESQL_ALL = os.environ.get("JOBHOOK_TEST_POSTGRESQL") == "all"
 # which ran every test on PostgreSQL under coverage (lines and branches of the store: postgres.py,
 # tx.py, common.py, outbox_queries.py, purge_queries.py, base.py, engines.py, and maintenance.py),
 # kept the store's own tests, the concurrency and purge tests, then as few others as cover every line
-# and branch the whole PostgreSQL half covered. `--verify` checks the half that remains covers the same.
+# and branch the whole PostgreSQL half covered. Some branches are taken only when a race goes one way
+# (a duplicate arriving after the job finished, a callback after a poll), so which tests cover them
+# varies between runs: the list holds only the tests that two measurements both found redundant
+# (102 of 139 test functions; 37 keep their PostgreSQL run, beside every acceptance test).
 # A new test is not named here, so it runs on both engines; rerun the measurement when the store changes.
 SQLITE_IS_ENOUGH: frozenset[str] = frozenset(
     {
@@ -122,14 +125,12 @@ SQLITE_IS_ENOUGH: frozenset[str] = frozenset(
         "tests/integration/test_operations.py::test_providers_route_shows_health_and_today",
         "tests/integration/test_operations.py::test_readyz_fails_when_a_background_loop_has_stopped",
         "tests/integration/test_operations.py::test_stream_sends_each_change_as_it_is_committed",
-        "tests/integration/test_provider_misbehaviour.py::test_a_failed_job_stays_failed_when_a_completed_callback_follows",
         "tests/integration/test_provider_misbehaviour.py::test_a_final_status_flipped_by_a_poll_keeps_the_first",
         "tests/integration/test_provider_misbehaviour.py::test_a_poll_that_never_ends_is_cut_and_others_go_on",
         "tests/integration/test_provider_misbehaviour.py::test_a_submission_whose_answer_never_ends_is_uncertain_and_others_go_on",
         "tests/integration/test_provider_misbehaviour.py::test_an_unreadable_answer_to_a_submission_is_uncertain_and_never_resent",
         "tests/integration/test_provider_misbehaviour.py::test_callback_bodies_that_disagree_with_their_headers",
         "tests/integration/test_provider_misbehaviour.py::test_the_outbox_goes_on_past_a_destination_that_hangs",
-        "tests/integration/test_provider_misbehaviour.py::test_unreadable_polls_are_recorded_and_polling_goes_on",
         "tests/integration/test_segmind_flow.py::test_a_call_longer_than_the_submit_timeout_but_within_the_sync_timeout_completes",
         "tests/integration/test_segmind_flow.py::test_a_call_without_answer_fails_as_uncertain_and_is_never_resent",
         "tests/integration/test_segmind_flow.py::test_every_field_on_the_wire",
@@ -138,7 +139,6 @@ SQLITE_IS_ENOUGH: frozenset[str] = frozenset(
         "tests/integration/test_segmind_flow.py::test_png_is_served_as_png",
         "tests/integration/test_segmind_flow.py::test_server_error_is_retried_then_completes",
         "tests/integration/test_segmind_flow.py::test_submission_answers_at_once_and_the_image_is_held",
-        "tests/integration/test_segmind_flow.py::test_three_images_are_each_held_byte_for_byte",
         "tests/integration/test_segmind_flow.py::test_unauthorized_fails_the_job",
         "tests/integration/test_segmind_flow.py::test_what_segmind_cannot_honour_is_refused_and_nothing_is_sent",
         "tests/integration/test_simulator.py::test_mounted_simulator_only_calls_back_to_jobhook",
