@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -148,7 +149,8 @@ def run_demo(
     replicas: int = 1,
 ) -> int:
     """`lead_in`/`linger`: seconds to wait before the batch and to stay up after it — by default 5 and
-    60 in a terminal (time to open the dashboard and look around), none otherwise.
+    60 when someone is at a terminal (time to open the dashboard and look around), none otherwise:
+    with stdin or stdout not a terminal (a pipe, CI, `make demo < /dev/null`) nobody is there to look.
 
     `database`: JOBHOOK_DATABASE instead of a new SQLite file in `directory` (a PostgreSQL URL, say);
     `replicas`: that many jobhook processes on it, the batch spread over them."""
@@ -156,7 +158,7 @@ def run_demo(
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    interactive = sys.stdout.isatty()
+    interactive = sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty()
     return asyncio.run(
         _run(
             folder,
@@ -166,6 +168,30 @@ def run_demo(
             database,
             replicas,
         )
+    )
+
+
+def jobhook_command() -> str:
+    """How this shell reaches the `jobhook` that runs now: `jobhook` when it is on PATH, else its path
+    (`.venv/bin/jobhook` after `make demo`), else `python -m service`."""
+    script = Path(sys.executable).parent / "jobhook"
+    if not script.exists():
+        return f"{shlex.quote(sys.executable)} -m service"
+    found = shutil.which("jobhook")
+    if found and Path(found).resolve() == script.resolve():
+        return "jobhook"
+    with contextlib.suppress(ValueError):
+        return shlex.quote(str(script.absolute().relative_to(Path.cwd())))
+    return shlex.quote(str(script))
+
+
+def serve_again(settings: Settings) -> str:
+    """The command that serves the demo's jobs again, images included (they are in the demo's media
+    folder), on the default port, with callbacks reaching it (the simulator calls back there)."""
+    return (
+        f"JOBHOOK_DATABASE={shlex.quote(database_label(settings))} "
+        f"JOBHOOK_MEDIA_DIR={shlex.quote(str(settings.media_dir))} "
+        f"JOBHOOK_PUBLIC_URL=http://127.0.0.1:8000 {jobhook_command()} serve"
     )
 
 
@@ -203,34 +229,44 @@ async def _run(
                     f"callbacks come to the public URL, {url} (a load balancer's address in production)\n"
                 )
             if lead_in:
-                out.line(f"(starting in {lead_in:g} s)\n")
+                out.line(f"(starting in {lead_in:g} s: time to open the dashboard)\n")
                 await asyncio.sleep(lead_in)
             ok = await _scenario(clients, out)
-            if linger and not keep_serving:
-                out.line(f"\nthe dashboard stays up for {linger:g} s ({url}/dashboard) — Ctrl-C to stop now")
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.sleep(linger)
+            _where_to_look(out, settings, url, ok, keep_serving)
             if keep_serving:
                 out.line(f"\nstill serving on {url} — the dashboard: {url}/dashboard — press Ctrl-C to stop")
                 await serving
+            elif linger:
+                out.line(
+                    f"\nthe dashboard stays up for {linger:g} s more ({url}/dashboard) — Ctrl-C to stop now "
+                    "(--linger 0 skips this wait)"
+                )
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(linger)
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await serving
         sock.close()
+    return 0 if ok else 1
+
+
+def _where_to_look(out: Out, settings: Settings, url: str, ok: bool, keep_serving: bool) -> None:
+    """Said as soon as the batch is over, before any wait: the verdict and how to go on."""
     out.line("")
     out.line("where to look:")
     out.line(f"  dashboard      {url}/dashboard  (live while the demo runs; --keep-serving keeps it up)")
     out.line(f"  database       {database_label(settings)}")
     out.line(f"  images         {settings.media_dir} (jobhook's own copies)")
-    out.line(f"  serve it again JOBHOOK_DATABASE={database_label(settings)} jobhook serve")
-    out.line("  then           jobhook jobs   ·   jobhook job <id>   ·   curl localhost:8000/v1/jobs")
+    out.line(f"  serve it again {serve_again(settings)}")
+    out.line(
+        f"  then           {jobhook_command()} jobs   ·   curl localhost:8000/v1/jobs   ·   localhost:8000/dashboard"
+    )
     if not keep_serving:
         out.line("  (jobhook demo --keep-serving leaves the API and the simulator's images up after the run)")
     out.line("")
     verdict = out.paint("every job ended as scripted", "32") if ok else out.paint("something went wrong", "31")
     out.line(f"demo finished in {time.monotonic() - out.started:.1f}s: {verdict}")
-    return 0 if ok else 1
 
 
 @contextlib.asynccontextmanager

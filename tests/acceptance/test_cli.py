@@ -84,7 +84,6 @@ def test_serve_refuses_an_open_api_on_a_public_address(tmp_path: Path) -> None:
 
 
 def test_migrate_creates_the_schema_and_refuses_a_newer_database(tmp_path: Path) -> None:
-    import sqlite3
 
     db = tmp_path / "jobhook.db"
     result = run("migrate", env={"JOBHOOK_DATABASE": str(db)})
@@ -103,25 +102,6 @@ def test_migrate_creates_the_schema_and_refuses_a_newer_database(tmp_path: Path)
     unusable = run("migrate", env={"JOBHOOK_DATABASE": str(tmp_path / "a-file" / "it.db")})
     assert unusable.returncode == 75  # a storage failure: EX_TEMPFAIL, a supervisor may retry
     assert "Traceback" not in unusable.stderr
-
-
-def test_demo_runs_the_whole_flow(tmp_path: Path) -> None:
-    result = run("demo", "--dir", str(tmp_path / "demo"), timeout=90)
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "every job ended as scripted" in out
-    assert 'answered "duplicate"' in out
-    assert "refused: stale_timestamp" in out
-    assert "HTTP 404" in out  # the forged callback
-    assert "status → completed (by poll)" in out
-    assert "status → failed" in out
-    assert (tmp_path / "demo" / "jobhook.db").exists()
-    # The simulator's images are served on loopback by jobhook itself: they are mirrored without
-    # JOBHOOK_MIRROR_ALLOW_NETWORKS (the demo sets nothing of the user's), never refused.
-    with sqlite3.connect(tmp_path / "demo" / "jobhook.db") as db:
-        outcomes = [row[0] for row in db.execute("SELECT outcome FROM job_events WHERE type = 'mirror'")]
-    assert outcomes and set(outcomes) == {"done"}, outcomes
-    assert list((tmp_path / "demo" / "media").glob("job_*/0.*"))
 
 
 async def test_submit_jobs_and_job_against_a_running_service(tmp_path: Path, database: str) -> None:

@@ -110,8 +110,11 @@ async def test_synchronous_call_cut_by_kill_9_is_never_resent(tmp_path: Path, da
     async with FakeSegmind(latency=0.1) as segmind:
         segmind.create_responses = ["hang"]
         env = {"JOBHOOK_SEGMIND_API_KEY": "sg-key", "JOBHOOK_SEGMIND_BASE_URL": segmind.base_url}
+        # The call is cut by the kill within moments of reaching the fake, so a short sync timeout
+        # loses nothing, and it sets the submission lease that the restarted service waits out
+        # (timeout + its margin: 10 s here, where 30 s made it 60 s).
         service = ServeProcess(
-            tmp_path, {**env, "JOBHOOK_SUBMIT_TIMEOUT": "1", "JOBHOOK_SYNC_TIMEOUT": "30"}, database=database
+            tmp_path, {**env, "JOBHOOK_SUBMIT_TIMEOUT": "1", "JOBHOOK_SYNC_TIMEOUT": "5"}, database=database
         )
         await service.start()
         try:

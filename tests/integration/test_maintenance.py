@@ -441,22 +441,27 @@ async def test_purge_keeps_the_service_answering_between_batches(world: World) -
     """Another writer on the same database gets its turn while a purge is under way."""
     async with opened(world.path, Clock(NOW)) as store:
         writes: list[str] = []
+        under_way = asyncio.Event()
 
         def between(jobs: int) -> None:
             writes.append(f"batch {jobs}")
+            under_way.set()
 
         async def writer() -> None:
-            for _ in range(3):
-                job, _ = await store.create_job(new_job())
-                writes.append(job.id)
+            # Once the purge has done its first batch of six: a write that then waited for the
+            # whole purge would land after the last. (Started at once, writes raced the purge's
+            # start, and a busy machine could let the purge's six batches outrun three writes.)
+            await under_way.wait()
+            job, _ = await store.create_job(new_job())
+            writes.append(job.id)
 
         report, _ = await asyncio.gather(
             purge(store, world.media, older_than=30 * DAY, now=NOW, dry_run=False, batch=1, progress=between),
             writer(),
         )
     assert report.jobs_removed == 6
-    last_write = max(i for i, entry in enumerate(writes) if entry.startswith("job_"))
-    assert last_write < writes.index("batch 6")  # the writer did not wait for the whole purge
+    (write,) = [i for i, entry in enumerate(writes) if entry.startswith("job_")]
+    assert writes.index("batch 1") < write < writes.index("batch 6")  # it did not wait for the whole purge
 
 
 async def test_purge_refuses_a_zero_age(world: World) -> None:
