@@ -224,13 +224,6 @@ SETTING_NAMES: tuple[str, ...] = (
     "JOBHOOK_HEAD_TIMEOUT",
     "JOBHOOK_MAX_WAITERS",
     "JOBHOOK_MAX_STREAMS",
-    # SPEC §8 and §9: routing and budgets
-    "JOBHOOK_ROUTE_ORDER",
-    "JOBHOOK_ROUTE_BREAKER_FAILURES",
-    "JOBHOOK_ROUTE_COOLDOWN",
-    "JOBHOOK_ROUTE_MAX_COOLDOWN",
-    "JOBHOOK_ROUTE_CREDITS_COOLDOWN",
-    "JOBHOOK_BUDGET_USD_PER_DAY",
     # the API clients (`jobhook submit`, `jobs`, `job`)
     "JOBHOOK_URL",
     "JOBHOOK_TOKEN",
@@ -243,7 +236,8 @@ SETTING_NAMES: tuple[str, ...] = (
     "JOBHOOK_ENV_FILE",
 )
 # JOBHOOK_<PROVIDER>_<suffix>, for each provider of PROVIDER_NAMES.
-PROVIDER_SETTING_SUFFIXES = ("API_KEY", "BASE_URL", "PRICES", "BUDGET_USD_PER_DAY")
+# Only what this version reads: a cap or a price it does not enforce must be warned about, not accepted.
+PROVIDER_SETTING_SUFFIXES = ("API_KEY", "BASE_URL")
 # The test suite's own variables (JOBHOOK_TEST_ENGINES, JOBHOOK_CRASH_SEED): never warned about.
 TEST_ONLY_PREFIXES = ("JOBHOOK_TEST_", "JOBHOOK_CRASH_")
 
