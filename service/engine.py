@@ -26,6 +26,7 @@ from service.domain import status as status_machine
 from service.domain.job import Job
 from service.domain.request import GenerationRequest, RequestError, Submission
 from service.domain.status import FINAL, JobError, Observation, Status
+from service.domain.work import SubmitState, WorkKind
 from service.errors import JobhookError
 from service.ids import new_job_id
 from service.media import MediaFile, MediaStore
@@ -248,10 +249,10 @@ class Engine:
         if not created:
             if job.request_hash != new.request_hash:
                 raise IdempotencyMismatch(job)
-            if job.submit_state == "sending":
+            if job.submit_state is SubmitState.SENDING:
                 # The first request is still talking to the provider: answer what it will answer.
                 settled = await self.wait_until(
-                    job.id, lambda j: j.submit_state != "sending", self.settings.submit_timeout + 5
+                    job.id, lambda j: j.submit_state is not SubmitState.SENDING, self.settings.submit_timeout + 5
                 )
                 job = settled or job
             return job, False
@@ -366,9 +367,9 @@ class Engine:
         if job is None:
             return
         if job.status is not Status.QUEUED or job.submitted_by_backend:
-            await self.store.unschedule(job_id, "submit")
+            await self.store.unschedule(job_id, WorkKind.SUBMIT)
             return
-        if job.submit_state == "sending":
+        if job.submit_state is SubmitState.SENDING:
             # Its lease ran out: jobhook stopped while the request was in flight. Never re-send.
             detail = {"reason": "interrupted", "message": "jobhook stopped while the submission was in flight"}
             await self.store.record_submit(job_id, self._uncertain(self.runtime(job.provider), detail))
@@ -385,7 +386,7 @@ class Engine:
 
         `confirming`: the poll that checks a bare webhook's claim (apiframe) before anything is applied.
         """
-        kind = "confirm" if confirming else "poll"
+        kind = WorkKind.CONFIRM if confirming else WorkKind.POLL
         job = await self.store.get_job(job_id)
         if job is None:
             return None
@@ -404,7 +405,7 @@ class Engine:
             await self.store.unschedule(job_id, kind)
             return job
         if not manual and job.status is Status.TIMED_OUT and now > job.created_at + 2 * self.settings.job_timeout:
-            await self.store.unschedule(job_id, "poll")
+            await self.store.unschedule(job_id, WorkKind.POLL)
             await self.store.note(job_id, "poll", "stopped", {"reason": "no answer within twice JOBHOOK_JOB_TIMEOUT"})
             return job
         next_delay = backoff.delay(attempt, self.settings.poll_interval, self.settings.poll_max_interval, self.rng)
@@ -596,7 +597,7 @@ class Engine:
 
 
 def _first_attempt_settled(job: Job) -> bool:
-    return job.status is not Status.QUEUED or (job.submit_attempts > 0 and job.submit_state != "sending")
+    return job.status is not Status.QUEUED or (job.submit_attempts > 0 and job.submit_state is not SubmitState.SENDING)
 
 
 def _not_found() -> CallbackAnswer:

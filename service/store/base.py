@@ -10,6 +10,7 @@ from typing import Any
 
 from service.domain.job import Job
 from service.domain.status import Decision, JobError, Observation, Source
+from service.domain.work import WorkKind
 from service.media import MediaFile
 
 
@@ -57,8 +58,8 @@ class SubmitResult:
 @dataclasses.dataclass(frozen=True)
 class Due:
     job_id: str
-    kind: str
-    provider: str
+    kind: WorkKind
+    provider: str  # the lane: the provider's name, or a `Lane`
     due_at: float
     attempt: int
 
