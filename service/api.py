@@ -12,6 +12,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from service import ids, limits
+from service.domain import attempt
 from service.domain.job import Job
 from service.domain.request import RequestError, parse_submission
 from service.domain.status import FINISHED, Status
@@ -90,14 +91,10 @@ async def create_job(request: Request) -> JSONResponse:
             job_id=exc.job.id,
         ) from None
     headers = {} if created else {"Idempotent-Replayed": "true"}
-    if job.status is Status.FAILED and job.error is not None and job.error.code == "provider_rejected":
-        raise ApiError(
-            502,
-            "provider_rejected",
-            job.error.message,
-            provider_code=job.error.provider_code,
-            job_id=job.id,
-        )
+    refusal = attempt.refusal(job)
+    if refusal is not None:
+        # The provider refused it for good, now or when the job was made (a replay answers the same).
+        raise ApiError(502, refusal.code, refusal.message, provider_code=refusal.provider_code, job_id=job.id)
     return JSONResponse(job_json(request, job), status_code=202, headers=headers)
 
 

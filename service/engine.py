@@ -20,12 +20,13 @@ import orjson
 
 from service import loglimit
 from service.config import Settings
-from service.domain import backoff, request
+from service.domain import attempt, backoff, request
 from service.domain import callbacks as verify
 from service.domain import status as status_machine
+from service.domain.attempt import SubmitKind, SubmitResult
 from service.domain.job import Job
 from service.domain.request import GenerationRequest, RequestError, Submission
-from service.domain.status import FINAL, JobError, Observation, Status
+from service.domain.status import FINAL, Observation, Status
 from service.domain.work import SubmitState, WorkKind
 from service.errors import JobhookError
 from service.ids import new_job_id
@@ -34,20 +35,16 @@ from service.metrics import Metrics
 from service.mirror import Downloader, Mirror
 from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse
 from service.providers.http import NotSent, ProviderHTTP, Uncertain
-from service.store.base import NewJob, ReceiptKind, SubmitKind, SubmitResult, TaskIdConflict
+from service.store.base import NewJob, ReceiptKind, TaskIdConflict
 from service.store.common import Store
 from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
 
-POLL_LEASE = 45.0
+POLL_LEASE = 45.0  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
 # A synchronous provider's call runs from the work queue; the request that created the job waits this
 # long for its first attempt to settle, so that an immediate refusal still answers 502 (SPEC §3).
 SYNC_FIRST_ANSWER_WAIT = 1.0
-UNCERTAIN_SYNC = JobError(
-    "submission_uncertain",
-    "the synchronous call was cut before it answered; it was not re-sent to avoid a double charge",
-)  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
 
 
 def submit_lease(submit_timeout: float) -> float:
@@ -269,13 +266,14 @@ class Engine:
         assert runtime.http is not None
         callback_url = self.callback_url(job) if job.callback_url_registered else None
         wire = runtime.adapter.submit_request(GenerationRequest.from_json(job.request), callback_url)
+        synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
         started = time.monotonic()
         try:
             response = await runtime.http.send(wire, submission=True)
         except NotSent as exc:
-            result = self._retry(job, {"reason": "not_sent", "message": str(exc)}, None)
+            result = attempt.not_sent(str(exc), now=self.clock(), backoff=self._submit_backoff(job))
         except Uncertain as exc:
-            result = self._uncertain(runtime, {"reason": "no_answer", "message": str(exc)})
+            result = attempt.uncertain({"reason": "no_answer", "message": str(exc)}, synchronous=synchronous)
         else:
             result = await self._submit_result(job, runtime, response)
         self.metrics.submit_seconds.labels(job.provider).observe(time.monotonic() - started)
@@ -289,48 +287,34 @@ class Engine:
             self._nudge(result.first_poll_at)
         return stored
 
-    @staticmethod
-    def _uncertain(runtime: ProviderRuntime, detail: dict[str, Any]) -> SubmitResult:
-        """Never re-sent. A synchronous provider's job cannot be bound later by anything: it fails now."""
-        if runtime.adapter.tracking is Tracking.SYNCHRONOUS:
-            return SubmitResult(SubmitKind.FAILED, detail, error=UNCERTAIN_SYNC)
-        return SubmitResult(SubmitKind.UNCERTAIN, detail)
-
-    def _retry(self, job: Job, detail: dict[str, Any], retry_after: str | None) -> SubmitResult:
-        now = self.clock()
-        wait = backoff.delay(
-            max(0, job.submit_attempts - 1), self.settings.poll_interval, self.settings.poll_max_interval, self.rng
+    def _submit_backoff(self, job: Job) -> float:
+        """The wait before the job's next submission: it grows with the attempts made."""
+        settings = self.settings
+        return backoff.delay(
+            max(0, job.submit_attempts - 1), settings.poll_interval, settings.poll_max_interval, self.rng
         )
-        asked = backoff.retry_after(retry_after, now)
-        if asked is not None:
-            wait = max(wait, asked)
-        return SubmitResult(SubmitKind.RETRY, {**detail, "retry_in": round(wait, 3)}, retry_at=now + wait)
 
     async def _submit_result(self, job: Job, runtime: ProviderRuntime, response: WireResponse) -> SubmitResult:
+        """Read a provider's answer to a submission into an outcome (`service.domain.attempt`)."""
         detail: dict[str, Any] = {"http_status": response.status}
+        synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
         try:
             answer = runtime.adapter.parse_submit(response)
         except ProtocolError as exc:
-            # A 2xx we cannot read: the provider may well have created the task. Never re-send.
-            return self._uncertain(runtime, {**detail, "reason": "unreadable_answer", "message": str(exc)})
+            return attempt.unreadable(detail, str(exc), synchronous=synchronous)
         if answer.credits_remaining is not None:
             detail["credits_remaining"] = answer.credits_remaining
         if answer.answer is Answer.REJECTED:
             assert answer.error is not None
-            return SubmitResult(
-                SubmitKind.REJECTED,
-                {**detail, "provider_code": answer.error.provider_code, "message": answer.error.message},
-                error=answer.error,
-                credits_remaining=answer.credits_remaining,
-                credits_exhausted=response.status == 402 or answer.error.provider_code == "insufficient_credits",
+            return attempt.rejected(
+                detail, answer.error, http_status=response.status, credits_remaining=answer.credits_remaining
             )
+        now = self.clock()
         if answer.answer is Answer.RETRY:
             assert answer.error is not None
-            return self._retry(
-                job,
-                {**detail, "provider_code": answer.error.provider_code, "message": answer.error.message},
-                answer.retry_after,
-            )
+            detail.update(provider_code=answer.error.provider_code, message=answer.error.message)
+            asked = backoff.retry_after(answer.retry_after, now)
+            return attempt.retry(detail, now=now, backoff=self._submit_backoff(job), asked=asked)
         observation = answer.observation
         media: tuple[MediaFile, ...] = ()
         if answer.images:  # a synchronous answer: the images themselves, kept before the job says so
@@ -341,18 +325,13 @@ class Engine:
             if ignored:
                 detail["images_ignored"] = ignored
         images = len(observation.images) if observation is not None else 0
-        now = self.clock()
-        first_poll = self.first_poll_at(job, now) if answer.task_id else None
-        if answer.task_id:
-            detail["provider_task_id"] = answer.task_id
-        return SubmitResult(
-            SubmitKind.ACCEPTED,
+        return attempt.accepted(
             detail,
             task_id=answer.task_id,
             observation=observation,
-            first_poll_at=first_poll,
-            cost_usd=self._cost(job) if images else None,
             media=media,
+            first_poll_at=self.first_poll_at(job, now) if answer.task_id else None,
+            cost_usd=self._cost(job) if images else None,
             credits_remaining=answer.credits_remaining,
         )
 
@@ -372,7 +351,8 @@ class Engine:
         if job.submit_state is SubmitState.SENDING:
             # Its lease ran out: jobhook stopped while the request was in flight. Never re-send.
             detail = {"reason": "interrupted", "message": "jobhook stopped while the submission was in flight"}
-            await self.store.record_submit(job_id, self._uncertain(self.runtime(job.provider), detail))
+            synchronous = self.runtime(job.provider).adapter.tracking is Tracking.SYNCHRONOUS
+            await self.store.record_submit(job_id, attempt.uncertain(detail, synchronous=synchronous))
             return
         now = self.clock()
         sending = await self.store.begin_submit(job_id, now + self.submit_lease(self.runtime(job.provider)))

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from service.domain import attempt
 from service.domain import status as status_machine
+from service.domain.attempt import SubmitResult
 from service.domain.job import Event, Job
-from service.domain.status import FINAL, JobError, Observation, Source, Status
+from service.domain.status import FINAL, Observation, Source, Status
 from service.domain.work import Lane, SubmitState, WorkKind
 from service.ids import job_id_floor
 from service.media import MediaFile
@@ -27,8 +29,6 @@ from service.store.base import (
     NewJob,
     OutboxPolicy,
     ReceiptKind,
-    SubmitKind,
-    SubmitResult,
     TaskIdConflict,
     WriterStats,
 )
@@ -218,61 +218,51 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         return await self._write(write)
 
     async def record_submit(self, job_id: str, result: SubmitResult) -> Job:
-        """Write the outcome of a submission attempt (SPEC §3)."""
+        """Write the outcome of a submission attempt as `attempt.decide` decides it (SPEC §3)."""
 
         def write(tx: Tx) -> Job:
             job = tx.job(job_id)
-            tx.event(job_id, "submit", str(result.kind), result.detail)
-            tx.credits(job.provider, result.credits_remaining, result.credits_exhausted)
-            if job.status is not Status.QUEUED:
-                # Decided already (a deadline, or a callback that bound it first): keep the record only.
+            decision = attempt.decide(job, result, now=tx.now)
+            tx.event(job_id, *decision.event)
+            tx.credits(job.provider, decision.credits.remaining, decision.credits.exhausted)
+            if isinstance(decision.step, attempt.Settled):
                 return job
-            if result.kind is SubmitKind.ACCEPTED:
-                tx.unschedule(job_id, WorkKind.SUBMIT)
-                fields: dict[str, Any] = {
-                    "status": "submitted",
-                    "submit_state": SubmitState.DONE,
-                    "submitted_at": tx.now,
-                }
-                if result.task_id is not None:
-                    fields["provider_task_id"] = result.task_id
-                try:
-                    tx.update(job_id, **fields)
-                except tx.dialect.integrity_errors:
-                    raise TaskIdConflict(result.task_id) from None
-                tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit"})
-                if result.media:
-                    tx.update(job_id, media=dumps([media.to_json() for media in result.media]))
-                job = tx.job(job_id)
-                if result.observation is not None:
-                    tx.apply(job, result.observation, Source.SUBMIT, result.cost_usd)
-                    job = tx.job(job_id)
-                if not job.finished and result.first_poll_at is not None and job.provider_task_id:
-                    tx.schedule(job_id, WorkKind.POLL, job.provider, result.first_poll_at, 0)
-            elif result.kind in (SubmitKind.REJECTED, SubmitKind.FAILED):
-                error = result.error or JobError("provider_rejected", "the provider refused the job")
-                tx.update(
-                    job_id,
-                    status="failed",
-                    submit_state=SubmitState.DONE,
-                    error=dumps(error.to_json()),
-                    finished_at=tx.now,
-                    resolved_by="submit",
-                )
-                tx.event(job_id, "status", "failed", {"from": "queued", "by": "submit"})
-                tx.unschedule(job_id)
-                tx.notify("job.failed", job=tx.job(job_id))
-            elif result.kind is SubmitKind.RETRY:
-                tx.update(job_id, submit_state=None)
-                retry_at = result.retry_at if result.retry_at is not None else tx.now
-                tx.schedule(job_id, WorkKind.SUBMIT, job.provider, retry_at, 0)
-            else:  # UNCERTAIN: never sent again; a callback may still bind it, the deadline ends it.
-                tx.update(job_id, status="submitted", submit_state=SubmitState.UNCERTAIN, submitted_at=tx.now)
-                tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit", "uncertain": True})
-                tx.unschedule(job_id, WorkKind.SUBMIT)
+            self._write_attempt(tx, job, decision)
             return tx.job(job_id)
 
         return await self._write(write)
+
+    def _write_attempt(self, tx: Tx, job: Job, decision: attempt.SubmitDecision) -> None:
+        step, result = decision.step, decision.outcome
+        if decision.unschedule:
+            tx.unschedule(job.id, *decision.unschedule)
+        fields: dict[str, Any] = {"submit_state": decision.submit_state}
+        if decision.status is not None:
+            fields["status"] = str(decision.status)
+        if decision.status is Status.SUBMITTED:
+            fields["submitted_at"] = tx.now
+        if decision.task_id is not None:
+            fields["provider_task_id"] = decision.task_id
+        if isinstance(step, attempt.Final):
+            fields.update(error=dumps(step.error.to_json()), finished_at=tx.now, resolved_by=str(Source.SUBMIT))
+        try:
+            tx.update(job.id, **fields)
+        except tx.dialect.integrity_errors:
+            raise TaskIdConflict(decision.task_id) from None
+        if decision.status is not None:
+            tx.event(job.id, "status", str(decision.status), decision.status_detail)
+        if result.media:
+            tx.update(job.id, media=dumps([media.to_json() for media in result.media]))
+        if result.observation is not None:
+            tx.apply(tx.job(job.id), result.observation, Source.SUBMIT, result.cost_usd)
+        for type_ in decision.notify:
+            tx.notify(type_, job=tx.job(job.id))
+        if isinstance(step, attempt.Retry):
+            tx.schedule(job.id, WorkKind.SUBMIT, job.provider, step.at, 0)
+        elif isinstance(step, attempt.Poll):
+            now = tx.job(job.id)
+            if not now.finished and now.provider_task_id:
+                tx.schedule(job.id, WorkKind.POLL, job.provider, step.at, 0)
 
     async def record_poll(
         self,
