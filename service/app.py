@@ -60,6 +60,7 @@ class Runtime:
     metrics: Metrics
     waiters: Slots  # GET /v1/jobs/{id}?wait=N held now (JOBHOOK_MAX_WAITERS)
     streams: Slots  # /v1/stream clients now (JOBHOOK_MAX_STREAMS)
+    callbacks: callbacks.CallbackIntake  # POST /callbacks/{token}
 
     @property
     def loops(self) -> dict[str, WorkLoop]:
@@ -159,6 +160,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             metrics,
             waiters=Slots(limits.max_waiters, "too_many_waiters", "requests waiting on a job (?wait=)"),
             streams=Slots(limits.max_streams, "too_many_streams", "event streams (/v1/stream)"),
+            callbacks=callbacks.CallbackIntake(engine),
         )
         try:
             yield

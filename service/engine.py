@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 
-from service import loglimit
 from service.config import Settings
 from service.domain import attempt, backoff, request
 from service.domain import callbacks as verify
@@ -35,7 +34,7 @@ from service.metrics import Metrics
 from service.mirror import Downloader, Mirror
 from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse
 from service.providers.http import NotSent, ProviderHTTP, Uncertain
-from service.store.base import NewJob, ReceiptKind, TaskIdConflict
+from service.store.base import NewJob
 from service.store.common import Store
 from service.watch import ChangeHub
 
@@ -84,13 +83,6 @@ class NotBackendSubmitted(JobhookError):
     """PATCH of a job that jobhook submitted itself: its task id is not the backend's to set."""
 
 
-@dataclasses.dataclass(frozen=True)
-class CallbackAnswer:
-    status: int
-    body: dict[str, Any]
-    provider: str = "unknown"
-
-
 def request_fingerprint(submission: Submission) -> str:
     canonical = orjson.dumps(
         {
@@ -131,7 +123,6 @@ class Engine:
         # A provider that answered 429 is left alone until then (soft state: harmless to lose).
         self.paused_until: dict[str, float] = {}
         self._nudge: Callable[[float], None] = lambda due_at: None
-        self.refusal_log = loglimit.LogLimiter()
         self.mirroring = Mirror(
             store,
             media,
@@ -153,6 +144,10 @@ class Engine:
     def on_schedule(self, nudge: Callable[[float], None]) -> None:
         """`nudge(due_at)` is called whenever work is scheduled, so the poller can wake earlier."""
         self._nudge = nudge
+
+    def nudge(self, due_at: float) -> None:
+        """Work was scheduled at `due_at`: the poller wakes for it if that is earlier than it would."""
+        self._nudge(due_at)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -192,7 +187,7 @@ class Engine:
             return f"{self.settings.public_url}/media/{self.media_tokens.sign(job.id, str(index))}"
         return job.images[index] if index < len(job.images) else None
 
-    def _cost(self, job: Job) -> float | None:
+    def cost(self, job: Job) -> float | None:
         """What the job costs: the images its request asked for, not however many a provider listed."""
         runtime = self.providers.get(job.provider)
         return runtime.adapter.price_usd(job.request, status_machine.images_asked(job.request)) if runtime else None
@@ -331,7 +326,7 @@ class Engine:
             observation=observation,
             media=media,
             first_poll_at=self.first_poll_at(job, now) if answer.task_id else None,
-            cost_usd=self._cost(job) if images else None,
+            cost_usd=self.cost(job) if images else None,
             credits_remaining=answer.credits_remaining,
         )
 
@@ -425,7 +420,7 @@ class Engine:
             detail,
             outcome=outcome,
             next_poll=(next_at, attempt + 1),
-            cost_if_completed=self._cost(job) if images else None,
+            cost_if_completed=self.cost(job) if images else None,
             confirming=confirming,
         )
         self._nudge(next_at)
@@ -450,147 +445,6 @@ class Engine:
         self._nudge(first_poll)
         return bound
 
-    # -- callbacks ---------------------------------------------------------------------------------
-
-    async def refuse_token(self) -> CallbackAnswer:
-        """A delivery to a URL whose token is not ours: 404, and nothing about any job is revealed."""
-        await self._refused_unknown("invalid_token", {})
-        self.metrics.callbacks.labels("unknown", "refused", "invalid_token").inc()
-        return _not_found()
-
-    async def take_callback(
-        self, claim: verify.TokenClaim, headers: Mapping[str, str], raw: bytes | None
-    ) -> CallbackAnswer:
-        """Every check of SPEC §4 after the token's (the route verified it: `claim`), in order; the
-        delivery is committed before this returns 200.
-
-        `headers` have lower-case names; `raw` is None when the body was over the size limit.
-        """
-        started = time.monotonic()
-        answer = await self._take_callback(claim, headers, raw)
-        if answer.status == 200:
-            outcome, reason = str(answer.body["status"]), ""
-        else:
-            outcome, reason = "refused", str(answer.body["error"]["code"])
-        self.metrics.callbacks.labels(answer.provider, outcome, reason).inc()
-        self.metrics.callback_seconds.labels(answer.provider).observe(time.monotonic() - started)
-        return answer
-
-    async def _take_callback(
-        self, claim: verify.TokenClaim, headers: Mapping[str, str], raw: bytes | None
-    ) -> CallbackAnswer:
-        runtime = self.providers.get(claim.provider)
-        if runtime is None:
-            await self._refused_unknown("invalid_token", {})
-            return _not_found()
-        job = await self.store.get_job(claim.job_id)
-        if job is None or job.provider != claim.provider:
-            await self._refused_unknown("unknown_job", {"job_id": claim.job_id})
-            return _not_found()
-        body = verify.too_large() if raw is None else verify.parse_body(raw)
-        if isinstance(body, verify.Refusal):
-            return await self._refuse(job, body, {"bytes": len(raw) if raw is not None else None})
-        now = self.clock()
-        if runtime.adapter.tracking is Tracking.CALLBACK:
-            check = verify.check_task_headers(
-                headers, body, job.provider_task_id, now, self.settings.timestamp_tolerance
-            )
-            if isinstance(check, verify.Refusal):
-                return await self._refuse(job, check, _delivery_detail(headers, body))
-            event_key, bind = check.event, (check.task_id if check.binds else None)
-        elif runtime.adapter.tracking is Tracking.WEBHOOK_CONFIRM:
-            return await self._take_claim(job, runtime, body)
-        else:
-            return await self._refuse(
-                job, verify.Refusal(400, "unsupported", "this provider does not send callbacks"), {}
-            )
-        try:
-            observation = runtime.adapter.parse_callback(body)
-        except ProtocolError as exc:
-            return await self._refuse(
-                job, verify.Refusal(400, "invalid_payload", str(exc)), _delivery_detail(headers, body)
-            )
-        images = len(observation.images)
-        try:
-            result = await self.store.record_callback(
-                job.id,
-                event_key,
-                observation,
-                _delivery_detail(headers, body),
-                bind_task_id=bind,
-                cost_if_completed=self._cost(job) if images else None,
-                poll_if_bound=self.first_poll_at(job, now),
-            )
-        except TaskIdConflict:
-            refusal = verify.Refusal(409, "task_id_conflict", "this task id belongs to another job")
-            return await self._refuse(job, refusal, _delivery_detail(headers, body))
-        if result.kind is ReceiptKind.ACCEPTED and result.decision is not None and result.decision.applied:
-            # DEBUG: at a retry storm's rate a line each costs more than the delivery; the job's events
-            # and /metrics keep what happened.
-            log.debug("callback %s %s: %s", job.id, job.provider, result.job.status)
-            if result.job.status is Status.COMPLETED and images and self.settings.mirror_images:
-                self._nudge(now)  # its images are to be fetched now (a 'mirror' row came with it)
-        return CallbackAnswer(200, {"status": str(result.kind)}, job.provider)
-
-    async def _take_claim(self, job: Job, runtime: ProviderRuntime, body: Mapping[str, Any]) -> CallbackAnswer:
-        """A bare webhook (apiframe): the job id it names must be the job's, and what it claims is
-        confirmed by one poll before it is applied (SPEC §4, check 4)."""
-        task_id = runtime.adapter.callback_task_id(body)
-        detail: dict[str, Any] = {"body_job_id": task_id[:200] if task_id else None}
-        if task_id is None:
-            refusal = verify.Refusal(400, "missing_task_id", "the body names no job id")
-            return await self._refuse(job, refusal, detail)
-        if job.provider_task_id is not None and job.provider_task_id != task_id:
-            refusal = verify.Refusal(409, "task_id_conflict", "the body's job id is not this callback URL's job")
-            return await self._refuse(job, refusal, detail)
-        try:
-            claim = runtime.adapter.parse_callback(body)
-        except ProtocolError as exc:
-            return await self._refuse(job, verify.Refusal(400, "invalid_payload", str(exc)), detail)
-        detail["claim"] = str(claim.status)
-        bind = task_id if job.provider_task_id is None else None
-        try:
-            kind = await self.store.record_claim(job.id, f"status.{claim.status}", detail, bind_task_id=bind)
-        except TaskIdConflict:
-            refusal = verify.Refusal(409, "task_id_conflict", "this job id belongs to another job")
-            return await self._refuse(job, refusal, detail)
-        self._nudge(self.clock())  # a confirming poll is due now (a duplicate may re-arm one)
-        return CallbackAnswer(200, {"status": str(kind)}, job.provider)
-
-    async def _refuse(self, job: Job, refusal: verify.Refusal, detail: dict[str, Any]) -> CallbackAnswer:
-        self._log_refusal((job.id, refusal.code), "callback refused for %s: %s", job.id, refusal.code)
-        await self.store.record_refusal(
-            job.id, refusal.code, {**detail, "code": refusal.code, "message": refusal.message}
-        )
-        body = {"error": {"code": refusal.code, "message": refusal.message}}
-        return CallbackAnswer(refusal.status, body, job.provider)
-
-    async def _refused_unknown(self, code: str, detail: dict[str, Any]) -> None:
-        self._log_refusal(("", code), "callback refused: %s", code)
-        await self.store.log_refused(code, detail)
-
-    def _log_refusal(self, key: tuple[str, str], message: str, *args: object) -> None:
-        """Anyone can send refusals at will: a few lines per job and code a minute, the rest counted."""
-        left_out = self.refusal_log.admit(key)
-        if left_out is not None:
-            log.warning(message + "%s", *args, loglimit.note(left_out, self.refusal_log, key))
-
 
 def _first_attempt_settled(job: Job) -> bool:
     return job.status is not Status.QUEUED or (job.submit_attempts > 0 and job.submit_state is not SubmitState.SENDING)
-
-
-def _not_found() -> CallbackAnswer:
-    return CallbackAnswer(404, {"error": {"code": "not_found", "message": "no such callback"}})
-
-
-def _delivery_detail(headers: Mapping[str, str], body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the job's history keeps of a delivery: its headers of note and its claim, not the body."""
-    detail: dict[str, Any] = {}
-    for name in ("x-event", "x-task-id", "x-timestamp"):
-        if name in headers:
-            detail[name] = headers[name][:200]
-    status = body.get("status")
-    if isinstance(status, str):
-        detail["status"] = status[:50]
-    return detail
