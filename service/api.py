@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -19,10 +19,8 @@ from service.domain.status import FINISHED, Status
 from service.engine import IdempotencyMismatch, NotBackendSubmitted, NotPollable
 from service.http import ApiError, BodyTooLarge, JSONResponse, decode_cursor, encode_cursor, read_body
 from service.media import MediaFile
+from service.runtime import Runtime, runtime
 from service.store.base import TaskIdConflict
-
-if TYPE_CHECKING:
-    from service.app import Runtime
 
 MAX_API_BODY = 1024 * 1024
 MAX_WAIT = 60.0
@@ -35,10 +33,6 @@ MAX_IDEMPOTENCY_KEY = 255
 MAX_TASK_ID = 200
 # No provider's task id has control characters; one would only break the provider's URLs and the logs.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
 
 
 async def json_body(request: Request) -> Any:

@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from service import loglimit
-from service.api import runtime
 from service.domain import callbacks as verify
 from service.domain.callbacks import MAX_BODY_BYTES
 from service.domain.job import Job
@@ -26,6 +25,7 @@ from service.errors import StorageError
 from service.http import BodyTooLarge, JSONResponse, read_body
 from service.metrics import Metrics
 from service.providers.base import ProtocolError, Tracking
+from service.runtime import runtime
 from service.store.base import ReceiptKind, TaskIdConflict
 
 if TYPE_CHECKING:
