@@ -1,7 +1,9 @@
-"""The operations on jobs: submit, poll, expire, take a callback. Routes and loops call these.
+"""The operations on jobs: submit, poll, expire, bind. Routes and loops call these.
 
-Each operation gathers data (the job, a provider's answer), asks the pure domain what it means, and
-hands the result to the store as one transaction. Nothing here speaks SQL or parses a provider's wire.
+Each operation gathers data (the job, a provider's answer read by its adapter), asks the pure domain
+what it means (a submission's outcome: `service.domain.attempt`), and hands the result to the store
+as one transaction. Nothing here speaks SQL. Callbacks are taken by `service.callbacks`, images
+mirrored by `service.mirror`.
 """
 
 from __future__ import annotations
