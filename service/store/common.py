@@ -233,6 +233,8 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         return await self._write(write)
 
     def _write_attempt(self, tx: Tx, job: Job, decision: attempt.SubmitDecision) -> None:
+        """Write a decision that changes the job: its fields, its history (cause before consequence),
+        what the answer already says of the task (the status machine's), then the next due work."""
         step, result = decision.step, decision.outcome
         if decision.unschedule:
             tx.unschedule(job.id, *decision.unschedule)
@@ -260,8 +262,8 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         if isinstance(step, attempt.Retry):
             tx.schedule(job.id, WorkKind.SUBMIT, job.provider, step.at, 0)
         elif isinstance(step, attempt.Poll):
-            now = tx.job(job.id)
-            if not now.finished and now.provider_task_id:
+            after = tx.job(job.id)  # the answer may already have finished it (a synchronous one)
+            if not after.finished and after.provider_task_id:
                 tx.schedule(job.id, WorkKind.POLL, job.provider, step.at, 0)
 
     async def record_poll(
