@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -12,16 +12,15 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from service import ids, limits
+from service.domain import attempt
 from service.domain.job import Job
 from service.domain.request import RequestError, parse_submission
 from service.domain.status import FINISHED, Status
 from service.engine import IdempotencyMismatch, NotBackendSubmitted, NotPollable
 from service.http import ApiError, BodyTooLarge, JSONResponse, decode_cursor, encode_cursor, read_body
 from service.media import MediaFile
+from service.runtime import Runtime, runtime
 from service.store.base import TaskIdConflict
-
-if TYPE_CHECKING:
-    from service.app import Runtime
 
 MAX_API_BODY = 1024 * 1024
 MAX_WAIT = 60.0
@@ -34,10 +33,6 @@ MAX_IDEMPOTENCY_KEY = 255
 MAX_TASK_ID = 200
 # No provider's task id has control characters; one would only break the provider's URLs and the logs.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def runtime(request: Request) -> Runtime:
-    return request.app.state.runtime
 
 
 async def json_body(request: Request) -> Any:
@@ -90,14 +85,10 @@ async def create_job(request: Request) -> JSONResponse:
             job_id=exc.job.id,
         ) from None
     headers = {} if created else {"Idempotent-Replayed": "true"}
-    if job.status is Status.FAILED and job.error is not None and job.error.code == "provider_rejected":
-        raise ApiError(
-            502,
-            "provider_rejected",
-            job.error.message,
-            provider_code=job.error.provider_code,
-            job_id=job.id,
-        )
+    refusal = attempt.refusal(job)
+    if refusal is not None:
+        # The provider refused it for good, now or when the job was made (a replay answers the same).
+        raise ApiError(502, refusal.code, refusal.message, provider_code=refusal.provider_code, job_id=job.id)
     return JSONResponse(job_json(request, job), status_code=202, headers=headers)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +24,7 @@ from service.engine import Engine, ProviderRuntime
 from service.errors import StorageError
 from service.http import ApiError, BearerAuth, JSONResponse, SecurityHeaders, error_response
 from service.limits import Slots
-from service.loop import MAX_SLEEP, WorkLoop
+from service.loop import MAX_SLEEP
 from service.media import MediaStore
 from service.metrics import Metrics
 from service.notify import destinations_from_settings
@@ -35,35 +34,16 @@ from service.providers.aivideoapi import AivideoapiAdapter
 from service.providers.base import Tracking
 from service.providers.http import USER_AGENT, ProviderHTTP
 from service.providers.registry import adapters
+from service.runtime import Runtime, runtime
 from service.simulator import Simulator
 from service.store import engines
 from service.store.base import OutboxPolicy
-from service.store.common import Store
 from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
 
 VERSION = __version__
 SIMULATOR_KEY = "sk-simulator"
-
-
-@dataclasses.dataclass
-class Runtime:
-    settings: Settings
-    store: Store
-    engine: Engine
-    poller: Poller
-    outbox: OutboxWorker
-    hub: ChangeHub
-    tasks: dict[str, asyncio.Task[None]]
-    sessions: sessions.Sessions
-    metrics: Metrics
-    waiters: Slots  # GET /v1/jobs/{id}?wait=N held now (JOBHOOK_MAX_WAITERS)
-    streams: Slots  # /v1/stream clients now (JOBHOOK_MAX_STREAMS)
-
-    @property
-    def loops(self) -> dict[str, WorkLoop]:
-        return {"poller": self.poller, "outbox": self.outbox}
 
 
 def simulator_enabled(settings: Settings) -> bool:
@@ -159,6 +139,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             metrics,
             waiters=Slots(limits.max_waiters, "too_many_waiters", "requests waiting on a job (?wait=)"),
             streams=Slots(limits.max_streams, "too_many_streams", "event streams (/v1/stream)"),
+            callbacks=callbacks.CallbackIntake(engine),
         )
         try:
             yield
@@ -232,7 +213,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    rt: Runtime = request.app.state.runtime
+    rt = runtime(request)
     checks: dict[str, str] = {}
     try:
         await rt.store.write_probe()
@@ -256,7 +237,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def metrics_route(request: Request) -> Response:
-    rt: Runtime = request.app.state.runtime
+    rt = runtime(request)
     body = await rt.metrics.render(rt.store, rt.engine.providers, rt.outbox.destinations, rt.loops)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

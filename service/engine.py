@@ -1,7 +1,9 @@
-"""The operations on jobs: submit, poll, expire, take a callback. Routes and loops call these.
+"""The operations on jobs: submit, poll, expire, bind. Routes and loops call these.
 
-Each operation gathers data (the job, a provider's answer), asks the pure domain what it means, and
-hands the result to the store as one transaction. Nothing here speaks SQL or parses a provider's wire.
+Each operation gathers data (the job, a provider's answer read by its adapter), asks the pure domain
+what it means (a submission's outcome: `service.domain.attempt`), and hands the result to the store
+as one transaction. Nothing here speaks SQL. Callbacks are taken by `service.callbacks`, images
+mirrored by `service.mirror`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from typing import Any
 
 import orjson
 
-from service import loglimit
 from service.config import Settings
-from service.domain import backoff, request
+from service.domain import attempt, backoff, request
 from service.domain import callbacks as verify
 from service.domain import status as status_machine
+from service.domain.attempt import SubmitKind, SubmitResult
 from service.domain.job import Job
 from service.domain.request import GenerationRequest, RequestError, Submission
-from service.domain.status import FINAL, JobError, Observation, Status
+from service.domain.status import FINAL, Observation, Status
+from service.domain.work import SubmitState, WorkKind
 from service.errors import JobhookError
 from service.ids import new_job_id
 from service.media import MediaFile, MediaStore
@@ -33,20 +36,16 @@ from service.metrics import Metrics
 from service.mirror import Downloader, Mirror
 from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse
 from service.providers.http import NotSent, ProviderHTTP, Uncertain
-from service.store.base import NewJob, ReceiptKind, SubmitKind, SubmitResult, TaskIdConflict
+from service.store.base import NewJob
 from service.store.common import Store
 from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
 
-POLL_LEASE = 45.0
+POLL_LEASE = 45.0  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
 # A synchronous provider's call runs from the work queue; the request that created the job waits this
 # long for its first attempt to settle, so that an immediate refusal still answers 502 (SPEC §3).
 SYNC_FIRST_ANSWER_WAIT = 1.0
-UNCERTAIN_SYNC = JobError(
-    "submission_uncertain",
-    "the synchronous call was cut before it answered; it was not re-sent to avoid a double charge",
-)  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
 
 
 def submit_lease(submit_timeout: float) -> float:
@@ -84,13 +83,6 @@ class NotPollable(JobhookError):
 
 class NotBackendSubmitted(JobhookError):
     """PATCH of a job that jobhook submitted itself: its task id is not the backend's to set."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CallbackAnswer:
-    status: int
-    body: dict[str, Any]
-    provider: str = "unknown"
 
 
 def request_fingerprint(submission: Submission) -> str:
@@ -133,7 +125,6 @@ class Engine:
         # A provider that answered 429 is left alone until then (soft state: harmless to lose).
         self.paused_until: dict[str, float] = {}
         self._nudge: Callable[[float], None] = lambda due_at: None
-        self.refusal_log = loglimit.LogLimiter()
         self.mirroring = Mirror(
             store,
             media,
@@ -155,6 +146,10 @@ class Engine:
     def on_schedule(self, nudge: Callable[[float], None]) -> None:
         """`nudge(due_at)` is called whenever work is scheduled, so the poller can wake earlier."""
         self._nudge = nudge
+
+    def nudge(self, due_at: float) -> None:
+        """Work was scheduled at `due_at`: the poller wakes for it if that is earlier than it would."""
+        self._nudge(due_at)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -194,7 +189,7 @@ class Engine:
             return f"{self.settings.public_url}/media/{self.media_tokens.sign(job.id, str(index))}"
         return job.images[index] if index < len(job.images) else None
 
-    def _cost(self, job: Job) -> float | None:
+    def cost(self, job: Job) -> float | None:
         """What the job costs: the images its request asked for, not however many a provider listed."""
         runtime = self.providers.get(job.provider)
         return runtime.adapter.price_usd(job.request, status_machine.images_asked(job.request)) if runtime else None
@@ -248,10 +243,10 @@ class Engine:
         if not created:
             if job.request_hash != new.request_hash:
                 raise IdempotencyMismatch(job)
-            if job.submit_state == "sending":
+            if job.submit_state is SubmitState.SENDING:
                 # The first request is still talking to the provider: answer what it will answer.
                 settled = await self.wait_until(
-                    job.id, lambda j: j.submit_state != "sending", self.settings.submit_timeout + 5
+                    job.id, lambda j: j.submit_state is not SubmitState.SENDING, self.settings.submit_timeout + 5
                 )
                 job = settled or job
             return job, False
@@ -268,13 +263,14 @@ class Engine:
         assert runtime.http is not None
         callback_url = self.callback_url(job) if job.callback_url_registered else None
         wire = runtime.adapter.submit_request(GenerationRequest.from_json(job.request), callback_url)
+        synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
         started = time.monotonic()
         try:
             response = await runtime.http.send(wire, submission=True)
         except NotSent as exc:
-            result = self._retry(job, {"reason": "not_sent", "message": str(exc)}, None)
+            result = attempt.not_sent(str(exc), now=self.clock(), backoff=self._submit_backoff(job))
         except Uncertain as exc:
-            result = self._uncertain(runtime, {"reason": "no_answer", "message": str(exc)})
+            result = attempt.uncertain({"reason": "no_answer", "message": str(exc)}, synchronous=synchronous)
         else:
             result = await self._submit_result(job, runtime, response)
         self.metrics.submit_seconds.labels(job.provider).observe(time.monotonic() - started)
@@ -288,48 +284,34 @@ class Engine:
             self._nudge(result.first_poll_at)
         return stored
 
-    @staticmethod
-    def _uncertain(runtime: ProviderRuntime, detail: dict[str, Any]) -> SubmitResult:
-        """Never re-sent. A synchronous provider's job cannot be bound later by anything: it fails now."""
-        if runtime.adapter.tracking is Tracking.SYNCHRONOUS:
-            return SubmitResult(SubmitKind.FAILED, detail, error=UNCERTAIN_SYNC)
-        return SubmitResult(SubmitKind.UNCERTAIN, detail)
-
-    def _retry(self, job: Job, detail: dict[str, Any], retry_after: str | None) -> SubmitResult:
-        now = self.clock()
-        wait = backoff.delay(
-            max(0, job.submit_attempts - 1), self.settings.poll_interval, self.settings.poll_max_interval, self.rng
+    def _submit_backoff(self, job: Job) -> float:
+        """The wait before the job's next submission: it grows with the attempts made."""
+        settings = self.settings
+        return backoff.delay(
+            max(0, job.submit_attempts - 1), settings.poll_interval, settings.poll_max_interval, self.rng
         )
-        asked = backoff.retry_after(retry_after, now)
-        if asked is not None:
-            wait = max(wait, asked)
-        return SubmitResult(SubmitKind.RETRY, {**detail, "retry_in": round(wait, 3)}, retry_at=now + wait)
 
     async def _submit_result(self, job: Job, runtime: ProviderRuntime, response: WireResponse) -> SubmitResult:
+        """Read a provider's answer to a submission into an outcome (`service.domain.attempt`)."""
         detail: dict[str, Any] = {"http_status": response.status}
+        synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
         try:
             answer = runtime.adapter.parse_submit(response)
         except ProtocolError as exc:
-            # A 2xx we cannot read: the provider may well have created the task. Never re-send.
-            return self._uncertain(runtime, {**detail, "reason": "unreadable_answer", "message": str(exc)})
+            return attempt.unreadable(detail, str(exc), synchronous=synchronous)
         if answer.credits_remaining is not None:
             detail["credits_remaining"] = answer.credits_remaining
         if answer.answer is Answer.REJECTED:
             assert answer.error is not None
-            return SubmitResult(
-                SubmitKind.REJECTED,
-                {**detail, "provider_code": answer.error.provider_code, "message": answer.error.message},
-                error=answer.error,
-                credits_remaining=answer.credits_remaining,
-                credits_exhausted=response.status == 402 or answer.error.provider_code == "insufficient_credits",
+            return attempt.rejected(
+                detail, answer.error, http_status=response.status, credits_remaining=answer.credits_remaining
             )
+        now = self.clock()
         if answer.answer is Answer.RETRY:
             assert answer.error is not None
-            return self._retry(
-                job,
-                {**detail, "provider_code": answer.error.provider_code, "message": answer.error.message},
-                answer.retry_after,
-            )
+            detail.update(provider_code=answer.error.provider_code, message=answer.error.message)
+            asked = backoff.retry_after(answer.retry_after, now)
+            return attempt.retry(detail, now=now, backoff=self._submit_backoff(job), asked=asked)
         observation = answer.observation
         media: tuple[MediaFile, ...] = ()
         if answer.images:  # a synchronous answer: the images themselves, kept before the job says so
@@ -340,18 +322,13 @@ class Engine:
             if ignored:
                 detail["images_ignored"] = ignored
         images = len(observation.images) if observation is not None else 0
-        now = self.clock()
-        first_poll = self.first_poll_at(job, now) if answer.task_id else None
-        if answer.task_id:
-            detail["provider_task_id"] = answer.task_id
-        return SubmitResult(
-            SubmitKind.ACCEPTED,
+        return attempt.accepted(
             detail,
             task_id=answer.task_id,
             observation=observation,
-            first_poll_at=first_poll,
-            cost_usd=self._cost(job) if images else None,
             media=media,
+            first_poll_at=self.first_poll_at(job, now) if answer.task_id else None,
+            cost_usd=self.cost(job) if images else None,
             credits_remaining=answer.credits_remaining,
         )
 
@@ -366,12 +343,13 @@ class Engine:
         if job is None:
             return
         if job.status is not Status.QUEUED or job.submitted_by_backend:
-            await self.store.unschedule(job_id, "submit")
+            await self.store.unschedule(job_id, WorkKind.SUBMIT)
             return
-        if job.submit_state == "sending":
+        if job.submit_state is SubmitState.SENDING:
             # Its lease ran out: jobhook stopped while the request was in flight. Never re-send.
             detail = {"reason": "interrupted", "message": "jobhook stopped while the submission was in flight"}
-            await self.store.record_submit(job_id, self._uncertain(self.runtime(job.provider), detail))
+            synchronous = self.runtime(job.provider).adapter.tracking is Tracking.SYNCHRONOUS
+            await self.store.record_submit(job_id, attempt.uncertain(detail, synchronous=synchronous))
             return
         now = self.clock()
         sending = await self.store.begin_submit(job_id, now + self.submit_lease(self.runtime(job.provider)))
@@ -385,7 +363,7 @@ class Engine:
 
         `confirming`: the poll that checks a bare webhook's claim (apiframe) before anything is applied.
         """
-        kind = "confirm" if confirming else "poll"
+        kind = WorkKind.CONFIRM if confirming else WorkKind.POLL
         job = await self.store.get_job(job_id)
         if job is None:
             return None
@@ -404,7 +382,7 @@ class Engine:
             await self.store.unschedule(job_id, kind)
             return job
         if not manual and job.status is Status.TIMED_OUT and now > job.created_at + 2 * self.settings.job_timeout:
-            await self.store.unschedule(job_id, "poll")
+            await self.store.unschedule(job_id, WorkKind.POLL)
             await self.store.note(job_id, "poll", "stopped", {"reason": "no answer within twice JOBHOOK_JOB_TIMEOUT"})
             return job
         next_delay = backoff.delay(attempt, self.settings.poll_interval, self.settings.poll_max_interval, self.rng)
@@ -444,7 +422,7 @@ class Engine:
             detail,
             outcome=outcome,
             next_poll=(next_at, attempt + 1),
-            cost_if_completed=self._cost(job) if images else None,
+            cost_if_completed=self.cost(job) if images else None,
             confirming=confirming,
         )
         self._nudge(next_at)
@@ -469,147 +447,6 @@ class Engine:
         self._nudge(first_poll)
         return bound
 
-    # -- callbacks ---------------------------------------------------------------------------------
-
-    async def refuse_token(self) -> CallbackAnswer:
-        """A delivery to a URL whose token is not ours: 404, and nothing about any job is revealed."""
-        await self._refused_unknown("invalid_token", {})
-        self.metrics.callbacks.labels("unknown", "refused", "invalid_token").inc()
-        return _not_found()
-
-    async def take_callback(
-        self, claim: verify.TokenClaim, headers: Mapping[str, str], raw: bytes | None
-    ) -> CallbackAnswer:
-        """Every check of SPEC §4 after the token's (the route verified it: `claim`), in order; the
-        delivery is committed before this returns 200.
-
-        `headers` have lower-case names; `raw` is None when the body was over the size limit.
-        """
-        started = time.monotonic()
-        answer = await self._take_callback(claim, headers, raw)
-        if answer.status == 200:
-            outcome, reason = str(answer.body["status"]), ""
-        else:
-            outcome, reason = "refused", str(answer.body["error"]["code"])
-        self.metrics.callbacks.labels(answer.provider, outcome, reason).inc()
-        self.metrics.callback_seconds.labels(answer.provider).observe(time.monotonic() - started)
-        return answer
-
-    async def _take_callback(
-        self, claim: verify.TokenClaim, headers: Mapping[str, str], raw: bytes | None
-    ) -> CallbackAnswer:
-        runtime = self.providers.get(claim.provider)
-        if runtime is None:
-            await self._refused_unknown("invalid_token", {})
-            return _not_found()
-        job = await self.store.get_job(claim.job_id)
-        if job is None or job.provider != claim.provider:
-            await self._refused_unknown("unknown_job", {"job_id": claim.job_id})
-            return _not_found()
-        body = verify.too_large() if raw is None else verify.parse_body(raw)
-        if isinstance(body, verify.Refusal):
-            return await self._refuse(job, body, {"bytes": len(raw) if raw is not None else None})
-        now = self.clock()
-        if runtime.adapter.tracking is Tracking.CALLBACK:
-            check = verify.check_task_headers(
-                headers, body, job.provider_task_id, now, self.settings.timestamp_tolerance
-            )
-            if isinstance(check, verify.Refusal):
-                return await self._refuse(job, check, _delivery_detail(headers, body))
-            event_key, bind = check.event, (check.task_id if check.binds else None)
-        elif runtime.adapter.tracking is Tracking.WEBHOOK_CONFIRM:
-            return await self._take_claim(job, runtime, body)
-        else:
-            return await self._refuse(
-                job, verify.Refusal(400, "unsupported", "this provider does not send callbacks"), {}
-            )
-        try:
-            observation = runtime.adapter.parse_callback(body)
-        except ProtocolError as exc:
-            return await self._refuse(
-                job, verify.Refusal(400, "invalid_payload", str(exc)), _delivery_detail(headers, body)
-            )
-        images = len(observation.images)
-        try:
-            result = await self.store.record_callback(
-                job.id,
-                event_key,
-                observation,
-                _delivery_detail(headers, body),
-                bind_task_id=bind,
-                cost_if_completed=self._cost(job) if images else None,
-                poll_if_bound=self.first_poll_at(job, now),
-            )
-        except TaskIdConflict:
-            refusal = verify.Refusal(409, "task_id_conflict", "this task id belongs to another job")
-            return await self._refuse(job, refusal, _delivery_detail(headers, body))
-        if result.kind is ReceiptKind.ACCEPTED and result.decision is not None and result.decision.applied:
-            # DEBUG: at a retry storm's rate a line each costs more than the delivery; the job's events
-            # and /metrics keep what happened.
-            log.debug("callback %s %s: %s", job.id, job.provider, result.job.status)
-            if result.job.status is Status.COMPLETED and images and self.settings.mirror_images:
-                self._nudge(now)  # its images are to be fetched now (a 'mirror' row came with it)
-        return CallbackAnswer(200, {"status": str(result.kind)}, job.provider)
-
-    async def _take_claim(self, job: Job, runtime: ProviderRuntime, body: Mapping[str, Any]) -> CallbackAnswer:
-        """A bare webhook (apiframe): the job id it names must be the job's, and what it claims is
-        confirmed by one poll before it is applied (SPEC §4, check 4)."""
-        task_id = runtime.adapter.callback_task_id(body)
-        detail: dict[str, Any] = {"body_job_id": task_id[:200] if task_id else None}
-        if task_id is None:
-            refusal = verify.Refusal(400, "missing_task_id", "the body names no job id")
-            return await self._refuse(job, refusal, detail)
-        if job.provider_task_id is not None and job.provider_task_id != task_id:
-            refusal = verify.Refusal(409, "task_id_conflict", "the body's job id is not this callback URL's job")
-            return await self._refuse(job, refusal, detail)
-        try:
-            claim = runtime.adapter.parse_callback(body)
-        except ProtocolError as exc:
-            return await self._refuse(job, verify.Refusal(400, "invalid_payload", str(exc)), detail)
-        detail["claim"] = str(claim.status)
-        bind = task_id if job.provider_task_id is None else None
-        try:
-            kind = await self.store.record_claim(job.id, f"status.{claim.status}", detail, bind_task_id=bind)
-        except TaskIdConflict:
-            refusal = verify.Refusal(409, "task_id_conflict", "this job id belongs to another job")
-            return await self._refuse(job, refusal, detail)
-        self._nudge(self.clock())  # a confirming poll is due now (a duplicate may re-arm one)
-        return CallbackAnswer(200, {"status": str(kind)}, job.provider)
-
-    async def _refuse(self, job: Job, refusal: verify.Refusal, detail: dict[str, Any]) -> CallbackAnswer:
-        self._log_refusal((job.id, refusal.code), "callback refused for %s: %s", job.id, refusal.code)
-        await self.store.record_refusal(
-            job.id, refusal.code, {**detail, "code": refusal.code, "message": refusal.message}
-        )
-        body = {"error": {"code": refusal.code, "message": refusal.message}}
-        return CallbackAnswer(refusal.status, body, job.provider)
-
-    async def _refused_unknown(self, code: str, detail: dict[str, Any]) -> None:
-        self._log_refusal(("", code), "callback refused: %s", code)
-        await self.store.log_refused(code, detail)
-
-    def _log_refusal(self, key: tuple[str, str], message: str, *args: object) -> None:
-        """Anyone can send refusals at will: a few lines per job and code a minute, the rest counted."""
-        left_out = self.refusal_log.admit(key)
-        if left_out is not None:
-            log.warning(message + "%s", *args, loglimit.note(left_out, self.refusal_log, key))
-
 
 def _first_attempt_settled(job: Job) -> bool:
-    return job.status is not Status.QUEUED or (job.submit_attempts > 0 and job.submit_state != "sending")
-
-
-def _not_found() -> CallbackAnswer:
-    return CallbackAnswer(404, {"error": {"code": "not_found", "message": "no such callback"}})
-
-
-def _delivery_detail(headers: Mapping[str, str], body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the job's history keeps of a delivery: its headers of note and its claim, not the body."""
-    detail: dict[str, Any] = {}
-    for name in ("x-event", "x-task-id", "x-timestamp"):
-        if name in headers:
-            detail[name] = headers[name][:200]
-    status = body.get("status")
-    if isinstance(status, str):
-        detail["status"] = status[:50]
-    return detail
+    return job.status is not Status.QUEUED or (job.submit_attempts > 0 and job.submit_state is not SubmitState.SENDING)

@@ -24,12 +24,12 @@ import httpcore
 import httpx
 
 from service.domain import addresses, backoff
+from service.domain.work import Lane, WorkKind
 from service.errors import JobhookError
 from service.media import MediaFile, MediaStore
 from service.providers.base import ImageBytes, sniff
 from service.providers.http import USER_AGENT
 from service.store.common import Store
-from service.store.tx import MIRROR
 
 log = logging.getLogger("jobhook")
 
@@ -290,20 +290,20 @@ class Mirror:
         if held or not (errors or refused):
             await self.store.record_media(job.id, held, {"attempt": attempt + 1})
         elif not errors:
-            await self.store.unschedule(job.id, "mirror")
+            await self.store.unschedule(job.id, WorkKind.MIRROR)
         if refused:
             # Final: the job keeps the provider's URL, and nothing is tried again for these images.
             await self.store.note(job.id, "mirror", "refused", {"attempt": attempt + 1, "refused": refused})
         if not errors:
             return
         if attempt + 1 >= MIRROR_ATTEMPTS:
-            await self.store.unschedule(job.id, "mirror")
+            await self.store.unschedule(job.id, WorkKind.MIRROR)
             await self.store.note(job.id, "mirror", "gave_up", {"attempts": attempt + 1, "errors": errors})
             log.warning("mirror %s: gave up after %d attempts", job.id, attempt + 1)
             return
         wait = backoff.delay(attempt, 5.0, 600.0, self.rng)
         event = ("mirror", "retry", {"attempt": attempt + 1, "errors": errors, "retry_in": round(wait, 1)})
-        await self.store.reschedule(job.id, "mirror", MIRROR, self.clock() + wait, attempt + 1, event)
+        await self.store.reschedule(job.id, WorkKind.MIRROR, Lane.MIRROR, self.clock() + wait, attempt + 1, event)
         self._nudge(self.clock() + wait)
 
     async def _refused_before(self, job_id: str) -> set[int]:

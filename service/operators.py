@@ -19,9 +19,10 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.api import job_json, json_body, runtime
+from service.api import job_json, json_body
 from service.http import ApiError, JSONResponse
 from service.providers.registry import describe
+from service.runtime import runtime
 
 KEEPALIVE = 15.0
 

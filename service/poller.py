@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 
 from service import mirror
+from service.domain.work import Lane, WorkKind
 from service.engine import POLL_LEASE, Engine
 from service.loop import MAX_SLEEP, WorkLoop
 from service.store.base import Due
-from service.store.tx import DEADLINE, INTERNAL, MIRROR
 
 __all__ = ["MAX_SLEEP", "Poller"]
 
@@ -34,9 +34,9 @@ class Poller(WorkLoop):
         self.leases = {
             name: max(POLL_LEASE, engine.submit_lease(runtime)) for name, runtime in engine.providers.items()
         }
-        self.leases[MIRROR] = mirror.MIRROR_LEASE
+        self.leases[Lane.MIRROR] = mirror.MIRROR_LEASE
         self.limits = {name: concurrency for name in engine.providers}
-        self.limits.update({INTERNAL: DEADLINE_BATCH, MIRROR: MIRROR_CONCURRENCY})
+        self.limits.update({Lane.INTERNAL: DEADLINE_BATCH, Lane.MIRROR: MIRROR_CONCURRENCY})
         engine.on_schedule(self.nudge)
 
     async def tick(self) -> float:
@@ -63,11 +63,11 @@ class Poller(WorkLoop):
         return self.sleep_until(next_times)
 
     async def _run(self, due: Due) -> None:
-        if due.kind == DEADLINE:
+        if due.kind is WorkKind.DEADLINE:
             await self.engine.expire(due.job_id)
-        elif due.kind == "submit":
+        elif due.kind is WorkKind.SUBMIT:
             await self.engine.resubmit(due.job_id)
-        elif due.kind == "mirror":
+        elif due.kind is WorkKind.MIRROR:
             await self.engine.mirroring.run(due.job_id, due.attempt)
         else:
-            await self.engine.poll(due.job_id, due.attempt, confirming=due.kind == "confirm")
+            await self.engine.poll(due.job_id, due.attempt, confirming=due.kind is WorkKind.CONFIRM)

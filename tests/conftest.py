@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.app import Runtime, create_app
+from service.app import create_app
 from service.config import Settings
 from service.http import server_protocol
+from service.runtime import Runtime
 from tests.fakes.server import free_socket, serve_asgi
 from tests.postgres import PostgresServer, missing_reason
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.domain.status import FINISHED, JobError, Status
+from service.domain.work import SubmitState
 
 
 def rfc3339(ts: float | None) -> str | None:
@@ -36,7 +37,7 @@ class Job:
     submitted_at: float | None = None
     finished_at: float | None = None
     cost_usd: float | None = None
-    submit_state: str | None = None  # None, "sending", "done", "uncertain"
+    submit_state: SubmitState | None = None  # None: no submission in flight
     submit_attempts: int = 0
     # Per image index, the file jobhook holds ({"file", "content_type", …}) or None.
     media: tuple[Mapping[str, Any] | None, ...] = ()

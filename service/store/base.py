@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.domain.job import Job
-from service.domain.status import Decision, JobError, Observation, Source
-from service.media import MediaFile
+from service.domain.status import Decision, Source
+from service.domain.work import WorkKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,34 +31,11 @@ class NewJob:
     submit_at: float | None = None
 
 
-class SubmitKind(enum.StrEnum):
-    ACCEPTED = "accepted"  # the provider took it (a task id, or already the images)
-    REJECTED = "rejected"  # the provider refused it for good: the job fails
-    RETRY = "retry"  # the provider could not take it now: stays queued, retried at `retry_at`
-    UNCERTAIN = "uncertain"  # sent, no answer: never re-sent; a callback may still bind it
-    FAILED = "failed"  # the attempt ends the job (an uncertain synchronous call: nothing can bind it)
-
-
-@dataclasses.dataclass(frozen=True)
-class SubmitResult:
-    kind: SubmitKind
-    detail: Mapping[str, Any]
-    task_id: str | None = None
-    observation: Observation | None = None  # for answers that already tell the outcome
-    error: JobError | None = None  # for REJECTED
-    retry_at: float | None = None  # for RETRY
-    first_poll_at: float | None = None  # for ACCEPTED with a task id
-    cost_usd: float | None = None
-    media: tuple[MediaFile, ...] = ()  # images jobhook now holds (a synchronous provider's answer)
-    credits_remaining: float | None = None  # the balance the provider reported
-    credits_exhausted: bool = False  # the provider refused for want of credits (402, segmind's 406)
-
-
 @dataclasses.dataclass(frozen=True)
 class Due:
     job_id: str
-    kind: str
-    provider: str
+    kind: WorkKind
+    provider: str  # the lane: the provider's name, or a `Lane`
     due_at: float
     attempt: int
 
@@ -158,8 +135,6 @@ __all__ = [
     "ReceiptKind",
     "Source",
     "StoredNotification",
-    "SubmitKind",
-    "SubmitResult",
     "TaskIdConflict",
     "WriterStats",
 ]

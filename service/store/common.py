@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from service.domain import attempt
 from service.domain import status as status_machine
+from service.domain.attempt import SubmitResult
 from service.domain.job import Event, Job
-from service.domain.status import FINAL, JobError, Observation, Source, Status
+from service.domain.status import FINAL, Observation, Source, Status
+from service.domain.work import Lane, SubmitState, WorkKind
 from service.ids import job_id_floor
 from service.media import MediaFile
 from service.store.base import (
@@ -26,8 +29,6 @@ from service.store.base import (
     NewJob,
     OutboxPolicy,
     ReceiptKind,
-    SubmitKind,
-    SubmitResult,
     TaskIdConflict,
     WriterStats,
 )
@@ -35,8 +36,6 @@ from service.store.outbox_queries import OutboxQueries
 from service.store.purge_queries import PurgeQueries
 from service.store.session_queries import SessionQueries
 from service.store.tx import (
-    DEADLINE,
-    INTERNAL,
     REFUSED_LOG_SIZE,
     Dialect,
     Listener,
@@ -178,7 +177,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     dumps(dict(new.metadata)) if new.metadata is not None else None,
                     int(new.callback_url_registered),
                     int(new.submitted_by_backend),
-                    "sending" if sending else None,
+                    SubmitState.SENDING if sending else None,
                     1 if sending else 0,
                     new.idempotency_key,
                     new.request_hash,
@@ -186,11 +185,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     tx.now,
                 ),
             )
-            tx.schedule(new.id, DEADLINE, INTERNAL, new.deadline_at, 0)
+            tx.schedule(new.id, WorkKind.DEADLINE, Lane.INTERNAL, new.deadline_at, 0)
             if new.submit_lease_until is not None:
-                tx.schedule(new.id, "submit", new.provider, new.submit_lease_until, 0)
+                tx.schedule(new.id, WorkKind.SUBMIT, new.provider, new.submit_lease_until, 0)
             elif new.submit_at is not None:
-                tx.schedule(new.id, "submit", new.provider, new.submit_at, 0)
+                tx.schedule(new.id, WorkKind.SUBMIT, new.provider, new.submit_at, 0)
             tx.event(
                 new.id,
                 "created",
@@ -206,71 +205,66 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
         def write(tx: Tx) -> Job | None:
             job = tx.job(job_id)
-            if job.status is not Status.QUEUED or job.submit_state == "sending" or job.submitted_by_backend:
+            if job.status is not Status.QUEUED or job.submit_state is SubmitState.SENDING or job.submitted_by_backend:
                 return None
             tx.execute(
-                "UPDATE jobs SET submit_state = 'sending', submit_attempts = submit_attempts + 1, "
-                "updated_at = ? WHERE id = ?",
-                (tx.now, job_id),
+                "UPDATE jobs SET submit_state = ?, submit_attempts = submit_attempts + 1, updated_at = ? WHERE id = ?",
+                (SubmitState.SENDING, tx.now, job_id),
             )
-            tx.schedule(job_id, "submit", job.provider, lease_until, 0)
+            tx.schedule(job_id, WorkKind.SUBMIT, job.provider, lease_until, 0)
             tx.changed.add(job_id)
             return tx.job(job_id)
 
         return await self._write(write)
 
     async def record_submit(self, job_id: str, result: SubmitResult) -> Job:
-        """Write the outcome of a submission attempt (SPEC §3)."""
+        """Write the outcome of a submission attempt as `attempt.decide` decides it (SPEC §3)."""
 
         def write(tx: Tx) -> Job:
             job = tx.job(job_id)
-            tx.event(job_id, "submit", str(result.kind), result.detail)
-            tx.credits(job.provider, result.credits_remaining, result.credits_exhausted)
-            if job.status is not Status.QUEUED:
-                # Decided already (a deadline, or a callback that bound it first): keep the record only.
+            decision = attempt.decide(job, result, now=tx.now)
+            tx.event(job_id, *decision.event)
+            tx.credits(job.provider, decision.credits.remaining, decision.credits.exhausted)
+            if isinstance(decision.step, attempt.Settled):
                 return job
-            if result.kind is SubmitKind.ACCEPTED:
-                tx.unschedule(job_id, "submit")
-                fields: dict[str, Any] = {"status": "submitted", "submit_state": "done", "submitted_at": tx.now}
-                if result.task_id is not None:
-                    fields["provider_task_id"] = result.task_id
-                try:
-                    tx.update(job_id, **fields)
-                except tx.dialect.integrity_errors:
-                    raise TaskIdConflict(result.task_id) from None
-                tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit"})
-                if result.media:
-                    tx.update(job_id, media=dumps([media.to_json() for media in result.media]))
-                job = tx.job(job_id)
-                if result.observation is not None:
-                    tx.apply(job, result.observation, Source.SUBMIT, result.cost_usd)
-                    job = tx.job(job_id)
-                if not job.finished and result.first_poll_at is not None and job.provider_task_id:
-                    tx.schedule(job_id, "poll", job.provider, result.first_poll_at, 0)
-            elif result.kind in (SubmitKind.REJECTED, SubmitKind.FAILED):
-                error = result.error or JobError("provider_rejected", "the provider refused the job")
-                tx.update(
-                    job_id,
-                    status="failed",
-                    submit_state="done",
-                    error=dumps(error.to_json()),
-                    finished_at=tx.now,
-                    resolved_by="submit",
-                )
-                tx.event(job_id, "status", "failed", {"from": "queued", "by": "submit"})
-                tx.unschedule(job_id)
-                tx.notify("job.failed", job=tx.job(job_id))
-            elif result.kind is SubmitKind.RETRY:
-                tx.update(job_id, submit_state=None)
-                retry_at = result.retry_at if result.retry_at is not None else tx.now
-                tx.schedule(job_id, "submit", job.provider, retry_at, 0)
-            else:  # UNCERTAIN: never sent again; a callback may still bind it, the deadline ends it.
-                tx.update(job_id, status="submitted", submit_state="uncertain", submitted_at=tx.now)
-                tx.event(job_id, "status", "submitted", {"from": "queued", "by": "submit", "uncertain": True})
-                tx.unschedule(job_id, "submit")
+            self._write_attempt(tx, job, decision)
             return tx.job(job_id)
 
         return await self._write(write)
+
+    def _write_attempt(self, tx: Tx, job: Job, decision: attempt.SubmitDecision) -> None:
+        """Write a decision that changes the job: its fields, its history (cause before consequence),
+        what the answer already says of the task (the status machine's), then the next due work."""
+        step, result = decision.step, decision.outcome
+        if decision.unschedule:
+            tx.unschedule(job.id, *decision.unschedule)
+        fields: dict[str, Any] = {"submit_state": decision.submit_state}
+        if decision.status is not None:
+            fields["status"] = str(decision.status)
+        if decision.status is Status.SUBMITTED:
+            fields["submitted_at"] = tx.now
+        if decision.task_id is not None:
+            fields["provider_task_id"] = decision.task_id
+        if isinstance(step, attempt.Final):
+            fields.update(error=dumps(step.error.to_json()), finished_at=tx.now, resolved_by=str(Source.SUBMIT))
+        try:
+            tx.update(job.id, **fields)
+        except tx.dialect.integrity_errors:
+            raise TaskIdConflict(decision.task_id) from None
+        if decision.status is not None:
+            tx.event(job.id, "status", str(decision.status), decision.status_detail)
+        if result.media:
+            tx.update(job.id, media=dumps([media.to_json() for media in result.media]))
+        if result.observation is not None:
+            tx.apply(tx.job(job.id), result.observation, Source.SUBMIT, result.cost_usd)
+        for type_ in decision.notify:
+            tx.notify(type_, job=tx.job(job.id))
+        if isinstance(step, attempt.Retry):
+            tx.schedule(job.id, WorkKind.SUBMIT, job.provider, step.at, 0)
+        elif isinstance(step, attempt.Poll):
+            after = tx.job(job.id)  # the answer may already have finished it (a synchronous one)
+            if not after.finished and after.provider_task_id:
+                tx.schedule(job.id, WorkKind.POLL, job.provider, step.at, 0)
 
     async def record_poll(
         self,
@@ -292,7 +286,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             job = tx.job(job_id)
             decision = None
             if confirming:
-                tx.unschedule(job_id, "confirm")
+                tx.unschedule(job_id, WorkKind.CONFIRM)
             if observation is not None:
                 source = Source.CALLBACK if confirming else Source.POLL
                 decision = tx.apply(job, observation, source, cost_if_completed, record=("poll", outcome, detail))
@@ -302,9 +296,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             if job.status in FINAL:
                 tx.unschedule(job_id)
             elif next_poll is not None:
-                tx.schedule(job_id, "poll", job.provider, next_poll[0], next_poll[1])
+                tx.schedule(job_id, WorkKind.POLL, job.provider, next_poll[0], next_poll[1])
             else:
-                tx.unschedule(job_id, "poll")
+                tx.unschedule(job_id, WorkKind.POLL)
             return Applied(job, decision)
 
         return await self._write(write)
@@ -327,7 +321,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             if self._bind_from_callback(tx, job, bind_task_id):
                 job = tx.job(job_id)
                 if poll_if_bound is not None and not job.finished:
-                    tx.schedule(job_id, "poll", job.provider, poll_if_bound, 0)
+                    tx.schedule(job_id, WorkKind.POLL, job.provider, poll_if_bound, 0)
             if not tx.first_receipt(job_id, event_key, detail):
                 return CallbackResult(ReceiptKind.DUPLICATE, job, None)
             tx.callback_came(job.provider)
@@ -358,11 +352,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     # An earlier copy's claim may have been refuted by its poll, and this one be true now:
                     # confirm again. A 'confirm' row still there (due, or leased by a poll in flight, which
                     # was sent after the first copy came) already answers this copy: one query, not two.
-                    tx.schedule(job_id, "confirm", job.provider, tx.now, 0, replace=False)
+                    tx.schedule(job_id, WorkKind.CONFIRM, job.provider, tx.now, 0, replace=False)
                 return ReceiptKind.DUPLICATE
             tx.callback_came(job.provider)
             tx.event(job_id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})
-            tx.schedule(job_id, "confirm", job.provider, tx.now, 0)
+            tx.schedule(job_id, WorkKind.CONFIRM, job.provider, tx.now, 0)
             return ReceiptKind.ACCEPTED
 
         return await self._write(write)
@@ -376,14 +370,20 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             for index, file in held.items():
                 media[index] = file.to_json()
             tx.update(job_id, media=dumps(media))
-            tx.unschedule(job_id, "mirror")
+            tx.unschedule(job_id, WorkKind.MIRROR)
             tx.event(job_id, "mirror", "done", {**detail, "images": sorted(held)})
             return tx.job(job_id)
 
         return await self._write(write)
 
     async def reschedule(
-        self, job_id: str, kind: str, lane: str, due_at: float, attempt: int, event: tuple[str, str, Mapping[str, Any]]
+        self,
+        job_id: str,
+        kind: WorkKind,
+        lane: str,
+        due_at: float,
+        attempt: int,
+        event: tuple[str, str, Mapping[str, Any]],
     ) -> None:
         """Try `kind` again at `due_at` (attempt number `attempt`), recording why."""
 
@@ -410,7 +410,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         )
         if other is not None:
             raise TaskIdConflict(task_id)
-        fields: dict[str, Any] = {"provider_task_id": task_id, "submit_state": "done"}
+        fields: dict[str, Any] = {"provider_task_id": task_id, "submit_state": SubmitState.DONE}
         if job.submitted_at is None:
             fields["submitted_at"] = tx.now
         if job.status is Status.QUEUED:
@@ -432,7 +432,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             self._bind(tx, job, task_id, by="backend")
             job = tx.job(job_id)
             if not job.finished:
-                tx.schedule(job_id, "poll", job.provider, first_poll_at, 0)
+                tx.schedule(job_id, WorkKind.POLL, job.provider, first_poll_at, 0)
             return job
 
         return await self._write(write)
@@ -442,16 +442,18 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
         def write(tx: Tx) -> Job:
             job = tx.job(job_id)
-            tx.unschedule(job_id, DEADLINE)
+            tx.unschedule(job_id, WorkKind.DEADLINE)
             verdict = status_machine.on_deadline(
-                job.status, has_task_id=job.provider_task_id is not None, sending=job.submit_state == "sending"
+                job.status,
+                has_task_id=job.provider_task_id is not None,
+                sending=job.submit_state is SubmitState.SENDING,
             )
             if verdict is None:
                 return job
             new_status, error = verdict
             fields: dict[str, Any] = {"status": str(new_status), "error": dumps(error.to_json()), "finished_at": tx.now}
-            if job.submit_state == "sending":
-                fields["submit_state"] = "uncertain"  # settled: nothing waits for this call's answer any more
+            if job.submit_state is SubmitState.SENDING:
+                fields["submit_state"] = SubmitState.UNCERTAIN  # settled: nothing waits for this call's answer any more
             tx.update(job_id, **fields)
             tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
             if new_status in FINAL:
@@ -480,7 +482,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
         return await self._write(write)
 
-    async def unschedule(self, job_id: str, kind: str) -> None:
+    async def unschedule(self, job_id: str, kind: WorkKind) -> None:
 
         def write(tx: Tx) -> None:
             tx.unschedule(job_id, kind)
@@ -523,7 +525,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             return cursor.fetchall()
 
         rows = await self._write(write)
-        return [Due(row["job_id"], row["kind"], row["provider"], lease_until, row["attempt"]) for row in rows]
+        return [Due(row["job_id"], WorkKind(row["kind"]), row["provider"], lease_until, row["attempt"]) for row in rows]
 
     async def next_due_at(self, provider: str) -> float | None:
         rows = await self._read("SELECT MIN(due_at) FROM due WHERE provider = ?", (provider,))
@@ -532,7 +534,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
     async def due_for(self, job_id: str) -> list[Due]:
         rows = await self._read("SELECT * FROM due WHERE job_id = ? ORDER BY due_at", (job_id,))
-        return [Due(row["job_id"], row["kind"], row["provider"], row["due_at"], row["attempt"]) for row in rows]
+        return [
+            Due(row["job_id"], WorkKind(row["kind"]), row["provider"], row["due_at"], row["attempt"]) for row in rows
+        ]
 
     # -- reads -------------------------------------------------------------------------------------
 

@@ -22,9 +22,9 @@ from service.errors import SchemaTooNew, StorageError
 from service.store.base import OutboxPolicy
 from service.store.common import Store
 from service.store.sqlite_writer import Writer, WriterStats
-from service.store.tx import DEADLINE, INTERNAL, MIRROR, TRACKING_KINDS, Dialect, Row, Tx, probe
+from service.store.tx import Dialect, Row, Tx, probe
 
-__all__ = ["DEADLINE", "INTERNAL", "MIRROR", "TRACKING_KINDS", "SQLiteStore", "migrations"]
+__all__ = ["SQLiteStore", "migrations"]
 
 BUSY_TIMEOUT_MS = 5000
 # Page cache per connection (SQLite's default is 2 MiB): a callback touches ~10 B-tree pages of jobs

@@ -20,17 +20,11 @@ from service.domain import history
 from service.domain import status as status_machine
 from service.domain.job import Job
 from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
+from service.domain.work import TRACKING_KINDS, Lane, SubmitState, WorkKind
 from service.ids import new_message_id
 from service.store.base import JobNotFound, OutboxPolicy
 
 REFUSED_LOG_SIZE = 1000
-DEADLINE = "deadline"
-# The `provider` column of due rows is the lane that bounds how many run at once: a provider's name,
-# or one of these for work that calls no provider.
-INTERNAL = ""  # deadlines
-MIRROR = "_mirror"  # downloads of completed images
-# The due work that follows a job until it is final; mirroring outlives it.
-TRACKING_KINDS = ("submit", "poll", "deadline", "confirm")
 
 Listener = Callable[[frozenset[str]], None]
 
@@ -101,7 +95,7 @@ def job_from_row(row: Row) -> Job:
         submitted_at=row["submitted_at"],
         finished_at=row["finished_at"],
         cost_usd=row["cost_usd"],
-        submit_state=row["submit_state"],
+        submit_state=SubmitState(row["submit_state"]) if row["submit_state"] is not None else None,
         submit_attempts=row["submit_attempts"],
         media=tuple(loads(row["media"]) or ()),
         idempotency_key=row["idempotency_key"],
@@ -189,22 +183,22 @@ class Tx:
             self.finished.append((job_id, str(fields.get("status")), fields.get("resolved_by")))
 
     def schedule(
-        self, job_id: str, kind: str, provider: str, due_at: float, attempt: int, *, replace: bool = True
+        self, job_id: str, kind: WorkKind, lane: str, due_at: float, attempt: int, *, replace: bool = True
     ) -> None:
-        """Make `kind` due for the job at `due_at`; `replace=False` keeps a row already there (pending or
-        leased by a worker that is doing it now)."""
+        """Make `kind` due for the job at `due_at` in `lane` (its provider's name, or a `Lane`);
+        `replace=False` keeps a row already there (pending or leased by a worker that is doing it now)."""
         on_conflict = "DO UPDATE SET due_at = excluded.due_at, attempt = excluded.attempt" if replace else "DO NOTHING"
         self.execute(
             "INSERT INTO due (job_id, kind, provider, due_at, attempt) VALUES (?, ?, ?, ?, ?) "
             f"ON CONFLICT (job_id, kind) {on_conflict}",
-            (job_id, kind, provider, due_at, attempt),
+            (job_id, str(kind), str(lane), due_at, attempt),
         )
 
-    def unschedule(self, job_id: str, *kinds: str) -> None:
+    def unschedule(self, job_id: str, *kinds: WorkKind) -> None:
         """Drop the job's due rows of `kinds`; by default those that track it (not its mirroring)."""
         kinds = kinds or TRACKING_KINDS
         marks = ", ".join("?" for _ in kinds)
-        self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *kinds))
+        self.execute(f"DELETE FROM due WHERE job_id = ? AND kind IN ({marks})", (job_id, *map(str, kinds)))
 
     def wants(self, type_: str) -> bool:
         """Does any destination want events of this type?"""
@@ -359,7 +353,7 @@ class Tx:
                 if source is Source.POLL and job.callback_url_registered:
                     self.finished_by_polling(job.provider)
             if decision.status is Status.COMPLETED and decision.images and self.mirror_images:
-                self.schedule(job.id, "mirror", MIRROR, self.now, 0)
+                self.schedule(job.id, WorkKind.MIRROR, Lane.MIRROR, self.now, 0)
         elif decision.outcome is Outcome.CONFLICT:
             self.event(
                 job.id,

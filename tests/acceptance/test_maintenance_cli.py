@@ -13,10 +13,11 @@ from typing import Any
 
 import httpx
 
+from service.domain.attempt import SubmitKind, SubmitResult
 from service.domain.status import JobError, Observation, Status
 from service.ids import new_job_id
 from service.media import MediaStore
-from service.store.base import NewJob, SubmitKind, SubmitResult
+from service.store.base import NewJob
 from service.store.sqlite import SQLiteStore, migrations
 from tests.acceptance.harness import ServeProcess, jobhook_command
 

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 
 from service.config import Settings
+from service.domain.attempt import SubmitKind, SubmitResult
 from service.domain.status import JobError, Observation, Status
 from service.ids import new_job_id
 from service.maintenance import MaintenanceError, PurgeReport, backup, parse_age, purge
 from service.media import MediaStore
-from service.store.base import NewJob, OutboxPolicy, SubmitKind, SubmitResult
+from service.store.base import NewJob, OutboxPolicy
 from service.store.common import Store
 from service.store.engines import make_store
 from service.store.sqlite import migrations

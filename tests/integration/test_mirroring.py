@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service import mirror
-from service.store.tx import MIRROR
+from service.domain.work import Lane
 from tests.conftest import Service, ServiceFactory, eventually
 from tests.fakes.aivideoapi import FakeAivideoapi, TaskScript
 
@@ -130,5 +130,5 @@ async def test_a_mirroring_run_ends_before_its_lease_so_no_second_claim_download
     """A run over a job's images is bounded as a whole; the row it works on stays leased past that bound
     (a lease shorter than a download let a second claim fetch the same images while the first ran)."""
     async with jobhook(**env(fake)) as svc:
-        lease = svc.runtime.poller.leases[MIRROR]
+        lease = svc.runtime.poller.leases[Lane.MIRROR]
         assert mirror.DOWNLOAD_DEADLINE <= mirror.RUN_DEADLINE < lease
