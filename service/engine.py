@@ -393,6 +393,9 @@ class Engine:
         except (NotSent, Uncertain) as exc:
             outcome, detail["message"] = "unreachable", str(exc)
         else:
+            # The next poll counts from the answer: a Retry-After is "after this answer", not after
+            # the moment the request was started (a slow answer would otherwise shorten the wait).
+            now = self.clock()
             detail["http_status"] = response.status
             try:
                 answer = runtime.adapter.parse_poll(response)

@@ -38,11 +38,27 @@ class ForcedResponse:
     status: int
     body: dict[str, Any] | str
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds between the request's arrival (when it is recorded) and this answer
 
     def to_response(self) -> Response:
         if isinstance(self.body, str):
-            return PlainTextResponse(self.body, self.status, headers=self.headers)
-        return JSONResponse(self.body, self.status, headers=self.headers)
+            response: Response = PlainTextResponse(self.body, self.status, headers=self.headers)
+        else:
+            response = JSONResponse(self.body, self.status, headers=self.headers)
+        return _Late(response, self.delay) if self.delay else response
+
+
+class _Late(Response):
+    """`inner`, sent `delay` seconds late: a slow answer."""
+
+    def __init__(self, inner: Response, delay: float) -> None:
+        super().__init__(inner.body, inner.status_code)
+        self.raw_headers = inner.raw_headers
+        self.delay = delay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(self.delay)
+        await super().__call__(scope, receive, send)
 
 
 def json_or_none(raw: bytes) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -180,6 +181,23 @@ async def test_rate_limited_poll_waits_out_retry_after(jobhook: ServiceFactory, 
         polls = [e for e in await svc.events(job["id"]) if e["type"] == "poll"]
         assert polls[0]["outcome"] == "rate_limited"
         assert polls[0]["detail"]["provider_code"] == "rate_limit_exceeded"
+
+
+async def test_retry_after_counts_from_a_slow_answer_not_from_the_request(
+    jobhook: ServiceFactory, fake: FakeApiinone
+) -> None:
+    """A 429 that takes 0.6 s to arrive says "1 s from now": the next poll comes 1 s after the answer."""
+    slow = dataclasses.replace(
+        forced_error(429, "rate_limit_exceeded", "Slow down", headers={"Retry-After": "1"}), delay=0.6
+    )
+    fake.query_responses = [slow]
+    async with jobhook(**provider_env(fake)) as svc:
+        job = await svc.submit(provider="apiinone", prompt="slowly refused")
+        done = await svc.wait_finished(job["id"])
+        assert done["status"] == "completed"
+        limited, following = fake.queries[0], fake.queries[1]
+        assert limited.status == 429
+        assert following.time - limited.time >= 1.6  # 0.6 s to answer, then the 1 s it asked for
 
 
 async def test_rate_limited_submission_is_queued_then_retried(jobhook: ServiceFactory, fake: FakeApiinone) -> None:
