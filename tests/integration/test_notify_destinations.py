@@ -5,12 +5,14 @@ signatures with the `standardwebhooks` library."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import email
 import email.policy
 import ipaddress
 import json
+import os
 import socket
 import ssl
 import time
@@ -208,6 +210,34 @@ def smtp_server() -> Iterator[Any]:
         controller.stop()
 
 
+def connections_to(port: int) -> int:
+    """This process's TCP sockets connected to `port` on loopback (from /proc: Linux), whatever state."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].rpartition(":")[2], 16)
+        if remote_port == port and fields[9] in inodes:
+            count += 1
+    return count
+
+
+async def closed(port: int) -> None:
+    """Wait (5 s at most) until no connection of ours to `port` is left: a TLS connection's close ends
+    with its close_notify exchange, after `send` has returned. A test that ended first would leave the
+    socket to be collected in some later test (an unraisable ResourceWarning there)."""
+    for _ in range(100):
+        if connections_to(port) == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"a connection to port {port} is still open 5 s after the send")
+
+
 def smtp_settings(port: int, **overrides: Any) -> SmtpSettings:
     values: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -287,6 +317,7 @@ async def test_email_over_starttls_with_auth(smtp_server: Any, tls_cert: SelfSig
     result = await EmailDestination(plain, tls_context=tls_cert.client_context()).send(make_notification())
     assert not result.ok and "STARTTLS" in (result.error or "")
     assert len(handler.received) == 1
+    await closed(port)
 
 
 async def test_email_over_implicit_tls(smtp_server: Any, tls_cert: SelfSignedCert) -> None:
@@ -300,6 +331,7 @@ async def test_email_over_implicit_tls(smtp_server: Any, tls_cert: SelfSignedCer
     result = await EmailDestination(settings, tls_context=tls_cert.client_context()).send(make_notification())
     assert result.ok, result
     assert handler.received[0].tls and handler.received[0].authenticated
+    await closed(port)
 
 
 async def test_email_verifies_certificates_by_default(smtp_server: Any, tls_cert: SelfSignedCert) -> None:
@@ -307,6 +339,7 @@ async def test_email_verifies_certificates_by_default(smtp_server: Any, tls_cert
     port = smtp_server(handler, ssl_context=tls_cert.server_context())
     result = await EmailDestination(smtp_settings(port, use_tls=True)).send(make_notification())
     assert not result.ok and result.status is None
+    await closed(port)
     assert "CERTIFICATE_VERIFY_FAILED" in (result.error or "") or "certificate" in (result.error or "").lower()
     assert handler.received == []
 
