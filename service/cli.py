@@ -364,11 +364,29 @@ def cmd_providers(args: argparse.Namespace) -> int:
         return 0
     print(f"{'provider':11} {'key':34} {'tracked by':32} {'base URL':30} price per image")
     for row in rows:
-        prices = " · ".join(f"{tier} ${price:.2f}" for tier, price in row["prices_usd"].items())
-        if not prices:
-            prices = "free" if row["provider"] == "simulator" else "not published (balance: x-remaining-credits)"
-        print(f"{row['provider']:11} {row['api_key']:34} {row['tracking']:32} {row['base_url']:30} {prices}")
+        print(f"{row['provider']:11} {row['api_key']:34} {row['tracking']:32} {row['base_url']:30} {_prices(row)}")
     return 0
+
+
+def _prices(row: dict[str, Any]) -> str:
+    """A provider's prices per image as `jobhook providers` shows them (the dashboard says the same)."""
+    prices: dict[str, float] = row["prices_usd"]
+    provider = row["provider"]
+    if not prices:
+        return f"not published: set JOBHOOK_{provider.upper()}_PRICES (balance: x-remaining-credits)"
+    values = set(prices.values())
+    if values == {0.0}:
+        shown = "free"
+    elif len(values) == 1 and len(prices) == 3:  # every tier the same
+        shown = f"any tier {_usd(values.pop())}"
+    else:
+        shown = " · ".join(f"{tier} {_usd(price)}" for tier, price in prices.items())
+    return f"{shown} (JOBHOOK_{provider.upper()}_PRICES)" if row.get("prices_overridden") else shown
+
+
+def _usd(amount: float) -> str:
+    """$0.06; a price set to a fraction of a cent shows it ($0.035) rather than rounding it away."""
+    return f"${amount:.2f}" if round(amount, 2) == amount else f"${amount:g}"
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:

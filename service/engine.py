@@ -328,7 +328,8 @@ class Engine:
             observation=observation,
             media=media,
             first_poll_at=self.first_poll_at(job, now) if answer.task_id else None,
-            cost_usd=self.cost(job) if images else None,
+            # Images came: by URL, or (a synchronous provider) as the bytes now held.
+            cost_usd=self.cost(job) if images or media else None,
             credits_remaining=answer.credits_remaining,
         )
 
