@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--aspect-ratio", help="e.g. 16:9")
     submit.add_argument("--rendering-speed", choices=["TURBO", "BALANCED", "QUALITY"])
     submit.add_argument("--output-format", help="e.g. png")
+    submit.add_argument(
+        "--max-price",
+        type=float,
+        metavar="USD",
+        help="leave out a provider whose price for this request is higher, or unknown (max_price_usd)",
+    )
     submit.add_argument("--metadata", help="a JSON object kept on the job")
     submit.add_argument("--option", action="append", default=[], metavar="KEY=JSON", help="a provider_options entry")
     submit.add_argument("--idempotency-key", help="the same key returns the same job and submits once")
@@ -471,7 +477,13 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     if response.status_code >= 400:
         error = data.get("error", {}) if isinstance(data, dict) else {}
         field = f" (field {error['field']})" if error.get("field") else ""
-        raise CLIError(f"{error.get('code', response.status_code)}: {error.get('message', '')}{field}")
+        # 422 no_provider: one line for each candidate left out and why.
+        why = "".join(
+            f"\n  {item.get('provider')}: {item.get('reason')}: {item.get('message')}"
+            for item in error.get("candidates") or []
+            if isinstance(item, dict)
+        )
+        raise CLIError(f"{error.get('code', response.status_code)}: {error.get('message', '')}{field}{why}")
     return data
 
 
@@ -480,6 +492,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for flag in ("aspect_ratio", "rendering_speed", "output_format"):
         if getattr(args, flag):
             body[flag] = getattr(args, flag)
+    if args.max_price is not None:
+        body["max_price_usd"] = args.max_price
     if args.metadata:
         try:
             body["metadata"] = json.loads(args.metadata)

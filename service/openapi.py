@@ -26,6 +26,7 @@ from service.api import (
     MAX_TASK_ID,
     MAX_WAIT,
 )
+from service.domain import routing
 from service.domain.callbacks import MAX_BODY_BYTES
 from service.domain.history import NOISE_EVENTS_PER_JOB
 from service.domain.request import MAX_OBJECT_BYTES, RENDERING_SPEEDS
@@ -171,8 +172,21 @@ SCHEMAS: dict[str, Schema] = {
                         "accepted": {"type": "array", "description": "what the provider accepts for `field`"},
                         "provider_code": {"type": "string", "description": "the provider's own code (502)"},
                         "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
+                        "candidates": {
+                            "type": "array",
+                            "description": "`no_provider`: each candidate provider, and why it was left out",
+                            "items": _object(
+                                {
+                                    "provider": {"type": "string"},
+                                    "reason": {"enum": [str(reason) for reason in routing.Reason]},
+                                    "message": {"type": "string", "pattern": NOT_BLANK},
+                                    "field": {"type": "string", "description": "`unsupported`: the field at fault"},
+                                },
+                                optional=("field",),
+                            ),
+                        },
                     },
-                    optional=("field", "accepted", "provider_code", "job_id"),
+                    optional=("field", "accepted", "provider_code", "job_id", "candidates"),
                 )
             }
         ),
@@ -229,6 +243,14 @@ SCHEMAS: dict[str, Schema] = {
                     "pattern": NOT_BLANK,
                     "examples": ["aivideoapi", "apiframe", "segmind", "apiinone", "simulator"],
                 },
+                "max_price_usd": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "examples": [0.10],
+                    "description": "The most this request may cost, in US dollars for all its images (SPEC §8): "
+                    "a provider whose price for it is higher, or unknown (segmind without JOBHOOK_SEGMIND_PRICES), "
+                    "is left out; when none remains the answer is 422 `no_provider`, and nothing is sent.",
+                },
                 **GENERATION_FIELDS,
                 "metadata": {
                     "type": "object",
@@ -236,7 +258,12 @@ SCHEMAS: dict[str, Schema] = {
                 },
                 "submit": {"type": "boolean", "default": True, "description": "false: the backend submits it itself."},
             },
-            optional=(*(name for name in GENERATION_FIELDS if name != "prompt"), "metadata", "submit"),
+            optional=(
+                *(name for name in GENERATION_FIELDS if name != "prompt"),
+                "max_price_usd",
+                "metadata",
+                "submit",
+            ),
         ),
     },
     "Event": _object(
@@ -455,7 +482,8 @@ PATHS: dict[str, Schema] = {
                 **UNSAFE_AUTH,
                 "422": _refusal(
                     "The submission cannot be sent as it is: `field` names what is wrong, `accepted` what the "
-                    "provider takes. Nothing was sent.",
+                    "provider takes; `no_provider` lists in `candidates` each provider left out and why (over "
+                    "`max_price_usd`, or its price unknown). Nothing was sent, and no job was made.",
                     "invalid_body",
                     "unknown_field",
                     "missing_field",
@@ -466,6 +494,7 @@ PATHS: dict[str, Schema] = {
                     "reserved_option",
                     "unsupported_value",
                     "idempotency_key_reused",
+                    "no_provider",
                 ),
                 "502": _refusal(
                     "The provider refused the submission (`provider_code` is its own code); the job is failed.",
