@@ -12,7 +12,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from service import ids, limits
-from service.domain import attempt
+from service.domain import attempt, routing
 from service.domain.job import Job
 from service.domain.request import RequestError, parse_submission
 from service.domain.status import FINISHED, Status
@@ -77,6 +77,9 @@ async def create_job(request: Request) -> JSONResponse:
         job, created = await rt.engine.create(submission, key)
     except RequestError as exc:
         raise _request_error(exc) from None
+    except routing.NoProvider as exc:
+        # Nothing was sent and no job was made: each candidate and why it was left out.
+        raise ApiError(422, "no_provider", exc.message, candidates=[item.to_json() for item in exc.left_out]) from None
     except IdempotencyMismatch as exc:
         raise ApiError(
             422,

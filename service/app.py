@@ -30,10 +30,9 @@ from service.metrics import Metrics
 from service.notify import destinations_from_settings
 from service.outbox import OutboxWorker
 from service.poller import Poller
-from service.providers.aivideoapi import AivideoapiAdapter
 from service.providers.base import Tracking
 from service.providers.http import USER_AGENT, ProviderHTTP
-from service.providers.registry import adapters
+from service.providers.registry import adapters, simulator_adapter
 from service.runtime import Runtime, runtime
 from service.simulator import Simulator
 from service.store import engines
@@ -54,7 +53,7 @@ def simulator_enabled(settings: Settings) -> bool:
 def build_providers(settings: Settings, self_url: str | None) -> dict[str, ProviderRuntime]:
     runtimes: dict[str, ProviderRuntime] = {}
     timeout, submit_timeout = settings.poll_timeout, settings.submit_timeout
-    for name, adapter in adapters().items():
+    for name, adapter in adapters(settings).items():
         provider = settings.providers.get(name)
         http = None
         if provider is not None and provider.api_key is not None:
@@ -65,7 +64,7 @@ def build_providers(settings: Settings, self_url: str | None) -> dict[str, Provi
             )
         runtimes[name] = ProviderRuntime(name, adapter, http)
     if simulator_enabled(settings) and self_url is not None:
-        simulator = AivideoapiAdapter(name="simulator", prices={})
+        simulator = simulator_adapter()
         base_url = settings.simulator.base_url or f"{self_url}/simulator"
         http = ProviderHTTP(
             base_url, simulator.auth_headers(SIMULATOR_KEY), timeout=timeout, submit_timeout=submit_timeout

@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--aspect-ratio", help="e.g. 16:9")
     submit.add_argument("--rendering-speed", choices=["TURBO", "BALANCED", "QUALITY"])
     submit.add_argument("--output-format", help="e.g. png")
+    submit.add_argument(
+        "--max-price",
+        type=float,
+        metavar="USD",
+        help="leave out a provider whose price for this request is higher, or unknown (max_price_usd)",
+    )
     submit.add_argument("--metadata", help="a JSON object kept on the job")
     submit.add_argument("--option", action="append", default=[], metavar="KEY=JSON", help="a provider_options entry")
     submit.add_argument("--idempotency-key", help="the same key returns the same job and submits once")
@@ -364,11 +370,29 @@ def cmd_providers(args: argparse.Namespace) -> int:
         return 0
     print(f"{'provider':11} {'key':34} {'tracked by':32} {'base URL':30} price per image")
     for row in rows:
-        prices = " · ".join(f"{tier} ${price:.2f}" for tier, price in row["prices_usd"].items())
-        if not prices:
-            prices = "free" if row["provider"] == "simulator" else "not published (balance: x-remaining-credits)"
-        print(f"{row['provider']:11} {row['api_key']:34} {row['tracking']:32} {row['base_url']:30} {prices}")
+        print(f"{row['provider']:11} {row['api_key']:34} {row['tracking']:32} {row['base_url']:30} {_prices(row)}")
     return 0
+
+
+def _prices(row: dict[str, Any]) -> str:
+    """A provider's prices per image as `jobhook providers` shows them (the dashboard says the same)."""
+    prices: dict[str, float] = row["prices_usd"]
+    provider = row["provider"]
+    if not prices:
+        return f"not published: set JOBHOOK_{provider.upper()}_PRICES (balance: x-remaining-credits)"
+    values = set(prices.values())
+    if values == {0.0}:
+        shown = "free"
+    elif len(values) == 1 and len(prices) == 3:  # every tier the same
+        shown = f"any tier {_usd(values.pop())}"
+    else:
+        shown = " · ".join(f"{tier} {_usd(price)}" for tier, price in prices.items())
+    return f"{shown} (JOBHOOK_{provider.upper()}_PRICES)" if row.get("prices_overridden") else shown
+
+
+def _usd(amount: float) -> str:
+    """$0.06; a price set to a fraction of a cent shows it ($0.035) rather than rounding it away."""
+    return f"${amount:.2f}" if round(amount, 2) == amount else f"${amount:g}"
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -453,7 +477,13 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     if response.status_code >= 400:
         error = data.get("error", {}) if isinstance(data, dict) else {}
         field = f" (field {error['field']})" if error.get("field") else ""
-        raise CLIError(f"{error.get('code', response.status_code)}: {error.get('message', '')}{field}")
+        # 422 no_provider: one line for each candidate left out and why.
+        why = "".join(
+            f"\n  {item.get('provider')}: {item.get('reason')}: {item.get('message')}"
+            for item in error.get("candidates") or []
+            if isinstance(item, dict)
+        )
+        raise CLIError(f"{error.get('code', response.status_code)}: {error.get('message', '')}{field}{why}")
     return data
 
 
@@ -462,6 +492,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for flag in ("aspect_ratio", "rendering_speed", "output_format"):
         if getattr(args, flag):
             body[flag] = getattr(args, flag)
+    if args.max_price is not None:
+        body["max_price_usd"] = args.max_price
     if args.metadata:
         try:
             body["metadata"] = json.loads(args.metadata)

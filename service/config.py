@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from service.domain import addresses
+from service.domain import addresses, pricing
 from service.errors import ConfigError
 
 PROVIDER_NAMES = ("aivideoapi", "apiframe", "segmind", "apiinone")
@@ -107,6 +107,8 @@ class ProviderSettings:
     name: str
     api_key: Secret | None
     base_url: str
+    # JOBHOOK_<P>_PRICES: USD per image by tier, over PROVIDERS.md's; None: not set.
+    prices: Mapping[str, float] | None = None
 
     @property
     def configured(self) -> bool:
@@ -236,8 +238,8 @@ SETTING_NAMES: tuple[str, ...] = (
     "JOBHOOK_ENV_FILE",
 )
 # JOBHOOK_<PROVIDER>_<suffix>, for each provider of PROVIDER_NAMES.
-# Only what this version reads: a cap or a price it does not enforce must be warned about, not accepted.
-PROVIDER_SETTING_SUFFIXES = ("API_KEY", "BASE_URL")
+# Only what this version reads: a cap it does not enforce must be warned about, not accepted.
+PROVIDER_SETTING_SUFFIXES = ("API_KEY", "BASE_URL", "PRICES")
 # The test suite's own variables (JOBHOOK_TEST_ENGINES, JOBHOOK_CRASH_SEED): never warned about.
 TEST_ONLY_PREFIXES = ("JOBHOOK_TEST_", "JOBHOOK_CRASH_")
 
@@ -392,12 +394,19 @@ def _parse(env: Mapping[str, str]) -> Settings:
     for provider in PROVIDER_NAMES:
         key_name = f"JOBHOOK_{provider.upper()}_API_KEY"
         url_name = f"JOBHOOK_{provider.upper()}_BASE_URL"
+        prices_name = f"JOBHOOK_{provider.upper()}_PRICES"
         api_key = get(key_name)
         base_url = get(url_name) or DEFAULT_BASE_URLS[provider]
+        prices_raw = get(prices_name)
+        try:
+            prices = pricing.parse_prices(prices_raw) if prices_raw is not None else None
+        except pricing.PriceSyntaxError as exc:
+            raise ConfigError(prices_name, str(exc)) from None
         providers[provider] = ProviderSettings(
             name=provider,
             api_key=Secret(api_key) if api_key else None,
             base_url=http_url(url_name, base_url),
+            prices=prices,
         )
 
     public_url = get("JOBHOOK_PUBLIC_URL")

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from service.config import Settings
-from service.domain import attempt, backoff, request
+from service.domain import attempt, backoff, request, routing
 from service.domain import callbacks as verify
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitKind, SubmitResult
@@ -86,16 +86,16 @@ class NotBackendSubmitted(JobhookError):
 
 
 def request_fingerprint(submission: Submission) -> str:
-    canonical = orjson.dumps(
-        {
-            "provider": submission.provider,
-            "request": submission.request.to_json(),
-            "metadata": submission.metadata,
-            "submit": submission.submit,
-        },
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.sha256(canonical).hexdigest()
+    fields: dict[str, Any] = {
+        "provider": submission.provider,
+        "request": submission.request.to_json(),
+        "metadata": submission.metadata,
+        "submit": submission.submit,
+    }
+    # Only when set: a job made before max_price_usd existed keeps its fingerprint, so its key replays.
+    if submission.max_price_usd is not None:
+        fields["max_price_usd"] = submission.max_price_usd
+    return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 class Engine:
@@ -194,6 +194,17 @@ class Engine:
         runtime = self.providers.get(job.provider)
         return runtime.adapter.price_usd(job.request, status_machine.images_asked(job.request)) if runtime else None
 
+    def facts(self, runtime: ProviderRuntime, generation: GenerationRequest) -> routing.Facts:
+        """What routing needs to know of one provider for one request."""
+        adapter = runtime.adapter
+        return routing.facts(
+            runtime.name,
+            configured=runtime.configured,
+            capabilities=adapter.capabilities,
+            prices=adapter.prices,
+            generation=generation,
+        )
+
     async def wait_until(self, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job | None:
         """The job as soon as `done(job)` holds, or as it is when `timeout` seconds have passed."""
         deadline = time.monotonic() + timeout
@@ -217,6 +228,11 @@ class Engine:
                 "provider", "provider_not_configured", f"provider {submission.provider!r} has no API key: set {env}"
             )
         request.check(submission.request, runtime.adapter.capabilities, submission.provider)
+        # SPEC §8: over max_price_usd, or priced unknown under it, the provider is left out (422 no_provider).
+        facts = {runtime.name: self.facts(runtime, submission.request)}
+        route = routing.choose([runtime.name], facts, max_price_usd=submission.max_price_usd)
+        if not route.candidates:
+            raise routing.NoProvider(route.left_out)
         synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
         if synchronous and not submission.submit:
             raise RequestError(
@@ -328,7 +344,8 @@ class Engine:
             observation=observation,
             media=media,
             first_poll_at=self.first_poll_at(job, now) if answer.task_id else None,
-            cost_usd=self.cost(job) if images else None,
+            # Images came: by URL, or (a synchronous provider) as the bytes now held.
+            cost_usd=self.cost(job) if images or media else None,
             credits_remaining=answer.credits_remaining,
         )
 

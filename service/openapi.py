@@ -26,6 +26,7 @@ from service.api import (
     MAX_TASK_ID,
     MAX_WAIT,
 )
+from service.domain import routing
 from service.domain.callbacks import MAX_BODY_BYTES
 from service.domain.history import NOISE_EVENTS_PER_JOB
 from service.domain.request import MAX_OBJECT_BYTES, RENDERING_SPEEDS
@@ -171,8 +172,21 @@ SCHEMAS: dict[str, Schema] = {
                         "accepted": {"type": "array", "description": "what the provider accepts for `field`"},
                         "provider_code": {"type": "string", "description": "the provider's own code (502)"},
                         "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
+                        "candidates": {
+                            "type": "array",
+                            "description": "`no_provider`: each candidate provider, and why it was left out",
+                            "items": _object(
+                                {
+                                    "provider": {"type": "string"},
+                                    "reason": {"enum": [str(reason) for reason in routing.Reason]},
+                                    "message": {"type": "string", "pattern": NOT_BLANK},
+                                    "field": {"type": "string", "description": "`unsupported`: the field at fault"},
+                                },
+                                optional=("field",),
+                            ),
+                        },
                     },
-                    optional=("field", "accepted", "provider_code", "job_id"),
+                    optional=("field", "accepted", "provider_code", "job_id", "candidates"),
                 )
             }
         ),
@@ -229,6 +243,14 @@ SCHEMAS: dict[str, Schema] = {
                     "pattern": NOT_BLANK,
                     "examples": ["aivideoapi", "apiframe", "segmind", "apiinone", "simulator"],
                 },
+                "max_price_usd": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "examples": [0.10],
+                    "description": "The most this request may cost, in US dollars for all its images (SPEC §8): "
+                    "a provider whose price for it is higher, or unknown (segmind without JOBHOOK_SEGMIND_PRICES), "
+                    "is left out; when none remains the answer is 422 `no_provider`, and nothing is sent.",
+                },
                 **GENERATION_FIELDS,
                 "metadata": {
                     "type": "object",
@@ -236,7 +258,12 @@ SCHEMAS: dict[str, Schema] = {
                 },
                 "submit": {"type": "boolean", "default": True, "description": "false: the backend submits it itself."},
             },
-            optional=(*(name for name in GENERATION_FIELDS if name != "prompt"), "metadata", "submit"),
+            optional=(
+                *(name for name in GENERATION_FIELDS if name != "prompt"),
+                "max_price_usd",
+                "metadata",
+                "submit",
+            ),
         ),
     },
     "Event": _object(
@@ -255,7 +282,13 @@ SCHEMAS: dict[str, Schema] = {
             "api_key": {"type": "string", "description": "`set`, `built in`, or which variable to set; never the key"},
             "base_url": {"type": "string"},
             "tracking": {"type": "string"},
-            "prices_usd": {"type": "object", "additionalProperties": {"type": "number"}},
+            "prices_usd": {
+                "type": "object",
+                "description": "USD per image by tier (`rendering_speed`); empty: none published, costs unknown",
+                "additionalProperties": {"type": "number", "minimum": 0},
+            },
+            "prices_overridden": {"type": "boolean", "description": "set by JOBHOOK_<P>_PRICES"},
+            "default_tier": {"enum": list(RENDERING_SPEEDS), "description": "priced when none is asked"},
             "callbacks": {"enum": ["ok", "degraded"]},
             "polled_in_a_row": {"type": "integer", "minimum": 0},
             "credits": _nullable({"type": "number"}),
@@ -449,7 +482,8 @@ PATHS: dict[str, Schema] = {
                 **UNSAFE_AUTH,
                 "422": _refusal(
                     "The submission cannot be sent as it is: `field` names what is wrong, `accepted` what the "
-                    "provider takes. Nothing was sent.",
+                    "provider takes; `no_provider` lists in `candidates` each provider left out and why (over "
+                    "`max_price_usd`, or its price unknown). Nothing was sent, and no job was made.",
                     "invalid_body",
                     "unknown_field",
                     "missing_field",
@@ -460,6 +494,7 @@ PATHS: dict[str, Schema] = {
                     "reserved_option",
                     "unsupported_value",
                     "idempotency_key_reused",
+                    "no_provider",
                 ),
                 "502": _refusal(
                     "The provider refused the submission (`provider_code` is its own code); the job is failed.",

@@ -7,6 +7,7 @@ and, if not, which field is wrong and what the provider accepts (the 422 answer)
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +30,7 @@ GENERATION_FIELDS = (
     "reference_image_url",
     "provider_options",
 )
-TOP_LEVEL_FIELDS = ("provider", "metadata", "submit", *GENERATION_FIELDS)
+TOP_LEVEL_FIELDS = ("provider", "max_price_usd", "metadata", "submit", *GENERATION_FIELDS)
 MAX_OBJECT_BYTES = 16 * 1024  # metadata and provider_options, each
 # Names under which a provider may take a URL to call back: jobhook registers its own (signed) one,
 # and a second would send the job's outcome elsewhere and leave jobhook polling.
@@ -112,6 +113,8 @@ class Submission:
     request: GenerationRequest
     metadata: Mapping[str, Any] | None
     submit: bool
+    # SPEC §8: a candidate whose price for this request is higher, or unknown, is left out.
+    max_price_usd: float | None = None
 
 
 def parse_submission(body: Any) -> Submission:
@@ -157,7 +160,27 @@ def parse_submission(body: Any) -> Submission:
     )
     if request.reference_image_url is not None and not request.reference_image_url.startswith(("http://", "https://")):
         raise _wrong_type("reference_image_url", "an http(s) URL")
-    return Submission(provider=provider, request=request, metadata=metadata, submit=submit)
+    return Submission(
+        provider=provider, request=request, metadata=metadata, submit=submit, max_price_usd=_max_price(body)
+    )
+
+
+def _max_price(body: Mapping[str, Any]) -> float | None:
+    """`max_price_usd`: a positive number of US dollars for the whole request (every image it asks)."""
+    value = body.get("max_price_usd")
+    if value is None:
+        return None
+    expected = "a positive number of US dollars, such as 0.10"
+    # bool is an int in Python: `true` is no price.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong_type("max_price_usd", expected)
+    try:
+        price = float(value)
+    except OverflowError:  # an integer beyond any float
+        price = math.inf
+    if not math.isfinite(price) or price <= 0:
+        raise _wrong_type("max_price_usd", expected)
+    return price
 
 
 def check(request: GenerationRequest, caps: Capabilities, provider: str) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from service.domain import pricing
+from service.domain.pricing import PriceTable
 from service.domain.request import Capabilities, GenerationRequest
 from service.domain.status import Observation
 from service.providers.base import (
@@ -35,15 +37,16 @@ CAPABILITIES = Capabilities(
 )
 PRICES_USD = {"TURBO": 0.08, "BALANCED": 0.14, "QUALITY": 0.22}
 DEFAULT_SPEED = "BALANCED"
+PRICES = PriceTable.of(PRICES_USD, DEFAULT_SPEED)
 
 
 class AivideoapiAdapter:
     capabilities = CAPABILITIES
     tracking = Tracking.CALLBACK
 
-    def __init__(self, name: str = "aivideoapi", prices: Mapping[str, float] = PRICES_USD) -> None:
+    def __init__(self, name: str = "aivideoapi", prices: PriceTable = PRICES) -> None:
         self.name = name
-        self.price_list = prices
+        self.prices = prices
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}
@@ -88,5 +91,4 @@ class AivideoapiAdapter:
         return task_id if isinstance(task_id, str) and task_id else None
 
     def price_usd(self, request: Mapping[str, Any], images: int) -> float | None:
-        price = self.price_list.get(str(request.get("rendering_speed") or DEFAULT_SPEED))
-        return None if price is None else round(price * images, 4)
+        return pricing.price_usd(self.prices, request, images)

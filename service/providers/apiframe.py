@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from service.domain import pricing
+from service.domain.pricing import PriceTable
 from service.domain.request import Capabilities, GenerationRequest
 from service.domain.status import Observation
 from service.providers.base import (
@@ -31,6 +33,7 @@ TIERS = {
 }
 DEFAULT_TIER = "BALANCED"
 PRICES_USD = {"TURBO": 0.03, "BALANCED": 0.06, "QUALITY": 0.10}
+PRICES = PriceTable.of(PRICES_USD, DEFAULT_TIER)
 
 CAPABILITIES = Capabilities(
     aspect_ratios=("1:1", "3:4", "4:3", "9:16", "16:9"),
@@ -49,7 +52,9 @@ class ApiframeAdapter:
     name = "apiframe"
     capabilities = CAPABILITIES
     tracking = Tracking.WEBHOOK_CONFIRM
-    price_list: Mapping[str, float] = PRICES_USD
+
+    def __init__(self, prices: PriceTable = PRICES) -> None:
+        self.prices = prices
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"X-API-Key": api_key}
@@ -107,4 +112,4 @@ class ApiframeAdapter:
         return None
 
     def price_usd(self, request: Mapping[str, Any], images: int) -> float | None:
-        return round(PRICES_USD[str(request.get("rendering_speed") or DEFAULT_TIER)] * images, 4)
+        return pricing.price_usd(self.prices, request, images)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
+from service.domain import pricing
+from service.domain.pricing import PriceTable
 from service.domain.request import Capabilities, GenerationRequest
 from service.domain.status import Observation, Status
 from service.providers.base import (
@@ -29,7 +30,8 @@ CAPABILITIES = Capabilities(
     output_formats=("png", "jpeg", "webp"),
     wire_keys=("model", "prompt", "size", "rendering_speed", "output_format"),
 )
-PRICE_PER_IMAGE_USD = 0.12  # 12 credits
+PRICE_PER_IMAGE_USD = 0.12  # 12 credits, whatever the tier
+PRICES = PriceTable.flat(PRICE_PER_IMAGE_USD)
 
 
 def _urls(payload: Mapping[str, Any]) -> tuple[str, ...]:
@@ -46,7 +48,9 @@ class ApiinoneAdapter:
     name = "apiinone"
     capabilities = CAPABILITIES
     tracking = Tracking.POLLING
-    price_list: Mapping[str, float] = MappingProxyType({"any tier": PRICE_PER_IMAGE_USD})
+
+    def __init__(self, prices: PriceTable = PRICES) -> None:
+        self.prices = prices
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}
@@ -97,4 +101,4 @@ class ApiinoneAdapter:
         return None
 
     def price_usd(self, request: Mapping[str, Any], images: int) -> float | None:
-        return round(PRICE_PER_IMAGE_USD * images, 4)
+        return pricing.price_usd(self.prices, request, images)

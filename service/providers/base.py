@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import orjson
 
+from service.domain.pricing import PriceTable
 from service.domain.request import Capabilities, GenerationRequest
 from service.domain.status import JobError, Observation, Status
 from service.errors import JobhookError
@@ -93,7 +94,7 @@ class Adapter(Protocol):
     name: str
     capabilities: Capabilities
     tracking: Tracking
-    price_list: Mapping[str, float]  # what `jobhook providers` shows: tier → USD per image
+    prices: PriceTable  # USD per image by tier: PROVIDERS.md's, or JOBHOOK_<P>_PRICES
 
     def auth_headers(self, api_key: str) -> dict[str, str]: ...
 
@@ -109,7 +110,9 @@ class Adapter(Protocol):
 
     def callback_task_id(self, body: Mapping[str, Any]) -> str | None: ...
 
-    def price_usd(self, request: Mapping[str, Any], images: int) -> float | None: ...
+    def price_usd(self, request: Mapping[str, Any], images: int) -> float | None:
+        """`pricing.price_usd` of this provider's table: the one rule, in service.domain.pricing."""
+        ...
 
 
 # -- tolerant readers shared by the adapters ---------------------------------------------------------

@@ -5,27 +5,47 @@ from __future__ import annotations
 from typing import Any
 
 from service.config import Settings, shown_url
+from service.domain.pricing import PriceTable
+from service.providers import aivideoapi, apiframe, apiinone, segmind
 from service.providers.aivideoapi import AivideoapiAdapter
 from service.providers.apiframe import ApiframeAdapter
 from service.providers.apiinone import ApiinoneAdapter
 from service.providers.base import Adapter, Tracking
 from service.providers.segmind import SegmindAdapter
 
+# The built-in simulator charges nothing, whatever the tier: routing by price may pick it at no cost.
+SIMULATOR_PRICES = PriceTable.flat(0.0)
 
-def adapters() -> dict[str, Adapter]:
-    """Every provider jobhook can speak to, configured or not."""
+
+def adapters(settings: Settings | None = None) -> dict[str, Adapter]:
+    """Every provider jobhook can speak to, configured or not, priced as PROVIDERS.md says or, where
+    `settings` has JOBHOOK_<P>_PRICES, as the operator says."""
+
+    def prices(name: str, table: PriceTable) -> PriceTable:
+        provider = settings.providers.get(name) if settings is not None else None
+        return table.with_override(provider.prices if provider is not None else None)
+
     return {
-        "aivideoapi": AivideoapiAdapter(),
-        "apiframe": ApiframeAdapter(),
-        "segmind": SegmindAdapter(),
-        "apiinone": ApiinoneAdapter(),
+        "aivideoapi": AivideoapiAdapter(prices=prices("aivideoapi", aivideoapi.PRICES)),
+        "apiframe": ApiframeAdapter(prices("apiframe", apiframe.PRICES)),
+        "segmind": SegmindAdapter(prices("segmind", segmind.PRICES)),
+        "apiinone": ApiinoneAdapter(prices("apiinone", apiinone.PRICES)),
     }
 
 
+def simulator_adapter() -> Adapter:
+    """The built-in simulator speaks aivideoapi's protocol under its own name, for free."""
+    return AivideoapiAdapter(name="simulator", prices=SIMULATOR_PRICES)
+
+
 def describe(settings: Settings) -> list[dict[str, Any]]:
-    """Each provider: configured or not (keys are never shown), base URL, how it is tracked, prices."""
+    """Each provider: configured or not (keys are never shown), base URL, how it is tracked, prices.
+
+    `prices_usd` is USD per image by tier (empty: none published, so a cost is never guessed);
+    `prices_overridden` says they come from JOBHOOK_<P>_PRICES rather than PROVIDERS.md.
+    """
     rows = []
-    for name, adapter in adapters().items():
+    for name, adapter in adapters(settings).items():
         provider = settings.providers[name]
         tracking = str(adapter.tracking)
         if adapter.tracking in (Tracking.CALLBACK, Tracking.WEBHOOK_CONFIRM) and settings.public_url is None:
@@ -37,7 +57,7 @@ def describe(settings: Settings) -> list[dict[str, Any]]:
                 "api_key": "set" if provider.configured else f"unset: JOBHOOK_{name.upper()}_API_KEY",
                 "base_url": shown_url(provider.base_url),  # user info or a query may hold a credential
                 "tracking": tracking,
-                "prices_usd": dict(adapter.price_list),
+                **_prices(adapter.prices),
             }
         )
     # None is JOBHOOK_SIMULATOR=auto, which `serve` settles by the address it listens on.
@@ -49,7 +69,11 @@ def describe(settings: Settings) -> list[dict[str, Any]]:
             "api_key": simulator[settings.simulator.enabled],
             "base_url": "<this jobhook>/simulator",
             "tracking": "callback" if settings.public_url else "polling (no JOBHOOK_PUBLIC_URL)",
-            "prices_usd": {},
+            **_prices(SIMULATOR_PRICES),
         }
     )
     return rows
+
+
+def _prices(table: PriceTable) -> dict[str, Any]:
+    return {"prices_usd": table.to_json(), "prices_overridden": table.overridden, "default_tier": table.default_tier}

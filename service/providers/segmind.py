@@ -1,7 +1,8 @@
 """segmind (PROVIDERS.md §3): one synchronous call that answers with the image bytes themselves.
 
 There is no task id, no callback and nothing to poll; the account's balance comes back in the
-`x-remaining-credits` header. The price is not published, so no cost is ever guessed.
+`x-remaining-credits` header. The price is not published, so no cost is ever guessed: it is
+unknown unless the operator gives one (JOBHOOK_SEGMIND_PRICES).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
+from service.domain import pricing
+from service.domain.pricing import PriceTable
 from service.domain.request import Capabilities, GenerationRequest
 from service.domain.status import Observation
 from service.providers.base import (
@@ -53,13 +55,18 @@ CAPABILITIES = Capabilities(
 # Statuses whose body may name no code: 406 is how segmind says the balance is too low.
 ERROR_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 406: "insufficient_credits"}
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp"}
+# No published price (PROVIDERS.md §3): unknown unless JOBHOOK_SEGMIND_PRICES gives one. QUALITY is
+# what segmind renders when the request names no tier.
+PRICES = PriceTable(default_tier="QUALITY")
 
 
 class SegmindAdapter:
     name = "segmind"
     capabilities = CAPABILITIES
     tracking = Tracking.SYNCHRONOUS
-    price_list: Mapping[str, float] = MappingProxyType({})
+
+    def __init__(self, prices: PriceTable = PRICES) -> None:
+        self.prices = prices
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key}
@@ -106,7 +113,7 @@ class SegmindAdapter:
         return None
 
     def price_usd(self, request: Mapping[str, Any], images: int) -> float | None:
-        return None
+        return pricing.price_usd(self.prices, request, images)
 
 
 def _credits(raw: str | None) -> float | None:

@@ -195,3 +195,49 @@ def test_a_malformed_slack_webhook_url_stops_serve_naming_it_not_showing_it(tmp_
     assert result.returncode == 2
     assert "JOBHOOK_SLACK_WEBHOOK_URL" in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_providers_show_each_tier_and_the_configured_prices() -> None:
+    """SPEC §8: PROVIDERS.md's prices, JOBHOOK_<P>_PRICES over them, segmind unpriced unless set."""
+    env = {"JOBHOOK_APIFRAME_PRICES": "TURBO=0.025", "JOBHOOK_APIINONE_PRICES": "0.1"}
+    result = run("providers", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert lines["apiframe"].endswith("TURBO $0.025 · BALANCED $0.06 · QUALITY $0.10 (JOBHOOK_APIFRAME_PRICES)")
+    assert lines["aivideoapi"].endswith("TURBO $0.08 · BALANCED $0.14 · QUALITY $0.22")
+    assert lines["apiinone"].endswith("any tier $0.10 (JOBHOOK_APIINONE_PRICES)")
+    assert "not published: set JOBHOOK_SEGMIND_PRICES" in lines["segmind"]
+    assert lines["simulator"].endswith("free")
+    wrong = run("providers", env={"JOBHOOK_SEGMIND_PRICES": "cheap"})
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().splitlines()[-1].startswith("jobhook: JOBHOOK_SEGMIND_PRICES: expected TIER=USD")
+    assert "Traceback" not in wrong.stderr
+
+
+async def test_submit_with_a_max_price(tmp_path: Path, database: str) -> None:
+    """`jobhook submit --max-price`: a provider over it, or unpriced, is left out, each one said."""
+    service = ServeProcess(
+        tmp_path,
+        {
+            "JOBHOOK_API_TOKENS": "cli-token",
+            "JOBHOOK_SIMULATOR_LATENCY": "0.2",
+            # Never called: a job over its cap is refused before anything is sent.
+            "JOBHOOK_SEGMIND_API_KEY": "sg-never-used",
+            "JOBHOOK_SEGMIND_BASE_URL": "http://127.0.0.1:9",
+        },
+        database=database,
+    )
+    await service.start()
+    try:
+        env = {"JOBHOOK_URL": service.url, "JOBHOOK_TOKEN": "cli-token"}
+        refused = run("submit", "--provider", "segmind", "--max-price", "0.5", "A red kite", env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert "no_provider: no provider can take this job: segmind (unknown_price)" in refused.stderr
+        assert "  segmind: unknown_price: " in refused.stderr and "JOBHOOK_SEGMIND_PRICES" in refused.stderr
+        free = run("submit", "--provider", "simulator", "--max-price", "0.01", "A red kite", "--wait", env=env)
+        assert free.returncode == 0, free.stderr
+        assert '"cost_usd": 0.0' in free.stdout
+        listing = run("jobs", "--json", env=env)
+        assert listing.stdout.count('"id": "job_') == 1  # the refused one made no job
+    finally:
+        service.stop()

@@ -199,6 +199,21 @@ async def test_providers_show_callback_health_and_today(jobhook: ServiceFactory,
             await expect(page.locator('[data-provider="aivideoapi"] .callbacks')).to_have_attribute("data-health", "ok")
 
 
+async def test_providers_show_the_prices_set_for_them(jobhook: ServiceFactory, dashboard: DashboardFactory) -> None:
+    """SPEC §8: each tier's price per image, and which prices JOBHOOK_<P>_PRICES set."""
+    env = {"JOBHOOK_APIFRAME_PRICES": "TURBO=0.02", "JOBHOOK_SEGMIND_PRICES": "0.05"}
+    async with jobhook(**env) as svc, dashboard(svc) as tab:
+        page = tab.page
+        await page.goto("/dashboard/providers")
+        apiframe = page.locator('[data-provider="apiframe"] .price')
+        await expect(apiframe).to_have_text("TURBO $0.02 · BALANCED $0.06 · QUALITY $0.10 (set)")
+        await expect(apiframe).to_have_attribute("title", "set by JOBHOOK_APIFRAME_PRICES")
+        await expect(page.locator('[data-provider="segmind"] .price')).to_have_text("any tier $0.05 (set)")
+        aivideoapi = page.locator('[data-provider="aivideoapi"] .price')
+        await expect(aivideoapi).to_have_text("TURBO $0.08 · BALANCED $0.14 · QUALITY $0.22")
+        await expect(aivideoapi).to_have_attribute("title", "as published")
+
+
 async def test_outbox_shows_a_dead_delivery_and_resends_it(
     jobhook: ServiceFactory, dashboard: DashboardFactory
 ) -> None:

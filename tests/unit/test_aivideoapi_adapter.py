@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from service.domain.pricing import PriceTable
 from service.domain.request import GenerationRequest
 from service.domain.status import JobError, Observation, Status
 from service.providers.aivideoapi import CAPABILITIES, PRICES_USD, AivideoapiAdapter
@@ -449,7 +450,7 @@ def test_documented_prices() -> None:
 
 
 def test_custom_name_and_prices() -> None:
-    simulator = AivideoapiAdapter(name="simulator", prices={"TURBO": 0.0, "BALANCED": 0.0})
+    simulator = AivideoapiAdapter(name="simulator", prices=PriceTable.of({"TURBO": 0.0, "BALANCED": 0.0}))
     assert simulator.name == "simulator"
     assert simulator.price_usd({"rendering_speed": "TURBO"}, 4) == 0.0
     assert simulator.price_usd({"rendering_speed": "QUALITY"}, 1) is None

@@ -707,3 +707,44 @@ def test_every_setting_read_is_a_known_name() -> None:
     read = set(re.findall(r'"(JOBHOOK_[A-Z_]+)"', source)) - {"JOBHOOK_TEST_", "JOBHOOK_CRASH_"}
     read |= {f"JOBHOOK_{name.upper()}_{suffix}" for name in PROVIDER_NAMES for suffix in ("API_KEY", "BASE_URL")}
     assert read <= set(known_setting_names())
+
+
+# -- JOBHOOK_<P>_PRICES (SPEC §8) ----------------------------------------------------------------------
+
+
+def test_prices_are_unset_by_default() -> None:
+    assert all(provider.prices is None for provider in settings().providers.values())
+
+
+@pytest.mark.parametrize("provider", PROVIDER_NAMES)
+def test_each_provider_takes_prices(provider: str) -> None:
+    name = f"JOBHOOK_{provider.upper()}_PRICES"
+    assert settings(**{name: "TURBO=0.03,BALANCED=0.06,QUALITY=0.10"}).providers[provider].prices == {
+        "TURBO": 0.03,
+        "BALANCED": 0.06,
+        "QUALITY": 0.10,
+    }
+    assert settings(**{name: "0.12"}).providers[provider].prices == {"TURBO": 0.12, "BALANCED": 0.12, "QUALITY": 0.12}
+    assert settings(**{name: "  "}).providers[provider].prices is None  # empty: as if unset
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("twelve cents", "or one price for every tier such as 0.12, got 'twelve cents'"),
+        ("TURBO=0.03,FAST=0.01", "got 'FAST=0.01'"),
+        ("TURBO=-1", "TURBO must be from 0 to 100 US dollars per image, got '-1'"),
+        ("BALANCED=0.06,balanced=0.07", "BALANCED is priced twice"),
+    ],
+)
+def test_wrong_prices_stop_with_one_line_naming_the_variable(value: str, message: str) -> None:
+    error = error_for(JOBHOOK_APIFRAME_PRICES=value)
+    assert_names(error, "JOBHOOK_APIFRAME_PRICES")
+    assert message in error.message
+
+
+def test_prices_settings_are_known() -> None:
+    env = {f"JOBHOOK_{provider.upper()}_PRICES": "0.1" for provider in PROVIDER_NAMES}
+    assert setting_warnings(env) == []
+    [line] = setting_warnings({"JOBHOOK_APIFRAME_PRICE": "0.1"})
+    assert line.endswith("did you mean JOBHOOK_APIFRAME_PRICES?")

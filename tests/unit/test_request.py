@@ -174,6 +174,14 @@ WRONG_TYPES: list[tuple[str, Any]] = [
     ("provider_options", "x"),
     ("provider_options", 1),
     ("provider_options", True),
+    ("max_price_usd", "0.10"),
+    ("max_price_usd", True),  # bool-is-not-int
+    ("max_price_usd", 0),  # a cap of nothing would leave out every provider but the simulator
+    ("max_price_usd", 0.0),
+    ("max_price_usd", -0.1),
+    ("max_price_usd", 10**400),  # beyond any float
+    ("max_price_usd", [0.1]),
+    ("max_price_usd", {"usd": 0.1}),
 ]
 
 
@@ -618,3 +626,16 @@ def test_every_key_an_adapter_sets_is_reserved(provider: str) -> None:
     keys = (set(wire) | set(wire.get("input", {}))) - {"input"}
     for key in keys:
         assert reserved_option({key: 1}, caps.wire_keys) == key, key
+
+
+@pytest.mark.parametrize(("value", "parsed"), [(0.1, 0.1), (1, 1.0), (0.0001, 0.0001), (None, None)])
+def test_max_price_usd(value: Any, parsed: float | None) -> None:
+    """SPEC §8: optional, a positive number of US dollars; the routing leaves out what costs more."""
+    submission = parse_submission(minimal(max_price_usd=value))
+    assert submission.max_price_usd == parsed
+    assert submission.max_price_usd is None or type(submission.max_price_usd) is float
+
+
+def test_a_wrong_max_price_says_what_is_expected() -> None:
+    error = refused(minimal(max_price_usd=-1))
+    assert error.message == "max_price_usd must be a positive number of US dollars, such as 0.10"

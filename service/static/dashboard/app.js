@@ -745,8 +745,16 @@ function jobPage(id) {
 }
 
 /** What the CLI says where a provider lists no price: the simulator costs nothing; segmind does not say. */
-function unpriced(p) {
-  return p.provider === "simulator" ? "free" : "not published";
+/** A provider's prices per image, as `jobhook providers` says them; "(set)" when JOBHOOK_<P>_PRICES gave them. */
+function priceText(p) {
+  const entries = Object.entries(p.prices_usd || {});
+  if (!entries.length) return "not published";
+  const values = new Set(entries.map(([, price]) => Number(price)));
+  let shown;
+  if (values.size === 1 && values.has(0)) shown = "free";
+  else if (values.size === 1 && entries.length === 3) shown = `any tier ${money(entries[0][1])}`;
+  else shown = entries.map(([speed, price]) => `${speed} ${money(price)}`).join(" · ");
+  return p.prices_overridden ? `${shown} (set)` : shown;
 }
 
 /** Providers: callback health, credits left, jobs and cost today. */
@@ -757,7 +765,6 @@ function providersPage() {
 
   function card(p) {
     const credits = p.credits === null || p.credits === undefined ? "—" : String(p.credits);
-    const prices = Object.entries(p.prices_usd || {}).map(([speed, price]) => `${speed} ${money(price)}`);
     return h(
       "section",
       { class: "card provider-card", dataset: { provider: p.provider } },
@@ -790,7 +797,7 @@ function providersPage() {
         ),
         h("div", { class: "fact" }, h("dt", null, "Jobs today"), h("dd", { class: "today-jobs" }, String(p.today?.jobs ?? 0))),
         h("div", { class: "fact" }, h("dt", null, "Cost today"), h("dd", { class: "today-cost" }, money(p.today?.cost_usd ?? 0))),
-        h("div", { class: "fact" }, h("dt", null, "Price per image"), h("dd", { class: "price" }, prices.length ? prices.join(" · ") : unpriced(p))),
+        h("div", { class: "fact" }, h("dt", null, "Price per image"), h("dd", { class: "price", title: p.prices_overridden ? `set by JOBHOOK_${p.provider.toUpperCase()}_PRICES` : "as published" }, priceText(p))),
       ),
       p.configured ? null : h("p", { class: "muted small" }, p.api_key),
     );
