@@ -147,7 +147,9 @@ class Settings:
     degraded_after: int = 3
     credits_low: float = 20.0
     limits: ConnectionLimits = ConnectionLimits()
-    circuits: CircuitPolicy = dataclasses.field(default_factory=CircuitPolicy)  # JOBHOOK_ROUTE_BREAKER_FAILURES, …_COOLDOWN (SPEC §8)
+    circuits: CircuitPolicy = dataclasses.field(
+        default_factory=CircuitPolicy
+    )  # JOBHOOK_ROUTE_BREAKER_FAILURES, …_COOLDOWN (SPEC §8)
 
     @property
     def destinations(self) -> tuple[str, ...]:
