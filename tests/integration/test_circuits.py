@@ -9,12 +9,23 @@ restart, and two app instances on one database send one probe between them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from service.config import Settings
+from service.domain import attempt
+from service.domain.circuit import CircuitPolicy, CircuitState
+from service.domain.status import JobError
+from service.domain.work import SubmitState
+from service.ids import new_job_id
+from service.store.base import NewJob, OutboxPolicy
+from service.store.common import Store
+from service.store.engines import make_store
 from tests.conftest import Service, ServiceFactory, eventually
 from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse
 from tests.fakes.server import free_socket
@@ -206,3 +217,51 @@ async def test_two_instances_on_one_database_send_one_probe(
         assert sorted(job["status"] for job in finished) == ["completed"] * 5 + ["failed"]
         assert len(fake.creates) == 3 + 1 + 5
         assert len(forwarded(backend, "provider.circuit_closed")) == 1
+
+
+@pytest.fixture
+async def stores(database: str) -> AsyncIterator[list[Store]]:
+    """Three stores open on one database, as three replicas hold, with a cooldown of 50 ms."""
+    policy = OutboxPolicy(circuits=CircuitPolicy(failures=3, cooldown=0.05, max_cooldown=1.0))
+    settings = Settings.from_environ({"JOBHOOK_DATABASE": database})
+    opened = [make_store(settings, policy=policy) for _ in range(3)]
+    for store in opened:
+        await store.open()
+    try:
+        yield opened
+    finally:
+        for store in opened:
+            await store.close()
+
+
+def new_job() -> NewJob:
+    return NewJob(
+        id=new_job_id(),
+        provider="aivideoapi",
+        request={"prompt": "x"},
+        metadata=None,
+        callback_url_registered=False,
+        submitted_by_backend=False,
+        idempotency_key=None,
+        request_hash="h",
+        deadline_at=time.time() + 600,
+        submit_lease_until=time.time() + 60,
+    )
+
+
+async def test_of_many_jobs_created_at_once_on_several_stores_one_claims_the_probe(stores: list[Store]) -> None:
+    """The probe is claimed in the job's own transaction, and by one of them only, whichever process."""
+    refusal = attempt.rejected(
+        {"http_status": 401}, JobError("provider_rejected", "bad key", "invalid_api_key"), http_status=401
+    )
+    for _ in range(3):
+        job, _ = await stores[0].create_job(new_job())
+        await stores[0].record_submit(job.id, refusal)
+    [shut] = (await stores[1].provider_circuits()).values()
+    assert shut.state is CircuitState.OPEN
+    await asyncio.sleep(0.1)  # past the cooldown: half-open
+    created = await asyncio.gather(*(stores[n % 3].create_job(new_job()) for n in range(30)))
+    sending = [job for job, _ in created if job.submit_state is SubmitState.SENDING]
+    assert len(sending) == 1
+    [probing] = (await stores[2].provider_circuits()).values()
+    assert probing.probe_job == sending[0].id
