@@ -18,7 +18,7 @@ from service.domain import attempt
 from service.domain import circuit as circuits
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitResult
-from service.domain.job import Event, Job
+from service.domain.job import Event, Job, rfc3339
 from service.domain.status import FINAL, Observation, Source, Status
 from service.domain.work import Lane, SubmitState, WorkKind
 from service.ids import job_id_floor
@@ -129,6 +129,14 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         """After a commit, in the event loop: tell whoever listens what it changed."""
         for job_id, status, by in tx.finished:  # submissions are logged by the engine; their ends here
             log.info("finished %s: %s%s", job_id, status, f" (by {by})" if by else "")
+        for provider, effect in tx.circuit_effects:
+            if isinstance(effect, circuits.Opened):
+                until = rfc3339(effect.until)
+                log.warning(
+                    "circuit of %s opened until %s: %s (%d in a row)", provider, until, effect.reason, effect.failures
+                )
+            else:
+                log.info("circuit of %s closed", provider)
         for provider, degraded in tx.health.items():
             (self.degraded.add if degraded else self.degraded.discard)(provider)
         if tx.wake_at is not None:

@@ -121,6 +121,7 @@ class Tx:
         self.outbox_changed = False
         self.health: dict[str, bool] = {}  # provider → degraded, for what this transaction changed
         self.wake_at: float | None = None  # waiting work was brought forward to then (by a circuit)
+        self.circuit_effects: list[tuple[str, circuits.Effect]] = []  # (provider, effect), logged after commit
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
         return self.db.execute(sql, tuple(params))
@@ -367,6 +368,8 @@ class Tx:
             ),
         )
         effect = change.effect
+        if effect is not None:
+            self.circuit_effects.append((provider, effect))
         if isinstance(effect, circuits.Opened):
             self.event(job_id, "circuit", "opened", {"provider": provider, **effect.detail()})
             self.notify("provider.circuit_opened", provider=provider, detail=effect.detail())

@@ -28,6 +28,7 @@ from service.store.common import Store
 from service.store.engines import make_store
 from tests.conftest import Service, ServiceFactory, eventually
 from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse
+from tests.fakes.segmind import FakeSegmind
 from tests.fakes.server import free_socket
 from tests.fakes.sinks import WEBHOOK_SECRET, HTTPSink
 
@@ -265,3 +266,35 @@ async def test_of_many_jobs_created_at_once_on_several_stores_one_claims_the_pro
     assert len(sending) == 1
     [probing] = (await stores[2].provider_circuits()).values()
     assert probing.probe_job == sending[0].id
+
+
+async def test_segmind_out_of_credits_opens_its_circuit_for_the_credits_cooldown(
+    jobhook: ServiceFactory, backend: HTTPSink
+) -> None:
+    """Segmind answers the submission itself (the work queue sends it): its 406 is a want of credits."""
+    async with FakeSegmind(latency=0.1, credits=0.0, price_per_image=1.0) as segmind:
+        env = {
+            **env_for(None, backend),
+            "JOBHOOK_SEGMIND_API_KEY": "sg-test",
+            "JOBHOOK_SEGMIND_BASE_URL": segmind.base_url,
+            "JOBHOOK_ROUTE_CREDITS_COOLDOWN": "5m",
+        }
+        async with jobhook(**env) as svc:
+            for n in range(3):
+                response = await svc.client.post("/v1/jobs", json={"provider": "segmind", "prompt": f"broke {n}"})
+                job_id = response.json().get("id") or response.json()["error"]["job_id"]
+                assert (await svc.wait_finished(job_id))["status"] == "failed"
+            opened = await eventually(lambda: forwarded(backend, "provider.circuit_opened"))
+            assert (opened[0]["provider"], opened[0]["reason"], opened[0]["cooldown"]) == (
+                "segmind",
+                "insufficient_credits",
+                300.0,
+            )
+            job = await svc.submit(provider="segmind", prompt="waits for credits")
+
+            async def waits() -> bool:
+                return any(e["outcome"] == "waiting" for e in of_type(await svc.events(job["id"]), "circuit"))
+
+            await eventually(waits)
+            assert (await svc.job(job["id"]))["status"] == "queued"
+            assert len(segmind.creates) == 3
