@@ -90,6 +90,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             degraded_after=settings.degraded_after,
             credits_low=settings.credits_low,
             base_url=settings.public_url or self_url or "",
+            circuits=settings.circuits,
         )
         store = engines.make_store(settings, clock=clock, mirror_images=settings.mirror_images, policy=policy)
         await store.open()

@@ -364,13 +364,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_providers(args: argparse.Namespace) -> int:
     from service.providers.registry import describe
 
-    rows = describe(load_settings(args))
+    settings = load_settings(args)
+    rows = describe(settings)
+    for row, shown in zip(rows, _circuits(settings, [row["provider"] for row in rows]), strict=True):
+        row["circuit"] = shown
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'provider':11} {'key':34} {'tracked by':32} {'base URL':30} price per image")
+    print(f"{'provider':11} {'key':34} {'tracked by':32} {'base URL':30} {'circuit':36} price per image")
     for row in rows:
-        print(f"{row['provider']:11} {row['api_key']:34} {row['tracking']:32} {row['base_url']:30} {_prices(row)}")
+        circuit = _circuit_text(row["circuit"])
+        print(
+            f"{row['provider']:11} {row['api_key']:34} {row['tracking']:32} {row['base_url']:30} {circuit:36} "
+            f"{_prices(row)}"
+        )
     return 0
 
 
@@ -393,6 +400,45 @@ def _prices(row: dict[str, Any]) -> str:
 def _usd(amount: float) -> str:
     """$0.06; a price set to a fraction of a cent shows it ($0.035) rather than rounding it away."""
     return f"${amount:.2f}" if round(amount, 2) == amount else f"${amount:g}"
+
+
+def _circuits(settings: Settings, providers: list[str]) -> list[dict[str, Any] | None]:
+    """Each provider's circuit as the database holds it (SPEC §8); None each when it cannot be read.
+    A SQLite database that is not there yet holds no circuit: every one is closed (none is created)."""
+    from service.domain.circuit import Circuit
+
+    async def read() -> dict[str, Circuit]:
+        from service.store.engines import make_store
+
+        store = make_store(settings)
+        await store.open()
+        try:
+            return await store.provider_circuits()
+        finally:
+            await store.close()
+
+    stored: dict[str, Circuit] = {}
+    if settings.database_url is not None or settings.database.is_file():
+        try:
+            stored = asyncio.run(read())
+        except (StorageError, SchemaTooNew, OSError) as exc:
+            print(f"jobhook: circuits not shown: {exc}", file=sys.stderr)
+            return [None for _ in providers]
+    now = time.time()
+    return [stored.get(name, Circuit(name)).to_json(now) for name in providers]
+
+
+def _circuit_text(circuit: dict[str, Any] | None) -> str:
+    """`closed`, `open until 2026-12-04T13:40:02Z (3× http_401)`, `half-open (one job trying it)`."""
+    if circuit is None:
+        return "unknown"
+    state = circuit["state"]
+    failures = f" ({circuit['failures_in_a_row']}× {circuit['reason']})" if circuit["failures_in_a_row"] else ""
+    if state == "open":
+        return f"open until {str(circuit['until'])[:19]}Z{failures}"
+    if state == "half_open":
+        return "half-open (one job trying it)" if circuit["probing"] else "half-open (the next job tries it)"
+    return f"closed{failures}"
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:

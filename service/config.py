@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from service.domain import addresses, pricing
+from service.domain.circuit import CircuitPolicy
 from service.errors import ConfigError
 
 PROVIDER_NAMES = ("aivideoapi", "apiframe", "segmind", "apiinone")
@@ -148,6 +149,9 @@ class Settings:
     degraded_after: int = 3
     credits_low: float = 20.0
     limits: ConnectionLimits = ConnectionLimits()
+    circuits: CircuitPolicy = dataclasses.field(
+        default_factory=CircuitPolicy
+    )  # JOBHOOK_ROUTE_BREAKER_FAILURES, …_COOLDOWN (SPEC §8)
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -226,6 +230,10 @@ SETTING_NAMES: tuple[str, ...] = (
     "JOBHOOK_HEAD_TIMEOUT",
     "JOBHOOK_MAX_WAITERS",
     "JOBHOOK_MAX_STREAMS",
+    "JOBHOOK_ROUTE_BREAKER_FAILURES",
+    "JOBHOOK_ROUTE_COOLDOWN",
+    "JOBHOOK_ROUTE_MAX_COOLDOWN",
+    "JOBHOOK_ROUTE_CREDITS_COOLDOWN",
     # the API clients (`jobhook submit`, `jobs`, `job`)
     "JOBHOOK_URL",
     "JOBHOOK_TOKEN",
@@ -512,6 +520,24 @@ def _parse(env: Mapping[str, str]) -> Settings:
         degraded_after=integer("JOBHOOK_DEGRADED_AFTER", 3, minimum=1),
         credits_low=credits_low,
         limits=limits,
+        circuits=_circuits(integer, duration),
+    )
+
+
+def _circuits(integer: Callable[..., int], duration: Callable[..., float]) -> CircuitPolicy:
+    """The per-provider circuits' settings (SPEC §8)."""
+    cooldown = duration("JOBHOOK_ROUTE_COOLDOWN", CircuitPolicy.cooldown, minimum=0.01)
+    max_cooldown = duration("JOBHOOK_ROUTE_MAX_COOLDOWN", CircuitPolicy.max_cooldown, minimum=0.01)
+    if max_cooldown < cooldown:
+        raise ConfigError(
+            "JOBHOOK_ROUTE_MAX_COOLDOWN",
+            f"must not be below JOBHOOK_ROUTE_COOLDOWN ({cooldown:g}s), got {max_cooldown:g}s",
+        )
+    return CircuitPolicy(
+        failures=integer("JOBHOOK_ROUTE_BREAKER_FAILURES", CircuitPolicy.failures, minimum=1),
+        cooldown=cooldown,
+        max_cooldown=max_cooldown,
+        credits_cooldown=duration("JOBHOOK_ROUTE_CREDITS_COOLDOWN", CircuitPolicy.credits_cooldown, minimum=0.01),
     )
 
 

@@ -125,6 +125,7 @@ class Engine:
         # A provider that answered 429 is left alone until then (soft state: harmless to lose).
         self.paused_until: dict[str, float] = {}
         self._nudge: Callable[[float], None] = lambda due_at: None
+        store.add_due_listener(lambda due_at: self._nudge(due_at))  # jobs a closing circuit releases
         self.mirroring = Mirror(
             store,
             media,
@@ -267,10 +268,12 @@ class Engine:
                 job = settled or job
             return job, False
         self._nudge(now if synchronous else new.deadline_at)
-        if new.submit_lease_until is not None:
+        if job.submit_state is SubmitState.SENDING:
             job = await self._send(job)
         elif synchronous:
             job = await self.wait_until(job.id, _first_attempt_settled, SYNC_FIRST_ANSWER_WAIT) or job
+        elif submission.submit:
+            self._nudge(now)  # its provider's circuit is open: the job waits queued, due at the circuit's end
         return job, True
 
     async def _send(self, job: Job) -> Job:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.domain.circuit import Circuit, CircuitState
 from service.loop import WorkLoop
 from service.store.base import WriterStats
 from service.store.common import Store
@@ -80,6 +81,12 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.circuit = Gauge(
+            "jobhook_provider_circuit_state",
+            "1 for the state each provider's circuit is in (closed, open, half_open), 0 for the others",
+            ["provider", "state"],
+            registry=r,
+        )
         self.group_commit = _GroupCommit()
         r.register(self.group_commit)
         self.loop_age = Gauge(
@@ -96,8 +103,13 @@ class Metrics:
         for destination in destinations:
             self.outbox_pending.labels(destination).set(counts.get(destination, {}).get("pending", 0))
             self.outbox_dead.labels(destination).set(counts.get(destination, {}).get("dead", 0))
+        circuits = await store.provider_circuits()
+        wall = time.time()
         for provider in providers:
             self.degraded.labels(provider).set(1 if provider in store.degraded else 0)
+            state = circuits.get(provider, Circuit(provider)).state_at(wall)
+            for each in CircuitState:
+                self.circuit.labels(provider, str(each)).set(1 if each is state else 0)
         self.group_commit.stats = store.write_stats
         now = time.monotonic()
         for name, loop in loops.items():

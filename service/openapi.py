@@ -270,7 +270,7 @@ SCHEMAS: dict[str, Schema] = {
         {
             "id": {"type": "integer"},
             "at": {"type": "string", "format": "date-time"},
-            "type": {"type": "string", "examples": ["submit", "callback", "poll", "notification", "mirror"]},
+            "type": {"type": "string", "examples": ["submit", "callback", "poll", "notification", "mirror", "circuit"]},
             "outcome": _nullable({"type": "string"}),
             "detail": {"type": "object"},
         }
@@ -294,6 +294,20 @@ SCHEMAS: dict[str, Schema] = {
             "credits": _nullable({"type": "number"}),
             "credits_low": {"type": "boolean"},
             "today": _object({"jobs": {"type": "integer", "minimum": 0}, "cost_usd": {"type": "number"}}),
+            "circuit": {
+                "description": "The provider's circuit (SPEC §8): `open` while jobhook sends it nothing (its jobs "
+                "wait queued) until `until`; then `half_open`: one job (`probing`) tries it, and its success "
+                "closes the circuit. `reason`: the last failure (`http_401`, `insufficient_credits`, `not_sent`, …).",
+                **_object(
+                    {
+                        "state": {"enum": ["closed", "open", "half_open"]},
+                        "until": _nullable({"type": "string", "format": "date-time"}),
+                        "failures_in_a_row": {"type": "integer", "minimum": 0},
+                        "reason": _nullable({"type": "string"}),
+                        "probing": {"type": "boolean"},
+                    }
+                ),
+            },
         }
     ),
     "Delivery": {

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service.api import job_json, json_body
+from service.domain.circuit import Circuit
 from service.http import ApiError, JSONResponse
 from service.providers.registry import describe
 from service.runtime import runtime
@@ -33,6 +34,7 @@ async def providers(request: Request) -> JSONResponse:
     midnight = dt.datetime.fromtimestamp(now, tz=dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     usage = await rt.store.usage_since(midnight.timestamp())
     states = {state["provider"]: state for state in await rt.store.provider_states()}
+    circuits = await rt.store.provider_circuits()
     rows = []
     for row in describe(rt.settings):
         name = row["provider"]
@@ -45,6 +47,7 @@ async def providers(request: Request) -> JSONResponse:
                 "credits": state.get("credits"),
                 "credits_low": bool(state.get("credits_low", 0)),
                 "today": usage.get(name, {"jobs": 0, "cost_usd": 0.0}),
+                "circuit": circuits.get(name, Circuit(name)).to_json(now),
             }
         )
     return JSONResponse({"providers": rows})

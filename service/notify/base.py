@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 JOB_EVENTS = ("job.completed", "job.failed", "job.timed_out")
-PROVIDER_EVENTS = ("provider.callbacks_degraded", "provider.callbacks_recovered", "provider.credits_low")
+PROVIDER_EVENTS = (
+    "provider.callbacks_degraded",
+    "provider.callbacks_recovered",
+    "provider.credits_low",
+    "provider.circuit_opened",
+    "provider.circuit_closed",
+)
 EVENT_TYPES = JOB_EVENTS + PROVIDER_EVENTS
 
 
@@ -198,6 +204,8 @@ def provider_title(n: Notification) -> str:
         "provider.callbacks_degraded": f"Callbacks degraded: {provider}",
         "provider.callbacks_recovered": f"Callbacks recovered: {provider}",
         "provider.credits_low": f"Credits low: {provider}",
+        "provider.circuit_opened": f"Circuit open: {provider}",
+        "provider.circuit_closed": f"Circuit closed: {provider}",
     }
     return titles.get(n.type, f"{n.type}: {provider}")
 
@@ -224,7 +232,23 @@ def provider_summary(n: Notification) -> str:
                 f"{format_value(threshold)} (JOBHOOK_CREDITS_LOW). Top it up before jobs are refused."
             )
         return f"The {provider} balance is low. Top it up before jobs are refused."
+    if n.type == "provider.circuit_opened":
+        return _circuit_opened(provider, detail)
+    if n.type == "provider.circuit_closed":
+        return f"{provider} took a job again: its circuit is closed, and the jobs that waited for it are sent."
     return f"{n.type} for {provider}."
+
+
+def _circuit_opened(provider: str, detail: Mapping[str, Any]) -> str:
+    failures, reason, until = detail.get("failures_in_a_row"), detail.get("reason"), detail.get("until")
+    why = f"{format_value(failures)} attempts in a row failed ({reason})" if failures is not None else "attempts failed"
+    if detail.get("probe_failed"):
+        why = f"the trial job after the cooldown failed too ({reason})"
+    when = f" until {until}" if until else ""
+    return (
+        f"{provider}: {why}. jobhook sends it nothing{when}; its jobs wait queued, then one job tries it,"
+        " and its success closes the circuit."
+    )
 
 
 def is_http_url(url: str | None) -> bool:

@@ -54,6 +54,8 @@ _PROVIDER_EMOJI = {
     "provider.callbacks_degraded": "⚠️",
     "provider.callbacks_recovered": "✅",
     "provider.credits_low": "💳",
+    "provider.circuit_opened": "⛔",
+    "provider.circuit_closed": "✅",
 }
 
 

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from service.domain.circuit import CircuitPolicy
 from service.domain.job import Job
 from service.domain.status import Decision, Source
 from service.domain.work import WorkKind
@@ -69,6 +70,9 @@ class OutboxPolicy:
     degraded_after: int = 3
     credits_low: float = 20.0
     base_url: str = ""  # where the job snapshots' links to jobhook's own images point
+    circuits: CircuitPolicy = dataclasses.field(
+        default_factory=CircuitPolicy
+    )  # when a provider's circuit opens (SPEC §8)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from service.domain import attempt
+from service.domain import circuit as circuits
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitResult
-from service.domain.job import Event, Job
+from service.domain.job import Event, Job, rfc3339
 from service.domain.status import FINAL, Observation, Source, Status
 from service.domain.work import Lane, SubmitState, WorkKind
 from service.ids import job_id_floor
@@ -41,6 +42,7 @@ from service.store.tx import (
     Listener,
     Row,
     Tx,
+    circuit_from_row,
     dumps,
     job_from_row,
     loads,
@@ -71,6 +73,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         self.degraded: set[str] = set()
         self._clock = clock
         self._outbox_listeners: list[Callable[[], None]] = []
+        self._due_listeners: list[Callable[[float], None]] = []
         self._listeners: list[Listener] = []
 
     # -- what each engine provides ----------------------------------------------------------------
@@ -114,6 +117,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         """`wake()` is called after every commit that queued notifications."""
         self._outbox_listeners.append(wake)
 
+    def add_due_listener(self, wake: Callable[[float], None]) -> None:
+        """`wake(due_at)` is called after a commit that made waiting work due (a circuit closed)."""
+        self._due_listeners.append(wake)
+
     def add_listener(self, listener: Listener) -> None:
         """`listener(job_ids)` is called after every commit that changed those jobs."""
         self._listeners.append(listener)
@@ -122,8 +129,19 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         """After a commit, in the event loop: tell whoever listens what it changed."""
         for job_id, status, by in tx.finished:  # submissions are logged by the engine; their ends here
             log.info("finished %s: %s%s", job_id, status, f" (by {by})" if by else "")
+        for provider, effect in tx.circuit_effects:
+            if isinstance(effect, circuits.Opened):
+                until = rfc3339(effect.until)
+                log.warning(
+                    "circuit of %s opened until %s: %s (%d in a row)", provider, until, effect.reason, effect.failures
+                )
+            else:
+                log.info("circuit of %s closed", provider)
         for provider, degraded in tx.health.items():
             (self.degraded.add if degraded else self.degraded.discard)(provider)
+        if tx.wake_at is not None:
+            for wake_due in self._due_listeners:
+                wake_due(tx.wake_at)
         if tx.outbox_changed:
             for wake in self._outbox_listeners:
                 wake()
@@ -166,6 +184,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 if row is not None:
                     return job_from_row(row), False
             sending = new.submit_lease_until is not None
+            waiting = None  # the provider's circuit is open: the job is not sent before this (SPEC §8)
+            if new.submit_lease_until is not None:
+                permission = tx.may_send(new.provider, new.id, new.submit_lease_until)
+                if isinstance(permission, circuits.Blocked):
+                    sending, waiting = False, permission.until
             tx.execute(
                 "INSERT INTO jobs (id, provider, status, request, metadata, callback_url_registered, "
                 "submitted_by_backend, submit_state, submit_attempts, idempotency_key, request_hash, "
@@ -186,7 +209,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 ),
             )
             tx.schedule(new.id, WorkKind.DEADLINE, Lane.INTERNAL, new.deadline_at, 0)
-            if new.submit_lease_until is not None:
+            if new.submit_lease_until is not None and sending:
                 tx.schedule(new.id, WorkKind.SUBMIT, new.provider, new.submit_lease_until, 0)
             elif new.submit_at is not None:
                 tx.schedule(new.id, WorkKind.SUBMIT, new.provider, new.submit_at, 0)
@@ -196,6 +219,8 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 None,
                 {"provider": new.provider, "submitted_by": "backend" if new.submitted_by_backend else "jobhook"},
             )
+            if waiting is not None:
+                tx.circuit_wait(new.id, new.provider, waiting)
             return tx.job(new.id), True
 
         return await self._write(write)
@@ -206,6 +231,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         def write(tx: Tx) -> Job | None:
             job = tx.job(job_id)
             if job.status is not Status.QUEUED or job.submit_state is SubmitState.SENDING or job.submitted_by_backend:
+                return None
+            permission = tx.may_send(job.provider, job_id, lease_until)
+            if isinstance(permission, circuits.Blocked):
+                tx.circuit_wait(job_id, job.provider, permission.until)
                 return None
             tx.execute(
                 "UPDATE jobs SET submit_state = ?, submit_attempts = submit_attempts + 1, updated_at = ? WHERE id = ?",
@@ -225,6 +254,8 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             decision = attempt.decide(job, result, now=tx.now)
             tx.event(job_id, *decision.event)
             tx.credits(job.provider, decision.credits.remaining, decision.credits.exhausted)
+            # Every answer tells of the provider's health, one to a job already settled too.
+            tx.circuit_outcome(job_id, job.provider, circuits.verdict(result))
             if isinstance(decision.step, attempt.Settled):
                 return job
             self._write_attempt(tx, job, decision)
@@ -586,6 +617,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         PostgreSQL in shards, summed here)."""
         rows = await self._read("SELECT provider, status, SUM(n) FROM job_counts GROUP BY provider, status")
         return {(row[0], row[1]): int(row[2]) for row in rows}
+
+    async def provider_circuits(self) -> dict[str, circuits.Circuit]:
+        """Every provider's circuit that has a row (one without is closed, never having failed)."""
+        rows = await self._read("SELECT * FROM provider_circuits ORDER BY provider")
+        return {row["provider"]: circuit_from_row(row) for row in rows}
 
     async def counts(self) -> dict[str, int]:
         rows = await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")

@@ -16,9 +16,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from service.domain import circuit as circuits
 from service.domain import history
 from service.domain import status as status_machine
-from service.domain.job import Job
+from service.domain.job import Job, rfc3339
 from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
 from service.domain.work import TRACKING_KINDS, Lane, SubmitState, WorkKind
 from service.ids import new_message_id
@@ -119,6 +120,8 @@ class Tx:
         self.finished: list[tuple[str, str, str | None]] = []
         self.outbox_changed = False
         self.health: dict[str, bool] = {}  # provider → degraded, for what this transaction changed
+        self.wake_at: float | None = None  # waiting work was brought forward to then (by a circuit)
+        self.circuit_effects: list[tuple[str, circuits.Effect]] = []  # (provider, effect), logged after commit
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
         return self.db.execute(sql, tuple(params))
@@ -307,6 +310,93 @@ class Tx:
             detail = {"credits": remaining, "threshold": self.policy.credits_low, "exhausted": exhausted}
             self.notify("provider.credits_low", provider=provider, detail=detail)
 
+    # -- circuits (SPEC §8) -------------------------------------------------------------------------
+
+    def circuit(self, provider: str, *, lock: bool = False) -> circuits.Circuit:
+        """The provider's circuit (closed when it has no row); `lock`: for a change (row made if missing)."""
+        if lock:
+            self.execute(
+                "INSERT INTO provider_circuits (provider, updated_at) VALUES (?, ?) ON CONFLICT (provider) DO NOTHING",
+                (provider, self.now),
+            )
+        row = self.one(
+            f"SELECT * FROM provider_circuits WHERE provider = ?{self.dialect.lock_row if lock else ''}", (provider,)
+        )
+        return circuit_from_row(row) if row is not None else circuits.Circuit(provider)
+
+    def may_send(self, provider: str, job_id: str, lease_until: float) -> circuits.Permission:
+        """May the job's submission go to the provider now? A half-open circuit's probe is claimed here,
+        atomically (one conditional UPDATE: of two processes asking at once, one gets the row)."""
+        permission = circuits.may_try(self.circuit(provider), self.now, job_id)
+        if not isinstance(permission, circuits.Probe):
+            return permission
+        claimed = self.execute(
+            "UPDATE provider_circuits SET probe_job = ?, probe_until = ?, updated_at = ? "
+            "WHERE provider = ? AND state = 'open' AND open_until <= ? "
+            "AND (probe_job IS NULL OR probe_until <= ? OR probe_job = ?)",
+            (job_id, lease_until, self.now, provider, self.now, self.now, job_id),
+        ).rowcount
+        if claimed == 1:
+            return permission
+        # Another took the probe (or the circuit changed) since the read: ask again of what is stored now.
+        again = circuits.may_try(self.circuit(provider, lock=True), self.now, job_id)
+        return again if not isinstance(again, circuits.Probe) else circuits.Blocked(lease_until)
+
+    def circuit_outcome(self, job_id: str, provider: str, seen: circuits.Verdict) -> circuits.Effect | None:
+        """Write what an attempt's verdict does to the provider's circuit, its events with it."""
+        policy = self.policy.circuits
+        before = self.circuit(provider)
+        if not circuits.on_outcome(before, seen, self.now, policy, job_id).changed(before):
+            return None  # the usual case (a success on a closed circuit): no write, no lock
+        before = self.circuit(provider, lock=True)
+        change = circuits.on_outcome(before, seen, self.now, policy, job_id)
+        after = change.circuit
+        self.execute(
+            "UPDATE provider_circuits SET state = ?, failures = ?, open_until = ?, cooldown = ?, reason = ?, "
+            "opened_at = ?, probe_job = ?, probe_until = ?, updated_at = ? WHERE provider = ?",
+            (
+                str(after.state),
+                after.failures,
+                after.until,
+                after.cooldown,
+                after.reason,
+                after.opened_at,
+                after.probe_job,
+                after.probe_until,
+                self.now,
+                provider,
+            ),
+        )
+        effect = change.effect
+        if effect is not None:
+            self.circuit_effects.append((provider, effect))
+        if isinstance(effect, circuits.Opened):
+            self.event(job_id, "circuit", "opened", {"provider": provider, **effect.detail()})
+            self.notify("provider.circuit_opened", provider=provider, detail=effect.detail())
+            if effect.probe_failed:  # the jobs that waited for the probe's answer wait for the next one
+                self._release_waiting(provider, effect.until)
+        elif isinstance(effect, circuits.Closed):
+            self.event(job_id, "circuit", "closed", {"provider": provider, **effect.detail()})
+            self.notify("provider.circuit_closed", provider=provider, detail=effect.detail())
+            self._release_waiting(provider, self.now)  # the jobs that waited for the circuit go now
+        return effect
+
+    def _release_waiting(self, provider: str, at: float) -> None:
+        """Bring the provider's queued jobs' submissions due later than `at` forward to `at`."""
+        self.execute(
+            "UPDATE due SET due_at = ? WHERE provider = ? AND kind = ? AND due_at > ? AND job_id IN "
+            "(SELECT id FROM jobs WHERE provider = ? AND status = 'queued' AND submit_state IS NULL)",
+            (at, provider, str(WorkKind.SUBMIT), at, provider),
+        )
+        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
+
+    def circuit_wait(self, job_id: str, provider: str, until: float) -> None:
+        """The job is not sent while the provider's circuit is open: its submission is due at `until`
+        (the job's deadline still ends it first if that comes sooner)."""
+        self.schedule(job_id, WorkKind.SUBMIT, provider, until, 0)
+        message = f"circuit open until {rfc3339(until)}"
+        self.event(job_id, "circuit", "waiting", {"provider": provider, "until": rfc3339(until), "message": message})
+
     def apply(
         self,
         job: Job,
@@ -362,6 +452,20 @@ class Tx:
                 {"kept": str(job.status), "reported": str(observation.status), "by": str(source)},
             )
         return decision
+
+
+def circuit_from_row(row: Row) -> circuits.Circuit:
+    return circuits.Circuit(
+        provider=row["provider"],
+        state=circuits.CircuitState(row["state"]),
+        failures=row["failures"],
+        until=row["open_until"],
+        cooldown=row["cooldown"],
+        reason=row["reason"],
+        opened_at=row["opened_at"],
+        probe_job=row["probe_job"],
+        probe_until=row["probe_until"],
+    )
 
 
 def probe(db: Connection) -> None:

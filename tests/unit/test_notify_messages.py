@@ -26,6 +26,7 @@ from service.notify.base import (
     format_cost,
     humanise_duration,
     parse_retry_after,
+    provider_summary,
     shorten,
 )
 from service.notify.email import build_message as build_email
@@ -68,6 +69,14 @@ PROVIDER_DETAIL: dict[str, dict[str, Any]] = {
     "provider.callbacks_degraded": {"polled_in_a_row": 3},
     "provider.callbacks_recovered": {},
     "provider.credits_low": {"credits": 12.0, "threshold": 20.0},
+    "provider.circuit_opened": {
+        "until": "2026-12-04T13:00:30.000Z",
+        "cooldown": 30.0,
+        "failures_in_a_row": 3,
+        "reason": "http_401",
+        "probe_failed": False,
+    },
+    "provider.circuit_closed": {"opened_at": "2026-12-04T13:00:00.000Z", "reason": "http_401"},
 }
 
 
@@ -190,11 +199,36 @@ def test_slack_blocks_validate_with_slack_sdk(type_: str, with_image: bool, prom
         ("provider.callbacks_degraded", "⚠️ Callbacks degraded: segmind"),
         ("provider.callbacks_recovered", "✅ Callbacks recovered: segmind"),
         ("provider.credits_low", "💳 Credits low: segmind"),
+        ("provider.circuit_opened", "⛔ Circuit open: segmind"),
+        ("provider.circuit_closed", "✅ Circuit closed: segmind"),
     ],
 )
 def test_slack_header_per_event(type_: str, header: str) -> None:
     blocks = slack.build_message(notification(type_))["blocks"]
     assert blocks[0] == {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}}
+
+
+@pytest.mark.parametrize(
+    ("detail", "summary"),
+    [
+        (
+            PROVIDER_DETAIL["provider.circuit_opened"],
+            "segmind: 3 attempts in a row failed (http_401). jobhook sends it nothing until 2026-12-04T13:00:30.000Z;"
+            " its jobs wait queued, then one job tries it, and its success closes the circuit.",
+        ),
+        (
+            {**PROVIDER_DETAIL["provider.circuit_opened"], "probe_failed": True, "reason": "insufficient_credits"},
+            "segmind: the trial job after the cooldown failed too (insufficient_credits). jobhook sends it nothing"
+            " until 2026-12-04T13:00:30.000Z; its jobs wait queued, then one job tries it, and its success closes"
+            " the circuit.",
+        ),
+    ],
+    ids=["opened", "reopened"],
+)
+def test_circuit_opened_says_why_and_until_when(detail: dict[str, Any], summary: str) -> None:
+    assert provider_summary(notification("provider.circuit_opened", detail=detail)) == summary
+    closed = provider_summary(notification("provider.circuit_closed"))
+    assert closed == "segmind took a job again: its circuit is closed, and the jobs that waited for it are sent."
 
 
 def test_slack_completed_fields_prompt_image_and_context() -> None:

@@ -137,9 +137,9 @@ function label(word) {
 }
 
 const TONES = {
-  good: ["accepted", "completed", "delivered", "done", "applied", "ok", "recovered"],
-  warn: ["duplicate", "queued", "retry", "resent", "pending", "timed_out", "stopped", "degraded", "low", "uncertain", "summary"],
-  bad: ["refused", "dead", "failed", "error", "rejected", "conflict"],
+  good: ["accepted", "completed", "delivered", "done", "applied", "ok", "recovered", "closed"],
+  warn: ["duplicate", "queued", "retry", "resent", "pending", "timed_out", "stopped", "degraded", "low", "uncertain", "summary", "half_open", "waiting"],
+  bad: ["refused", "dead", "failed", "error", "rejected", "conflict", "open", "opened"],
   info: ["submitted", "processing", "sending"],
 };
 
@@ -789,6 +789,7 @@ function providersPage() {
             p.polled_in_a_row ? ` ${p.polled_in_a_row} finished by polling in a row` : null,
           ),
         ),
+        h("div", { class: "fact" }, h("dt", null, "Circuit"), circuitFact(p.circuit)),
         h(
           "div",
           { class: "fact" },
@@ -801,6 +802,16 @@ function providersPage() {
       ),
       p.configured ? null : h("p", { class: "muted small" }, p.api_key),
     );
+  }
+
+  // Open: nothing is sent until `until`; half-open: one job tries it (SPEC §8).
+  function circuitFact(c) {
+    const state = c?.state ?? "closed";
+    const parts = [badge(state)];
+    if (state === "open" && c.until) parts.push(` until ${stamp(c.until)}`);
+    if (state === "half_open") parts.push(c.probing ? " one job trying it" : " the next job tries it");
+    if (c?.failures_in_a_row) parts.push(` · ${c.failures_in_a_row} failed in a row${c.reason ? ` (${c.reason})` : ""}`);
+    return h("dd", { class: "circuit", dataset: { state } }, parts);
   }
 
   async function load() {
