@@ -85,7 +85,6 @@ SQLITE_IS_ENOUGH: frozenset[str] = frozenset(
         "tests/integration/test_apiframe_flow.py::test_without_public_url_no_webhook_is_registered_and_polling_finishes",
         "tests/integration/test_apiinone_flow.py::test_a_bare_request_sends_only_model_and_prompt",
         "tests/integration/test_apiinone_flow.py::test_all_nine_aspect_ratios_are_accepted",
-        "tests/integration/test_apiinone_flow.py::test_an_answer_holding_the_images_completes_the_job_at_once",
         "tests/integration/test_apiinone_flow.py::test_an_unknown_aspect_ratio_is_refused_listing_the_nine",
         "tests/integration/test_apiinone_flow.py::test_backend_submitted_job_bound_by_patch_then_polled",
         "tests/integration/test_apiinone_flow.py::test_backend_submitted_job_is_offered_no_callback_url",
