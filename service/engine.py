@@ -23,6 +23,7 @@ import orjson
 from service.config import Settings
 from service.domain import attempt, backoff, request, routing
 from service.domain import callbacks as verify
+from service.domain import circuit as circuits
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitKind, SubmitResult
 from service.domain.job import Candidate, Job
@@ -220,7 +221,7 @@ class Engine:
 
     # -- submission --------------------------------------------------------------------------------
 
-    def route(self, submission: Submission) -> tuple[ProviderRuntime, tuple[Candidate, ...]]:
+    async def route(self, submission: Submission) -> tuple[ProviderRuntime, tuple[Candidate, ...]]:
         """The provider to try first and the candidates after it, in order (SPEC §8).
 
         One provider named: as it always was (its own 422s). A list, or "auto": each candidate is
@@ -256,12 +257,23 @@ class Engine:
                 route.left_out
                 or [routing.LeftOut(routing.AUTO, routing.Reason.NOT_CONFIGURED, "no provider is configured")]
             )
-        first, *rest = (self.providers[name] for name in route.candidates)
+        names = route.candidates
+        if len(names) > 1:
+            # A provider whose circuit is open is tried last (SPEC §8): the job goes to one that may
+            # take it now; when every one is open, the job waits for the first (as a single one does).
+            stored, now = await self.store.provider_circuits(), self.clock()
+            shut = {
+                name
+                for name in names
+                if name in stored and isinstance(circuits.may_try(stored[name], now), circuits.Blocked)
+            }
+            names = tuple(name for name in names if name not in shut) + tuple(name for name in names if name in shut)
+        first, *rest = (self.providers[name] for name in names)
         return first, tuple(Candidate(item.name, self._callbacks_expected(item)) for item in rest)
 
     async def create(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
         """Validate, record, and (unless `submit` is false) send. Returns (job, created)."""
-        runtime, candidates = self.route(submission)
+        runtime, candidates = await self.route(submission)
         synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
         if synchronous and not submission.submit:
             raise RequestError(

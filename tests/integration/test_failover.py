@@ -196,3 +196,17 @@ async def test_one_idempotency_key_sent_concurrently_during_a_failover_is_one_jo
         done = await finished(svc, answers[0].json()["id"])
         assert attempts(done) == [("aivideoapi", "rejected"), ("apiframe", "completed")]
         assert (len(aivideoapi.creates), len(apiframe.creates)) == (1, 1)
+
+
+async def test_a_provider_whose_circuit_is_open_is_tried_last_without_a_request(
+    jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
+) -> None:
+    aivideoapi.create_responses = [ForcedResponse.error(402, "insufficient_credits")]
+    env = env_for(aivideoapi.base_url, apiframe, JOBHOOK_ROUTE_BREAKER_FAILURES="1")
+    async with jobhook(**env) as svc:
+        first = await svc.submit(provider=BOTH, prompt="opens the circuit")  # one refusal opens it
+        assert attempts(await finished(svc, first["id"])) == [("aivideoapi", "rejected"), ("apiframe", "completed")]
+        second = await svc.submit(provider=BOTH, prompt="goes round it")
+        done = await finished(svc, second["id"])
+        assert attempts(done) == [("apiframe", "completed")], done
+        assert (len(aivideoapi.creates), len(apiframe.creates)) == (1, 2)
