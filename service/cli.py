@@ -167,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", help="submit a generation", description="Submit a generation to a running jobhook."
     )
     submit.add_argument("prompt", help="the prompt")
-    submit.add_argument("--provider", required=True, help="aivideoapi, simulator, …")
+    submit.add_argument(
+        "--provider",
+        required=True,
+        help="aivideoapi, simulator, …; several in order of preference (a,b: the next is tried when one "
+        "refuses, is down or fails the task); or auto (every configured provider, cheapest first)",
+    )
     submit.add_argument("--aspect-ratio", help="e.g. 16:9")
     submit.add_argument("--rendering-speed", choices=["TURBO", "BALANCED", "QUALITY"])
     submit.add_argument("--output-format", help="e.g. png")
@@ -534,7 +539,9 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"provider": args.provider, "prompt": args.prompt}
+    names = [name.strip() for name in args.provider.split(",") if name.strip()]
+    provider: str | list[str] = names if len(names) > 1 else args.provider
+    body: dict[str, Any] = {"provider": provider, "prompt": args.prompt}
     for flag in ("aspect_ratio", "rendering_speed", "output_format"):
         if getattr(args, flag):
             body[flag] = getattr(args, flag)
@@ -632,6 +639,13 @@ def cmd_job(args: argparse.Namespace) -> int:
         print(json.dumps({"job": job, "events": events}, indent=2))
         return 0
     print(json.dumps(job, indent=2))
+    if job.get("attempts"):
+        print("\nattempts:")
+        for n, item in enumerate(job["attempts"], 1):
+            error = item.get("error") or {}
+            why = f"  {error.get('provider_code') or error.get('code')}: {error.get('message')}" if error else ""
+            task = item.get("provider_task_id") or "-"
+            print(f"  {n}. {item['provider']:12} {item.get('state') or 'sending':10} {task}{why}")
     print("\nhistory:")
     for event in events:
         detail = ", ".join(f"{k}={v}" for k, v in event["detail"].items())

@@ -23,9 +23,10 @@ import orjson
 from service.config import Settings
 from service.domain import attempt, backoff, request, routing
 from service.domain import callbacks as verify
+from service.domain import circuit as circuits
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitKind, SubmitResult
-from service.domain.job import Job
+from service.domain.job import Candidate, Job
 from service.domain.request import GenerationRequest, RequestError, Submission
 from service.domain.status import FINAL, Observation, Status
 from service.domain.work import SubmitState, WorkKind
@@ -87,7 +88,7 @@ class NotBackendSubmitted(JobhookError):
 
 def request_fingerprint(submission: Submission) -> str:
     fields: dict[str, Any] = {
-        "provider": submission.provider,
+        "provider": submission.provider if isinstance(submission.provider, str) else list(submission.provider),
         "request": submission.request.to_json(),
         "metadata": submission.metadata,
         "submit": submission.submit,
@@ -220,31 +221,70 @@ class Engine:
 
     # -- submission --------------------------------------------------------------------------------
 
+    async def route(self, submission: Submission) -> tuple[ProviderRuntime, tuple[Candidate, ...]]:
+        """The provider to try first and the candidates after it, in order (SPEC §8).
+
+        One provider named: as it always was (its own 422s). A list, or "auto": each candidate is
+        checked by routing (configured, able to honour the request, within max_price_usd) and those
+        left out are said in a 422 no_provider when none remains.
+        """
+        chosen = submission.provider
+        if isinstance(chosen, str) and chosen != routing.AUTO:
+            runtime = self.runtime(chosen)
+            if not runtime.configured:
+                env = f"JOBHOOK_{chosen.upper()}_API_KEY"
+                raise RequestError(
+                    "provider", "provider_not_configured", f"provider {chosen!r} has no API key: set {env}"
+                )
+            request.check(submission.request, runtime.adapter.capabilities, chosen)
+            names: tuple[str, ...] = (chosen,)
+            order = routing.Order()
+        elif isinstance(chosen, str):  # "auto": every configured provider, cheapest first
+            names = routing.auto_candidates([self.facts(item, submission.request) for item in self.providers.values()])
+            order = routing.Order(routing.OrderBy.PRICE)
+        else:
+            names = tuple(self.runtime(name).name for name in chosen)  # an unknown name: 422 unknown_provider
+            order = routing.Order()
+        if len(names) > 1 and not submission.submit:
+            raise RequestError(
+                "submit", "unsupported_value", "a job the backend submits itself names one provider, not several"
+            )
+        # SPEC §8: over max_price_usd, or priced unknown under it, a candidate is left out (422 no_provider).
+        facts = {name: self.facts(self.providers[name], submission.request) for name in names}
+        route = routing.choose(names, facts, max_price_usd=submission.max_price_usd, order=order)
+        if not route.candidates:
+            raise routing.NoProvider(
+                route.left_out
+                or [routing.LeftOut(routing.AUTO, routing.Reason.NOT_CONFIGURED, "no provider is configured")]
+            )
+        names = route.candidates
+        if len(names) > 1:
+            # A provider whose circuit is open is tried last (SPEC §8): the job goes to one that may
+            # take it now; when every one is open, the job waits for the first (as a single one does).
+            stored, now = await self.store.provider_circuits(), self.clock()
+            shut = {
+                name
+                for name in names
+                if name in stored and isinstance(circuits.may_try(stored[name], now), circuits.Blocked)
+            }
+            names = tuple(name for name in names if name not in shut) + tuple(name for name in names if name in shut)
+        first, *rest = (self.providers[name] for name in names)
+        return first, tuple(Candidate(item.name, self._callbacks_expected(item)) for item in rest)
+
     async def create(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
         """Validate, record, and (unless `submit` is false) send. Returns (job, created)."""
-        runtime = self.runtime(submission.provider)
-        if not runtime.configured:
-            env = f"JOBHOOK_{submission.provider.upper()}_API_KEY"
-            raise RequestError(
-                "provider", "provider_not_configured", f"provider {submission.provider!r} has no API key: set {env}"
-            )
-        request.check(submission.request, runtime.adapter.capabilities, submission.provider)
-        # SPEC §8: over max_price_usd, or priced unknown under it, the provider is left out (422 no_provider).
-        facts = {runtime.name: self.facts(runtime, submission.request)}
-        route = routing.choose([runtime.name], facts, max_price_usd=submission.max_price_usd)
-        if not route.candidates:
-            raise routing.NoProvider(route.left_out)
+        runtime, candidates = await self.route(submission)
         synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
         if synchronous and not submission.submit:
             raise RequestError(
                 "submit",
                 "unsupported_value",
-                f"{submission.provider} answers the submission itself with the images: jobhook must submit it",
+                f"{runtime.name} answers the submission itself with the images: jobhook must submit it",
             )
         now = self.clock()
         new = NewJob(
             id=new_job_id(),
-            provider=submission.provider,
+            provider=runtime.name,
             request=submission.request.to_json(),
             metadata=submission.metadata,
             callback_url_registered=self._callbacks_expected(runtime),
@@ -255,6 +295,8 @@ class Engine:
             # A synchronous call may take minutes: the work queue makes it, not this request.
             submit_lease_until=now + self.submit_lease(runtime) if submission.submit and not synchronous else None,
             submit_at=now if synchronous else None,
+            candidates=candidates,
+            max_price_usd=submission.max_price_usd,
         )
         job, created = await self.store.create_job(new)
         if not created:
@@ -294,14 +336,30 @@ class Engine:
             result = await self._submit_result(job, runtime, response)
         self.metrics.submit_seconds.labels(job.provider).observe(time.monotonic() - started)
         self.metrics.submissions.labels(job.provider, str(result.kind)).inc()
-        stored = await self.store.record_submit(job.id, result)
+        stored = await self.store.record_submit(job.id, result, next_lease=self._next_lease(job))
         level = logging.WARNING if result.kind is not SubmitKind.ACCEPTED else logging.INFO
         log.log(level, "submit %s %s: %s", job.id, job.provider, result.kind)
         if result.retry_at is not None:
             self._nudge(result.retry_at)
         elif result.first_poll_at is not None:
             self._nudge(result.first_poll_at)
+        if stored.provider != job.provider:
+            # The attempt ended not_sent or rejected and the job moved to its next candidate (SPEC §8).
+            log.warning("failover %s from %s to %s", job.id, job.provider, stored.provider)
+            if stored.submit_state is SubmitState.SENDING:
+                return await self._send(stored)  # marked "sending" with the failover: tried at once
+            self._nudge(self.clock())  # a synchronous provider's call is the work queue's; or it waits
         return stored
+
+    def _next_lease(self, job: Job) -> float | None:
+        """Should this attempt fail over: the lease of the next one, sent at once by this request
+        (None: the next candidate is synchronous, so the work queue calls it, as always)."""
+        if not job.candidates:
+            return None
+        runtime = self.providers.get(job.candidates[0].provider)
+        if runtime is None or not runtime.configured or runtime.adapter.tracking is Tracking.SYNCHRONOUS:
+            return None
+        return self.clock() + self.submit_lease(runtime)
 
     def _submit_backoff(self, job: Job) -> float:
         """The wait before the job's next submission: it grows with the attempts made."""

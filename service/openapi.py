@@ -29,7 +29,7 @@ from service.api import (
 from service.domain import routing
 from service.domain.callbacks import MAX_BODY_BYTES
 from service.domain.history import NOISE_EVENTS_PER_JOB
-from service.domain.request import MAX_OBJECT_BYTES, RENDERING_SPEEDS
+from service.domain.request import MAX_CANDIDATES, MAX_OBJECT_BYTES, RENDERING_SPEEDS
 from service.domain.status import Status
 from service.operators import MAX_DELIVERY_ID
 
@@ -226,6 +226,12 @@ SCHEMAS: dict[str, Schema] = {
                 "updated_at": {"type": "string", "format": "date-time"},
                 "finished_at": _nullable({"type": "string", "format": "date-time"}),
                 "cost_usd": _nullable({"type": "number", "minimum": 0}),
+                "attempts": {
+                    "type": "array",
+                    "items": _ref("Attempt"),
+                    "description": "One per provider tried, oldest first (SPEC §8); `provider` and "
+                    "`provider_task_id` above are the last one's.",
+                },
                 "callback_url": {
                     "type": "string",
                     "description": 'Only on a job the backend submits itself (`"submit": false`): give it to the provider.',
@@ -234,14 +240,50 @@ SCHEMAS: dict[str, Schema] = {
             optional=("callback_url",),
         ),
     },
+    "Attempt": {
+        "description": "One provider tried for a job. `state`: `not_sent` (never reached the provider), "
+        "`rejected` (a definite refusal), `accepted`, `uncertain` (sent, outcome unknown), `completed`, "
+        "`failed`; null while the call is in flight. The job moves to its next candidate only from "
+        "`not_sent`, `rejected` or `failed`, never from `accepted`, `uncertain` or a timed-out job.",
+        **_object(
+            {
+                "provider": {"type": "string"},
+                "provider_task_id": _nullable({"type": "string"}),
+                "state": {
+                    "enum": ["not_sent", "rejected", "accepted", "uncertain", "completed", "failed", None],
+                },
+                "error": _nullable(_ref("JobError")),
+                "cost_usd": _nullable({"type": "number", "minimum": 0}),
+                "started_at": {"type": "string", "format": "date-time"},
+                "ended_at": _nullable({"type": "string", "format": "date-time"}),
+            }
+        ),
+    },
     "Submission": {
         "description": "`POST /v1/jobs`: one vocabulary for every provider; only `provider` and `prompt` are required.",
         **_object(
             {
                 "provider": {
-                    "type": "string",
-                    "pattern": NOT_BLANK,
-                    "examples": ["aivideoapi", "apiframe", "segmind", "apiinone", "simulator"],
+                    "description": "One provider; `auto` (every configured provider, cheapest for this "
+                    "request first, unknown prices last; the simulator only when no other is configured); or "
+                    "the candidates in order of preference. With several, an attempt that refused the job, "
+                    "was never sent or whose task failed moves the job to the next candidate (SPEC §8); each "
+                    "candidate that cannot take it is left out, and 422 `no_provider` says why when none remains.",
+                    "oneOf": [
+                        {
+                            "type": "string",
+                            "pattern": NOT_BLANK,
+                            "examples": ["aivideoapi", "apiframe", "segmind", "apiinone", "simulator", "auto"],
+                        },
+                        {
+                            "type": "array",
+                            "items": {"type": "string", "minLength": 1},
+                            "minItems": 1,
+                            "maxItems": MAX_CANDIDATES,
+                            "uniqueItems": True,
+                            "examples": [["apiframe", "aivideoapi"]],
+                        },
+                    ],
                 },
                 "max_price_usd": {
                     "type": "number",

@@ -67,6 +67,7 @@ class SubmitResult:
     media: tuple[HeldImage, ...] = ()  # images jobhook now holds (a synchronous provider's answer)
     credits_remaining: float | None = None  # the balance the provider reported
     credits_exhausted: bool = False  # the provider refused for want of credits (402, segmind's 406)
+    unreached: bool = False  # RETRY: the call never reached the provider (nothing was sent)
 
 
 # -- outcomes ----------------------------------------------------------------------------------------
@@ -120,7 +121,8 @@ def retry(detail: Mapping[str, Any], *, now: float, backoff: float, asked: float
 
 def not_sent(message: str, *, now: float, backoff: float) -> SubmitResult:
     """The call never reached the provider (refused connection, …): nothing was created; retried."""
-    return retry({"reason": "not_sent", "message": message}, now=now, backoff=backoff)
+    result = retry({"reason": "not_sent", "message": message}, now=now, backoff=backoff)
+    return dataclasses.replace(result, unreached=True)
 
 
 def uncertain(detail: Mapping[str, Any], *, synchronous: bool) -> SubmitResult:
@@ -167,7 +169,8 @@ class Final:
 
 @dataclasses.dataclass(frozen=True)
 class NextCandidate:
-    """Try the job's next provider (routing, SPEC §8; no decision makes it yet)."""
+    """Try the job's next provider (SPEC §8): the attempt ended with nothing the provider may charge
+    for (never sent, or refused), and the job has a candidate left."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +247,11 @@ def decide(job: Job, outcome: SubmitResult, *, now: float) -> SubmitDecision:
             status_detail=by,
             credits=credits,
         )
+    if job.candidates and (kind is SubmitKind.REJECTED or (kind is SubmitKind.RETRY and outcome.unreached)):
+        # Failover only from an attempt that cannot have been charged: refused for good, or never
+        # sent. 429/5xx (a RETRY that reached the provider) are retried at the same provider.
+        state = AttemptState.REJECTED if kind is SubmitKind.REJECTED else AttemptState.NOT_SENT
+        return SubmitDecision(outcome, state, NextCandidate(), credits=credits)
     if kind in (SubmitKind.REJECTED, SubmitKind.FAILED):
         error = outcome.error or JobError(REJECTED_CODE, "the provider refused the job")
         return SubmitDecision(
@@ -275,8 +283,8 @@ def decide(job: Job, outcome: SubmitResult, *, now: float) -> SubmitDecision:
 
 def refusal(job: Job) -> JobError | None:
     """The provider's definite refusal of the job's submission, if that is how the job ended: what
-    the request that made it (or replays it) is answered 502 with. The stored job keeps no attempt
-    record of its own yet: the refusal is known by the error `decide` gave it."""
+    the request that made it (or replays it) is answered 502 with: the error `decide` gave the job
+    when its last candidate refused it."""
     if job.status is Status.FAILED and job.error is not None and job.error.code == REJECTED_CODE:
         return job.error
     return None

@@ -20,6 +20,47 @@ def rfc3339(ts: float | None) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class AttemptRecord:
+    """One provider tried for a job (SPEC §8); `state` None: in flight, or not made yet."""
+
+    seq: int
+    provider: str
+    started_at: float
+    provider_task_id: str | None = None
+    state: str | None = None
+    error: JobError | None = None
+    cost_usd: float | None = None
+    ended_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "provider_task_id": self.provider_task_id,
+            "state": self.state,
+            "error": self.error.to_json() if self.error else None,
+            "cost_usd": self.cost_usd,
+            "started_at": rfc3339(self.started_at),
+            "ended_at": rfc3339(self.ended_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A provider a job may still move to (SPEC §8): its name, and whether it calls back (so the job
+    registers a callback URL with it)."""
+
+    provider: str
+    callbacks: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"provider": self.provider, "callbacks": self.callbacks}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Candidate:
+        return cls(str(value["provider"]), bool(value.get("callbacks", False)))
+
+
+@dataclasses.dataclass(frozen=True)
 class Job:
     id: str
     provider: str
@@ -43,6 +84,11 @@ class Job:
     media: tuple[Mapping[str, Any] | None, ...] = ()
     idempotency_key: str | None = None
     request_hash: str | None = None
+    # SPEC §8: the providers still to try, in order, should the current attempt end not_sent,
+    # rejected or failed; the request's price cap; and the attempts made, oldest first.
+    candidates: tuple[Candidate, ...] = ()
+    max_price_usd: float | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -88,6 +134,7 @@ class Job:
             "updated_at": rfc3339(self.updated_at),
             "finished_at": rfc3339(self.finished_at),
             "cost_usd": self.cost_usd,
+            "attempts": [item.to_json() for item in self.attempts],
         }
         if callback_url is not None:
             out["callback_url"] = callback_url

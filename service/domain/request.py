@@ -109,7 +109,8 @@ class Capabilities:
 class Submission:
     """A parsed `POST /v1/jobs` body."""
 
-    provider: str
+    # One provider's name, "auto", or the candidates in order of preference (SPEC §8).
+    provider: str | tuple[str, ...]
     request: GenerationRequest
     metadata: Mapping[str, Any] | None
     submit: bool
@@ -129,7 +130,7 @@ def parse_submission(body: Any) -> Submission:
             f"unknown field {unknown[0]!r}; accepted fields are {', '.join(TOP_LEVEL_FIELDS)}",
             accepted=list(TOP_LEVEL_FIELDS),
         )
-    provider = _required_string(body, "provider")
+    provider = _provider(body)
     prompt = _required_string(body, "prompt")
     submit = body.get("submit", True)
     if not isinstance(submit, bool):
@@ -163,6 +164,22 @@ def parse_submission(body: Any) -> Submission:
     return Submission(
         provider=provider, request=request, metadata=metadata, submit=submit, max_price_usd=_max_price(body)
     )
+
+
+MAX_CANDIDATES = 16
+
+
+def _provider(body: Mapping[str, Any]) -> str | tuple[str, ...]:
+    """`provider`: a name, `"auto"`, or a non-empty list of distinct names (candidates, in order)."""
+    value = body.get("provider")
+    if not isinstance(value, list):
+        return _required_string(body, "provider")
+    expected = f'a provider name, "auto", or a list of 1 to {MAX_CANDIDATES} distinct provider names'
+    if not value or len(value) > MAX_CANDIDATES or not all(isinstance(item, str) and item for item in value):
+        raise _wrong_type("provider", expected)
+    if len(set(value)) != len(value):
+        raise _wrong_type("provider", expected)
+    return tuple(value)
 
 
 def _max_price(body: Mapping[str, Any]) -> float | None:

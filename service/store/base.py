@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.domain.circuit import CircuitPolicy
-from service.domain.job import Job
+from service.domain.job import Candidate, Job
 from service.domain.status import Decision, Source
 from service.domain.work import WorkKind
 
@@ -30,6 +30,9 @@ class NewJob:
     submit_lease_until: float | None
     # Jobs submitted by the work queue instead (synchronous providers: the call may take minutes).
     submit_at: float | None = None
+    # SPEC §8: the providers to move to, in order, should an attempt end not_sent, rejected or failed.
+    candidates: tuple[Candidate, ...] = ()
+    max_price_usd: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

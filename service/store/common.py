@@ -9,6 +9,7 @@ engine's `_write`, which returns only after COMMIT. Reads go through the engine'
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -18,7 +19,7 @@ from service.domain import attempt
 from service.domain import circuit as circuits
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitResult
-from service.domain.job import Event, Job, rfc3339
+from service.domain.job import AttemptRecord, Event, Job, rfc3339
 from service.domain.status import FINAL, Observation, Source, Status
 from service.domain.work import Lane, SubmitState, WorkKind
 from service.ids import job_id_floor
@@ -37,11 +38,13 @@ from service.store.outbox_queries import OutboxQueries
 from service.store.purge_queries import PurgeQueries
 from service.store.session_queries import SessionQueries
 from service.store.tx import (
+    ATTEMPTS_SQL,
     REFUSED_LOG_SIZE,
     Dialect,
     Listener,
     Row,
     Tx,
+    attempt_from_row,
     circuit_from_row,
     dumps,
     job_from_row,
@@ -192,7 +195,8 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             tx.execute(
                 "INSERT INTO jobs (id, provider, status, request, metadata, callback_url_registered, "
                 "submitted_by_backend, submit_state, submit_attempts, idempotency_key, request_hash, "
-                "created_at, updated_at) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, updated_at, candidates, max_price_usd) "
+                "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     new.id,
                     new.provider,
@@ -206,8 +210,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     new.request_hash,
                     tx.now,
                     tx.now,
+                    dumps([item.to_json() for item in new.candidates]) if new.candidates else None,
+                    new.max_price_usd,
                 ),
             )
+            tx.start_attempt(new.id, new.provider)
             tx.schedule(new.id, WorkKind.DEADLINE, Lane.INTERNAL, new.deadline_at, 0)
             if new.submit_lease_until is not None and sending:
                 tx.schedule(new.id, WorkKind.SUBMIT, new.provider, new.submit_lease_until, 0)
@@ -217,7 +224,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 new.id,
                 "created",
                 None,
-                {"provider": new.provider, "submitted_by": "backend" if new.submitted_by_backend else "jobhook"},
+                {
+                    "provider": new.provider,
+                    "submitted_by": "backend" if new.submitted_by_backend else "jobhook",
+                    **({"candidates": [item.provider for item in new.candidates]} if new.candidates else {}),
+                },
             )
             if waiting is not None:
                 tx.circuit_wait(new.id, new.provider, waiting)
@@ -246,8 +257,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
         return await self._write(write)
 
-    async def record_submit(self, job_id: str, result: SubmitResult) -> Job:
-        """Write the outcome of a submission attempt as `attempt.decide` decides it (SPEC §3)."""
+    async def record_submit(self, job_id: str, result: SubmitResult, *, next_lease: float | None = None) -> Job:
+        """Write the outcome of a submission attempt as `attempt.decide` decides it (SPEC §3).
+
+        `next_lease`: should the job fail over, its next attempt is sent by the caller at once, with a
+        lease until then (the job comes back "sending" at its new provider)."""
 
         def write(tx: Tx) -> Job:
             job = tx.job(job_id)
@@ -258,12 +272,14 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             tx.circuit_outcome(job_id, job.provider, circuits.verdict(result))
             if isinstance(decision.step, attempt.Settled):
                 return job
-            self._write_attempt(tx, job, decision)
+            self._write_attempt(tx, job, decision, next_lease)
             return tx.job(job_id)
 
         return await self._write(write)
 
-    def _write_attempt(self, tx: Tx, job: Job, decision: attempt.SubmitDecision) -> None:
+    def _write_attempt(
+        self, tx: Tx, job: Job, decision: attempt.SubmitDecision, next_lease: float | None = None
+    ) -> None:
         """Write a decision that changes the job: its fields, its history (cause before consequence),
         what the answer already says of the task (the status machine's), then the next due work."""
         step, result = decision.step, decision.outcome
@@ -284,6 +300,23 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             raise TaskIdConflict(decision.task_id) from None
         if decision.status is not None:
             tx.event(job.id, "status", str(decision.status), decision.status_detail)
+        if decision.state is not None:
+            state = decision.state
+            ended = state in (attempt.AttemptState.REJECTED, attempt.AttemptState.COMPLETED)
+            # A not_sent attempt that is retried at the same provider goes on; one left for the next
+            # candidate ends here.
+            ended = ended or isinstance(step, attempt.NextCandidate)
+            error = result.error.to_json() if result.error is not None else None
+            tx.end_attempt(
+                job.id,
+                str(state),
+                ended=ended,
+                provider_task_id=decision.task_id,
+                error=dumps(error) if error is not None else None,
+            )
+        if isinstance(step, attempt.NextCandidate):
+            tx.failover(tx.job(job.id), str(decision.state), next_lease)
+            return
         if result.media:
             tx.update(job.id, media=dumps([media.to_json() for media in result.media]))
         if result.observation is not None:
@@ -447,6 +480,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         if job.status is Status.QUEUED:
             fields["status"] = "submitted"
         tx.update(job.id, **fields)
+        tx.end_attempt(job.id, str(attempt.AttemptState.ACCEPTED), ended=False, provider_task_id=task_id)
         tx.event(job.id, "bound", None, {"provider_task_id": task_id, "by": by})
         if job.status is Status.QUEUED:
             tx.event(job.id, "status", "submitted", {"from": "queued", "by": by})
@@ -573,7 +607,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
     async def get_job(self, job_id: str) -> Job | None:
         rows = await self._lookup_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return job_from_row(rows[0]) if rows else None
+        if not rows:
+            return None
+        attempts = await self._lookup_one(ATTEMPTS_SQL, (job_id,))
+        return dataclasses.replace(job_from_row(rows[0]), attempts=tuple(attempt_from_row(row) for row in attempts))
 
     async def list_jobs(
         self, *, status: str | None, provider: str | None, before_id: str | None, limit: int
@@ -589,7 +626,15 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             params.append(before_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._read(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [job_from_row(row) for row in rows]
+        jobs = [job_from_row(row) for row in rows]
+        if not jobs:
+            return jobs
+        marks = ", ".join("?" for _ in jobs)
+        found: dict[str, list[AttemptRecord]] = {}
+        sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY job_id, seq"
+        for row in await self._read(sql, [job.id for job in jobs]):
+            found.setdefault(row["job_id"], []).append(attempt_from_row(row))
+        return [dataclasses.replace(job, attempts=tuple(found.get(job.id, ()))) for job in jobs]
 
     async def events(self, job_id: str, *, after_id: int = 0, limit: int | None = None) -> list[Event]:
         """The job's history, oldest first: from the event after `after_id` (keyset pagination), at

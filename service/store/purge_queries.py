@@ -85,6 +85,7 @@ class PurgeQueries:
             events = tx.execute(f"DELETE FROM job_events WHERE job_id IN ({ids})", batch).rowcount
             receipts = tx.execute(f"DELETE FROM callback_receipts WHERE job_id IN ({ids})", batch).rowcount
             tx.execute(f"DELETE FROM job_event_bounds WHERE job_id IN ({ids})", batch)
+            tx.execute(f"DELETE FROM attempts WHERE job_id IN ({ids})", batch)
             tx.execute(f"DELETE FROM due WHERE job_id IN ({ids})", batch)  # none: busy jobs are not chosen
             tx.execute(f"DELETE FROM jobs WHERE id IN ({ids})", batch)
             return chosen, PurgedRows(events, receipts, notifications, deliveries)

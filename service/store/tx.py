@@ -19,7 +19,7 @@ import orjson
 from service.domain import circuit as circuits
 from service.domain import history
 from service.domain import status as status_machine
-from service.domain.job import Job, rfc3339
+from service.domain.job import AttemptRecord, Candidate, Job, rfc3339
 from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
 from service.domain.work import TRACKING_KINDS, Lane, SubmitState, WorkKind
 from service.ids import new_message_id
@@ -101,7 +101,25 @@ def job_from_row(row: Row) -> Job:
         media=tuple(loads(row["media"]) or ()),
         idempotency_key=row["idempotency_key"],
         request_hash=row["request_hash"],
+        candidates=tuple(Candidate.from_json(item) for item in loads(row["candidates"]) or ()),
+        max_price_usd=row["max_price_usd"],
     )
+
+
+def attempt_from_row(row: Row) -> AttemptRecord:
+    return AttemptRecord(
+        seq=row["seq"],
+        provider=row["provider"],
+        started_at=row["started_at"],
+        provider_task_id=row["provider_task_id"],
+        state=row["state"],
+        error=JobError.from_json(loads(row["error"])),
+        cost_usd=row["cost_usd"],
+        ended_at=row["ended_at"],
+    )
+
+
+ATTEMPTS_SQL = "SELECT * FROM attempts WHERE job_id = ? ORDER BY seq"
 
 
 class Tx:
@@ -134,7 +152,71 @@ class Tx:
         row = self.one(f"SELECT * FROM jobs WHERE id = ?{self.dialect.lock_row}", (job_id,))
         if row is None:
             raise JobNotFound(job_id)
-        return job_from_row(row)
+        attempts = tuple(attempt_from_row(item) for item in self.execute(ATTEMPTS_SQL, (job_id,)).fetchall())
+        return dataclasses.replace(job_from_row(row), attempts=attempts)
+
+    # -- attempts (SPEC §8) ------------------------------------------------------------------------
+
+    def start_attempt(self, job_id: str, provider: str) -> None:
+        """A new attempt, at `provider`, the job's current one from now on."""
+        self.execute(
+            "INSERT INTO attempts (job_id, seq, provider, started_at) "
+            "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM attempts WHERE job_id = ?), ?, ?)",
+            (job_id, job_id, provider, self.now),
+        )
+
+    def end_attempt(self, job_id: str, state: str, *, ended: bool = True, **fields: Any) -> None:
+        """Write the current attempt's state (and `fields`: provider_task_id, error, cost_usd);
+        `ended`: it is over (rejected, completed, failed…), so its end time is now."""
+        fields["state"] = state
+        if ended:
+            fields["ended_at"] = self.now
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self.execute(
+            f"UPDATE attempts SET {assignments} WHERE job_id = ? "
+            "AND seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?)",
+            (*fields.values(), job_id, job_id),
+        )
+
+    def failover(self, job: Job, reason: str, lease_until: float | None = None) -> None:
+        """Move the job to its next candidate (SPEC §8): only ever called when the current attempt
+        ended not_sent, rejected or failed, so the provider it leaves holds nothing it may charge for.
+        The job is queued again at the new provider with a new attempt. `lease_until`: the caller sends
+        it at once, so it is marked "sending" here, in this transaction, as a new job is (unless the
+        provider's circuit is open: then it waits); otherwise its submission is due now."""
+        following, rest = job.candidates[0], job.candidates[1:]
+        self.unschedule(job.id, WorkKind.SUBMIT, WorkKind.POLL, WorkKind.CONFIRM)
+        fields: dict[str, Any] = {
+            "provider": following.provider,
+            "candidates": dumps([item.to_json() for item in rest]),
+            "provider_task_id": None,
+            "submit_state": None,
+            "callback_url_registered": int(following.callbacks),
+            "error": None,
+        }
+        if job.status is not Status.QUEUED:
+            fields["status"] = str(Status.QUEUED)
+        waiting = None
+        if lease_until is not None:
+            permission = self.may_send(following.provider, job.id, lease_until)
+            if isinstance(permission, circuits.Blocked):
+                waiting = permission.until
+            else:
+                fields["submit_state"] = SubmitState.SENDING
+        self.update(job.id, **fields)
+        self.event(job.id, "failover", reason, {"from": job.provider, "to": following.provider, "reason": reason})
+        if job.status is not Status.QUEUED:
+            self.event(job.id, "status", str(Status.QUEUED), {"from": str(job.status), "by": "failover"})
+        self.start_attempt(job.id, following.provider)
+        if waiting is not None:
+            self.circuit_wait(job.id, following.provider, waiting)
+            return
+        if fields["submit_state"] is SubmitState.SENDING:
+            self.execute("UPDATE jobs SET submit_attempts = submit_attempts + 1 WHERE id = ?", (job.id,))
+            self.schedule(job.id, WorkKind.SUBMIT, following.provider, lease_until or self.now, 0)
+            return
+        self.schedule(job.id, WorkKind.SUBMIT, following.provider, self.now, 0)
+        self.wake_at = self.now if self.wake_at is None else min(self.wake_at, self.now)
 
     def event(
         self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any], *, wake: bool = True
@@ -415,6 +497,25 @@ class Tx:
         if record is not None:
             type_, outcome, detail = record
             self.event(job.id, type_, outcome, {**detail, "effect": str(decision.outcome)})
+        if (
+            decision.applied
+            and decision.status is Status.FAILED
+            and job.candidates
+            and job.status is not Status.TIMED_OUT
+        ):
+            # The provider failed the task (resellers refund failed tasks): the next candidate is tried.
+            error = observation.error or JobError("provider_failed", "the provider reported the job failed")
+            self.end_attempt(job.id, "failed", error=dumps(error.to_json()))
+            self.failover(job, "failed")
+            return decision
+        if decision.applied and decision.status in (Status.COMPLETED, Status.FAILED):
+            error = observation.error or JobError("provider_failed", "the provider reported the job failed")
+            self.end_attempt(
+                job.id,
+                str(decision.status),
+                cost_usd=cost_if_completed if decision.status is Status.COMPLETED else None,
+                error=dumps(error.to_json()) if decision.status is Status.FAILED else None,
+            )
         if decision.applied:
             fields: dict[str, Any] = {"status": str(decision.status)}
             if decision.images:

@@ -182,7 +182,8 @@ def _bodies() -> list[Any]:
         pytest.param(Bad({"prompt": "a poster"}, 422, "missing_field", "provider"), id="missing-provider"),
         pytest.param(Bad({**ok, "provider": None}, 422, "missing_field", "provider"), id="null-provider"),
         pytest.param(Bad({**ok, "provider": ""}, 422, "invalid_field", "provider"), id="empty-provider"),
-        pytest.param(Bad({**ok, "provider": ["simulator"]}, 422, "invalid_field", "provider"), id="list-provider"),
+        pytest.param(Bad({**ok, "provider": [1]}, 422, "invalid_field", "provider"), id="list-of-non-names-provider"),
+        pytest.param(Bad({**ok, "provider": []}, 422, "invalid_field", "provider"), id="empty-list-provider"),
         pytest.param(
             Bad({**ok, "provider": "midjourney"}, 422, "unknown_provider", "provider", KNOWN_PROVIDERS),
             id="unknown-provider",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from service.domain import attempt
 from service.domain.attempt import AttemptState, SubmitKind, SubmitResult
-from service.domain.job import Job
+from service.domain.job import Candidate, Job
 from service.domain.status import JobError, Observation, Status
 from service.domain.work import TRACKING_KINDS, SubmitState, WorkKind
 
@@ -246,3 +247,72 @@ def test_an_accepted_answer_names_its_task_and_binds_it() -> None:
 )
 def test_only_a_definite_refusal_is_answered_as_one(status: Status, error: JobError | None, refused: bool) -> None:
     assert (attempt.refusal(job(status, error=error)) is not None) is refused
+
+
+# -- failover (SPEC §8): only from an attempt that cannot have been charged --------------------------
+
+NEXT = (Candidate("apiframe", callbacks=True),)
+FAILOVER: list[tuple[str, SubmitResult, AttemptState | None, type]] = [
+    (
+        "a definite refusal moves to the next candidate",
+        attempt.rejected({}, REFUSED, http_status=402),
+        AttemptState.REJECTED,
+        attempt.NextCandidate,
+    ),
+    (
+        "a call that never reached the provider moves to the next candidate",
+        attempt.not_sent("connection refused", now=NOW, backoff=2.0),
+        AttemptState.NOT_SENT,
+        attempt.NextCandidate,
+    ),
+    (
+        "a 429/5xx is retried at the same provider (it may have been received)",
+        attempt.retry({"http_status": 503}, now=NOW, backoff=2.0),
+        AttemptState.NOT_SENT,
+        attempt.Retry,
+    ),
+    (
+        "an accepted submission stays",
+        attempt.accepted({}, task_id="t1", first_poll_at=NOW + 5),
+        AttemptState.ACCEPTED,
+        attempt.Poll,
+    ),
+    (
+        "an uncertain submission is never sent elsewhere",
+        attempt.uncertain({"reason": "no_answer"}, synchronous=False),
+        AttemptState.UNCERTAIN,
+        attempt.Wait,
+    ),
+    (
+        "an uncertain synchronous call fails the job, never sent elsewhere",
+        attempt.uncertain({"reason": "no_answer"}, synchronous=True),
+        AttemptState.UNCERTAIN,
+        attempt.Final,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "outcome", "state", "step"), FAILOVER, ids=[row[0] for row in FAILOVER])
+def test_with_a_candidate_left(name: str, outcome: SubmitResult, state: AttemptState, step: type) -> None:
+    decision = attempt.decide(dataclasses.replace(job(), candidates=NEXT), outcome, now=NOW)
+    assert decision.state is state
+    assert isinstance(decision.step, step)
+    if step is attempt.NextCandidate:
+        assert decision.status is None and not decision.notify
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [attempt.rejected({}, REFUSED, http_status=402), attempt.not_sent("refused", now=NOW, backoff=2.0)],
+    ids=["rejected", "not_sent"],
+)
+def test_without_a_candidate_left_the_job_behaves_as_before(outcome: SubmitResult) -> None:
+    decision = attempt.decide(job(), outcome, now=NOW)
+    assert not isinstance(decision.step, attempt.NextCandidate)
+
+
+@pytest.mark.parametrize("status", [Status.SUBMITTED, Status.TIMED_OUT, Status.FAILED])
+def test_a_job_decided_already_never_fails_over(status: Status) -> None:
+    decided = dataclasses.replace(job(status), candidates=NEXT)
+    decision = attempt.decide(decided, attempt.rejected({}, REFUSED, http_status=402), now=NOW)
+    assert isinstance(decision.step, attempt.Settled)

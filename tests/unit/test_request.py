@@ -122,7 +122,7 @@ def test_request_error_is_a_jobhook_error() -> None:
         ("\n\t", "invalid_field"),
         (42, "invalid_field"),
         (True, "invalid_field"),
-        (["a"], "invalid_field"),
+        ([1], "invalid_field"),  # a list: of provider names only (SPEC §8)
         ({"a": 1}, "invalid_field"),
     ],
 )
@@ -639,3 +639,21 @@ def test_max_price_usd(value: Any, parsed: float | None) -> None:
 def test_a_wrong_max_price_says_what_is_expected() -> None:
     error = refused(minimal(max_price_usd=-1))
     assert error.message == "max_price_usd must be a positive number of US dollars, such as 0.10"
+
+
+# -- provider: one, "auto", or candidates (SPEC §8) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [("apiframe", "apiframe"), ("auto", "auto"), (["apiframe", "aivideoapi"], ("apiframe", "aivideoapi"))],
+)
+def test_provider_is_one_auto_or_candidates(value: Any, parsed: Any) -> None:
+    assert parse_submission(minimal(provider=value)).provider == parsed
+
+
+@pytest.mark.parametrize("value", [[], ["a", "a"], ["a", 1], ["a", ""], [f"p{i}" for i in range(17)]])
+def test_provider_candidates_are_distinct_names(value: Any) -> None:
+    error = refused(minimal(provider=value))
+    assert (error.field, error.code) == ("provider", "invalid_field")
+    assert "list" in error.message

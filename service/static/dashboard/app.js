@@ -650,6 +650,17 @@ function jobPage(id) {
     if (job.metadata && Object.keys(job.metadata).length) {
       facts.append(fact("Metadata", h("code", null, JSON.stringify(job.metadata))));
     }
+    if (Array.isArray(job.attempts) && job.attempts.length > 1) {
+      // Failover (SPEC §8): each provider tried, oldest first, with how its attempt ended.
+      const tried = h("ol", { class: "attempts", id: "attempts" });
+      for (const item of job.attempts) {
+        const why = item.error ? ` · ${item.error.provider_code || item.error.code}: ${item.error.message}` : "";
+        tried.append(
+          h("li", { dataset: { state: item.state ?? "" } }, `${item.provider} `, badge(item.state || "sending"), why),
+        );
+      }
+      facts.append(fact("Attempts", tried));
+    }
 
     const gallery = h("div", { class: "gallery" });
     images(job).forEach((image, index) => {
