@@ -19,6 +19,9 @@ from service.app import create_app
 from service.config import Settings
 from service.http import server_protocol
 from service.runtime import Runtime
+from service.store.base import OutboxPolicy
+from service.store.common import Store
+from service.store.engines import make_store
 from tests.fakes.server import free_socket, serve_asgi
 from tests.postgres import PostgresServer, missing_reason
 
@@ -278,6 +281,22 @@ def jobhook(tmp_path: Path, database: str) -> ServiceFactory:
             yield Service(url, client, settings, app.state.runtime)
 
     return start
+
+
+@contextlib.asynccontextmanager
+async def replica_stores(
+    database: str, count: int = 3, policy: OutboxPolicy | None = None
+) -> AsyncIterator[list[Store]]:
+    """`count` stores open on one database, as replicas (or processes on one SQLite file) hold them."""
+    settings = Settings.from_environ({"JOBHOOK_DATABASE": database})
+    opened = [make_store(settings, policy=policy) for _ in range(count)]
+    for store in opened:
+        await store.open()
+    try:
+        yield opened
+    finally:
+        for store in opened:
+            await store.close()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from service.config import Settings
 from service.domain import attempt
 from service.domain.circuit import CircuitPolicy, CircuitState
 from service.domain.status import JobError
@@ -25,8 +24,7 @@ from service.domain.work import SubmitState
 from service.ids import new_job_id
 from service.store.base import NewJob, OutboxPolicy
 from service.store.common import Store
-from service.store.engines import make_store
-from tests.conftest import Service, ServiceFactory, eventually
+from tests.conftest import Service, ServiceFactory, eventually, replica_stores
 from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse
 from tests.fakes.segmind import FakeSegmind
 from tests.fakes.server import free_socket
@@ -224,15 +222,8 @@ async def test_two_instances_on_one_database_send_one_probe(
 async def stores(database: str) -> AsyncIterator[list[Store]]:
     """Three stores open on one database, as three replicas hold, with a cooldown of 50 ms."""
     policy = OutboxPolicy(circuits=CircuitPolicy(failures=3, cooldown=0.05, max_cooldown=1.0))
-    settings = Settings.from_environ({"JOBHOOK_DATABASE": database})
-    opened = [make_store(settings, policy=policy) for _ in range(3)]
-    for store in opened:
-        await store.open()
-    try:
+    async with replica_stores(database, policy=policy) as opened:
         yield opened
-    finally:
-        for store in opened:
-            await store.close()
 
 
 def new_job() -> NewJob:

@@ -18,6 +18,7 @@ from service.store.base import NewJob, ReceiptKind, TaskIdConflict
 from service.store.common import Store
 from service.store.engines import make_store
 from service.store.sqlite import SQLiteStore, _statements, migrations
+from tests.conftest import replica_stores
 
 
 def new_job(key: str | None = None, *, deadline: float = 9e9, lease: float | None = 5e9) -> NewJob:
@@ -83,14 +84,8 @@ async def test_a_database_newer_than_the_code_is_refused_by_name(tmp_path: Path)
 @pytest.fixture
 async def stores(database: str) -> AsyncIterator[list[Store]]:
     """Three stores open on one database, as three replicas (or three processes on one SQLite file) hold."""
-    opened = [make_store(Settings.from_environ({"JOBHOOK_DATABASE": database})) for _ in range(3)]
-    for store in opened:
-        await store.open()
-    try:
+    async with replica_stores(database) as opened:
         yield opened
-    finally:
-        for store in opened:
-            await store.close()
 
 
 async def test_concurrent_creates_with_one_idempotency_key_make_one_job(stores: list[Store]) -> None:
