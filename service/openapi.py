@@ -350,6 +350,30 @@ SCHEMAS: dict[str, Schema] = {
                     }
                 ),
             },
+            "latency_p50_s": _nullable(
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "Median seconds from submission to final of the completed jobs among the "
+                    "provider's last 100 finished ones (SPEC §8); null until one completed.",
+                }
+            ),
+            "latency_p90_s": _nullable({"type": "number", "minimum": 0, "description": "The same, 90th percentile."}),
+            "success_rate": _nullable(
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "description": "Completed / finished (completed or failed) over the same jobs; null until one "
+                    "finished.",
+                }
+            ),
+            "jobs_measured": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 100,
+                "description": "Finished jobs measured.",
+            },
         }
     ),
     "Delivery": {

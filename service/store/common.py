@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from service.domain import attempt
+from service.domain import attempt, measure
 from service.domain import circuit as circuits
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitResult
@@ -667,6 +667,23 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         """Every provider's circuit that has a row (one without is closed, never having failed)."""
         rows = await self._read("SELECT * FROM provider_circuits ORDER BY provider")
         return {row["provider"]: circuit_from_row(row) for row in rows}
+
+    async def provider_measurements(self) -> dict[str, measure.Measured]:
+        """Each provider's latency and success rate over its last measure.WINDOW finished attempts
+        (SPEC §8); a provider with none is left out (unmeasured). One read for every provider: the
+        window function picks each one's newest rows."""
+        rows = await self._read(
+            "SELECT provider, state, ended_at - started_at AS seconds FROM ("
+            "SELECT provider, state, started_at, ended_at, ROW_NUMBER() OVER "
+            "(PARTITION BY provider ORDER BY ended_at DESC, job_id DESC) AS rn FROM attempts "
+            "WHERE state IN ('completed', 'failed') AND ended_at IS NOT NULL) AS recent "
+            "WHERE rn <= ? ORDER BY provider, ended_at DESC",
+            (measure.WINDOW,),
+        )
+        finished: dict[str, list[measure.Finished]] = {}
+        for row in rows:
+            finished.setdefault(row[0], []).append(measure.Finished(row[1], float(row[2])))
+        return {name: measure.measure(items) for name, items in finished.items()}
 
     async def counts(self) -> dict[str, int]:
         rows = await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")
