@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--provider",
         required=True,
         help="aivideoapi, simulator, …; several in order of preference (a,b: the next is tried when one "
-        "refuses, is down or fails the task); or auto (every configured provider, cheapest first)",
+        "refuses, is down or fails the task); or auto (every configured provider, cheapest first unless JOBHOOK_ROUTE_ORDER says otherwise)",
     )
     submit.add_argument("--aspect-ratio", help="e.g. 16:9")
     submit.add_argument("--rendering-speed", choices=["TURBO", "BALANCED", "QUALITY"])

@@ -264,8 +264,9 @@ SCHEMAS: dict[str, Schema] = {
         **_object(
             {
                 "provider": {
-                    "description": "One provider; `auto` (every configured provider, cheapest for this "
-                    "request first, unknown prices last; the simulator only when no other is configured); or "
+                    "description": "One provider; `auto` (every configured provider in JOBHOOK_ROUTE_ORDER's "
+                    "order: by default cheapest for this request first, unknown prices last; `latency`: fastest "
+                    "measured p50 first; or a fixed list; the simulator only when no other is configured); or "
                     "the candidates in order of preference. With several, an attempt that refused the job, "
                     "was never sent or whose task failed moves the job to the next candidate (SPEC §8); each "
                     "candidate that cannot take it is left out, and 422 `no_provider` says why when none remains.",

@@ -91,3 +91,46 @@ async def test_providers_show_latency_and_success_rate_over_finished_jobs(
     lines = {line.split()[0]: line for line in table.stdout.splitlines()[1:]}
     assert f"{slow['latency_p50_s']:g}s/{slow['latency_p90_s']:g}s 67% of 3" in lines["aivideoapi"], table.stdout
     assert " — " in lines["segmind"], table.stdout
+
+
+async def test_auto_by_latency_picks_the_measurably_faster_provider(
+    jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
+) -> None:
+    # apiframe is the cheaper: by price (the default) "auto" would send it the job; here it is the slow one.
+    apiframe.complete_after, aivideoapi.complete_after = SLOW, FAST
+    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_ROUTE_ORDER="latency")) as svc:
+        await run(svc, "apiframe", 2)
+        await run(svc, "aivideoapi", 2)
+        rows = await providers(svc)
+        assert rows["aivideoapi"]["latency_p50_s"] < rows["apiframe"]["latency_p50_s"], rows
+        job = await svc.submit(provider="auto", prompt="the faster one, please")
+        assert job["provider"] == "aivideoapi", job
+        done = await svc.wait_finished(job["id"], timeout=30)
+        assert done["status"] == "completed" and [item["provider"] for item in done["attempts"]] == ["aivideoapi"]
+        assert (len(aivideoapi.creates), len(apiframe.creates)) == (3, 2)
+
+
+async def test_auto_by_price_is_the_default(
+    jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
+) -> None:
+    async with jobhook(**env_for(aivideoapi, apiframe)) as svc:
+        job = await svc.submit(provider="auto", prompt="the cheaper one")
+        assert job["provider"] == "apiframe", job
+
+
+async def test_auto_follows_a_fixed_list_and_fails_over_along_it(
+    jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
+) -> None:
+    aivideoapi.complete_after = FAST
+    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_ROUTE_ORDER="aivideoapi,apiframe")) as svc:
+        job = await svc.submit(provider="auto", prompt="the first on the list, though dearer")
+        assert job["provider"] == "aivideoapi", job
+        done = await svc.wait_finished(job["id"], timeout=30)
+        assert done["status"] == "completed", done
+        aivideoapi.default_script = TaskScript(outcome="failed")
+        job = await svc.submit(provider="auto", prompt="the first fails the task: the second takes it")
+        done = await svc.wait_finished(job["id"], timeout=30)
+        assert [(item["provider"], item["state"]) for item in done["attempts"]] == [
+            ("aivideoapi", "failed"),
+            ("apiframe", "completed"),
+        ], done
