@@ -131,6 +131,7 @@ class Engine:
         self._measured: tuple[float, dict[str, measure.Measured]] | None = None
         self._nudge: Callable[[float], None] = lambda due_at: None
         store.add_due_listener(lambda due_at: self._nudge(due_at))  # jobs a closing circuit releases
+        store.add_attempt_listener(self.metrics.count_attempts)
         self.mirroring = Mirror(
             store,
             media,

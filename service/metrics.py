@@ -8,7 +8,7 @@ same transactions (job_counts is maintained by triggers), so a scrape never scan
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -44,6 +44,20 @@ class Metrics:
             "jobhook_submissions",
             "Submission attempts by provider and outcome (accepted, rejected, retry, uncertain, failed)",
             ["provider", "outcome"],
+            registry=r,
+        )
+        self.attempts_ended = Counter(
+            "jobhook_attempts_ended",
+            "Attempts ended by provider and final state (SPEC §8: not_sent and rejected when left for the next "
+            "candidate, completed, failed); counted where this replica commits them",
+            ["provider", "state"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "jobhook_failovers",
+            "Jobs moved to their next candidate provider, by the provider left, the one tried next and why "
+            "(not_sent, rejected, failed)",
+            ["from", "to", "reason"],
             registry=r,
         )
         self.submit_seconds = Histogram(
@@ -92,6 +106,13 @@ class Metrics:
         self.loop_age = Gauge(
             "jobhook_loop_heartbeat_age_seconds", "Seconds since each background loop last woke", ["loop"], registry=r
         )
+
+    def count_attempts(self, ended: Sequence[tuple[str, str]], failovers: Sequence[tuple[str, str, str]]) -> None:
+        """A commit's ended attempts and failovers (Store.add_attempt_listener)."""
+        for provider, state in ended:
+            self.attempts_ended.labels(provider, state).inc()
+        for left, following, reason in failovers:
+            self.failovers.labels(left, following, reason).inc()
 
     async def render(
         self, store: Store, providers: Iterable[str], destinations: Iterable[str], loops: Mapping[str, WorkLoop]

@@ -12,7 +12,7 @@ import abc
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from service.domain import attempt, measure
@@ -53,6 +53,8 @@ from service.store.tx import (
 )
 
 log = logging.getLogger("jobhook")
+# (provider, state) of each attempt a commit ended; (from, to, reason) of each failover it made.
+AttemptListener = Callable[[Sequence[tuple[str, str]], Sequence[tuple[str, str, str]]], None]
 
 T = TypeVar("T")
 
@@ -78,6 +80,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         self._outbox_listeners: list[Callable[[], None]] = []
         self._due_listeners: list[Callable[[float], None]] = []
         self._listeners: list[Listener] = []
+        self._attempt_listeners: list[AttemptListener] = []
 
     # -- what each engine provides ----------------------------------------------------------------
 
@@ -128,8 +131,16 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         """`listener(job_ids)` is called after every commit that changed those jobs."""
         self._listeners.append(listener)
 
+    def add_attempt_listener(self, listener: AttemptListener) -> None:
+        """`listener(ended, failovers)` is called after every commit that ended attempts, (provider,
+        state) each, or failed jobs over, (from, to, reason) each: /metrics counts them."""
+        self._attempt_listeners.append(listener)
+
     def _committed(self, tx: Tx) -> None:
         """After a commit, in the event loop: tell whoever listens what it changed."""
+        if tx.attempt_ends or tx.failovers:
+            for heard in self._attempt_listeners:
+                heard(tuple(tx.attempt_ends), tuple(tx.failovers))
         for job_id, status, by in tx.finished:  # submissions are logged by the engine; their ends here
             log.info("finished %s: %s%s", job_id, status, f" (by {by})" if by else "")
         for provider, effect in tx.circuit_effects:

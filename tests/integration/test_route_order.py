@@ -13,7 +13,7 @@ import pytest
 
 from tests.acceptance.test_cli import run as run_cli
 from tests.conftest import Service, ServiceFactory
-from tests.fakes.aivideoapi import FakeAivideoapi, TaskScript
+from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse, TaskScript
 from tests.fakes.apiframe import FakeApiframe
 
 pytestmark = pytest.mark.timeout(120)
@@ -134,3 +134,34 @@ async def test_auto_follows_a_fixed_list_and_fails_over_along_it(
             ("aivideoapi", "failed"),
             ("apiframe", "completed"),
         ], done
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """`name{labels} value` lines of the exposition, by their labels."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) :].rsplit(" ", 1)
+            found[labels] = float(value)
+    return found
+
+
+async def test_metrics_count_ended_attempts_by_provider_and_state_and_failovers_by_reason(
+    jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
+) -> None:
+    aivideoapi.complete_after = FAST
+    aivideoapi.create_responses = [ForcedResponse.error(402, "insufficient_credits")]
+    async with jobhook(**env_for(aivideoapi, apiframe)) as svc:
+        job = await svc.submit(provider=["aivideoapi", "apiframe"], prompt="refused, then made elsewhere")
+        done = await svc.wait_finished(job["id"], timeout=30)
+        assert done["status"] == "completed", done
+        await run(svc, "aivideoapi", 1)
+        text = (await svc.client.get("/metrics")).text
+        assert samples(text, "jobhook_attempts_ended_total") == {
+            '{provider="aivideoapi",state="rejected"}': 1.0,
+            '{provider="aivideoapi",state="completed"}': 1.0,
+            '{provider="apiframe",state="completed"}': 1.0,
+        }, text
+        assert samples(text, "jobhook_failovers_total") == {
+            '{from="aivideoapi",reason="rejected",to="apiframe"}': 1.0
+        }, text
