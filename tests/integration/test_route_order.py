@@ -162,6 +162,14 @@ async def test_metrics_count_ended_attempts_by_provider_and_state_and_failovers_
             '{provider="aivideoapi",state="completed"}': 1.0,
             '{provider="apiframe",state="completed"}': 1.0,
         }, text
+        assert samples(text, "jobhook_provider_success_ratio") == {
+            '{provider="aivideoapi"}': 1.0,
+            '{provider="apiframe"}': 1.0,
+        }, text
+        latency = samples(text, "jobhook_provider_latency_seconds")
+        assert set(latency) == {
+            f'{{provider="{name}",quantile="{q}"}}' for name in ("aivideoapi", "apiframe") for q in ("0.5", "0.9")
+        }, text
         assert samples(text, "jobhook_failovers_total") == {
             '{from="aivideoapi",reason="rejected",to="apiframe"}': 1.0
         }, text
