@@ -238,7 +238,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 async def metrics_route(request: Request) -> Response:
     rt = runtime(request)
-    body = await rt.metrics.render(rt.store, rt.engine.providers, rt.outbox.destinations, rt.loops)
+    body = await rt.metrics.render(
+        rt.store, rt.engine.providers, rt.outbox.destinations, rt.loops, await rt.engine.measurements()
+    )
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

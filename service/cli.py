@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--provider",
         required=True,
         help="aivideoapi, simulator, …; several in order of preference (a,b: the next is tried when one "
-        "refuses, is down or fails the task); or auto (every configured provider, cheapest first)",
+        "refuses, is down or fails the task); or auto (every configured provider, cheapest first unless JOBHOOK_ROUTE_ORDER says otherwise)",
     )
     submit.add_argument("--aspect-ratio", help="e.g. 16:9")
     submit.add_argument("--rendering-speed", choices=["TURBO", "BALANCED", "QUALITY"])
@@ -371,17 +371,21 @@ def cmd_providers(args: argparse.Namespace) -> int:
 
     settings = load_settings(args)
     rows = describe(settings)
-    for row, shown in zip(rows, _circuits(settings, [row["provider"] for row in rows]), strict=True):
+    for row, (shown, measured) in zip(rows, _circuits(settings, [row["provider"] for row in rows]), strict=True):
         row["circuit"] = shown
+        row.update(measured or {})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'provider':11} {'key':34} {'tracked by':32} {'base URL':30} {'circuit':36} price per image")
+    print(
+        f"{'provider':11} {'key':34} {'tracked by':32} {'base URL':30} {'circuit':36} "
+        f"{'p50/p90 success (last 100)':28} price per image"
+    )
     for row in rows:
         circuit = _circuit_text(row["circuit"])
         print(
             f"{row['provider']:11} {row['api_key']:34} {row['tracking']:32} {row['base_url']:30} {circuit:36} "
-            f"{_prices(row)}"
+            f"{_measured_text(row):28} {_prices(row)}"
         )
     return 0
 
@@ -407,30 +411,45 @@ def _usd(amount: float) -> str:
     return f"${amount:.2f}" if round(amount, 2) == amount else f"${amount:g}"
 
 
-def _circuits(settings: Settings, providers: list[str]) -> list[dict[str, Any] | None]:
-    """Each provider's circuit as the database holds it (SPEC §8); None each when it cannot be read.
-    A SQLite database that is not there yet holds no circuit: every one is closed (none is created)."""
+def _circuits(settings: Settings, providers: list[str]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    """Each provider's circuit and measured latency and success rate as the database holds them
+    (SPEC §8); (None, None) each when they cannot be read. A SQLite database that is not there yet
+    holds no circuit and no finished job: every circuit is closed, nothing is measured (none is created)."""
     from service.domain.circuit import Circuit
+    from service.domain.measure import UNMEASURED, Measured
 
-    async def read() -> dict[str, Circuit]:
+    async def read() -> tuple[dict[str, Circuit], dict[str, Measured]]:
         from service.store.engines import make_store
 
         store = make_store(settings)
         await store.open()
         try:
-            return await store.provider_circuits()
+            return await store.provider_circuits(), await store.provider_measurements()
         finally:
             await store.close()
 
     stored: dict[str, Circuit] = {}
+    measured: dict[str, Measured] = {}
     if settings.database_url is not None or settings.database.is_file():
         try:
-            stored = asyncio.run(read())
+            stored, measured = asyncio.run(read())
         except (StorageError, SchemaTooNew, OSError) as exc:
             print(f"jobhook: circuits not shown: {exc}", file=sys.stderr)
-            return [None for _ in providers]
+            return [(None, None) for _ in providers]
     now = time.time()
-    return [stored.get(name, Circuit(name)).to_json(now) for name in providers]
+    return [
+        (stored.get(name, Circuit(name)).to_json(now), measured.get(name, UNMEASURED).to_json()) for name in providers
+    ]
+
+
+def _measured_text(row: dict[str, Any]) -> str:
+    """`1.2s/3.4s 97% of 100`; `—` until a job finished there, `unknown` when it cannot be read."""
+    if "jobs_measured" not in row:
+        return "unknown"
+    if not row["jobs_measured"]:
+        return "—"
+    latency = "—" if row["latency_p50_s"] is None else f"{row['latency_p50_s']:g}s/{row['latency_p90_s']:g}s"
+    return f"{latency} {round(row['success_rate'] * 100)}% of {row['jobs_measured']}"
 
 
 def _circuit_text(circuit: dict[str, Any] | None) -> str:

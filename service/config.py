@@ -17,11 +17,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from service.domain import addresses, pricing
+from service.domain import addresses, pricing, routing
 from service.domain.circuit import CircuitPolicy
 from service.errors import ConfigError
 
 PROVIDER_NAMES = ("aivideoapi", "apiframe", "segmind", "apiinone")
+PRICE_ORDER = routing.Order(routing.OrderBy.PRICE)  # JOBHOOK_ROUTE_ORDER's default (SPEC §8)
 
 DEFAULT_BASE_URLS = {
     "aivideoapi": "https://api.aivideoapi.ai",
@@ -152,6 +153,7 @@ class Settings:
     circuits: CircuitPolicy = dataclasses.field(
         default_factory=CircuitPolicy
     )  # JOBHOOK_ROUTE_BREAKER_FAILURES, …_COOLDOWN (SPEC §8)
+    route_order: routing.Order = PRICE_ORDER  # JOBHOOK_ROUTE_ORDER: "auto"'s order
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -230,6 +232,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "JOBHOOK_HEAD_TIMEOUT",
     "JOBHOOK_MAX_WAITERS",
     "JOBHOOK_MAX_STREAMS",
+    "JOBHOOK_ROUTE_ORDER",
     "JOBHOOK_ROUTE_BREAKER_FAILURES",
     "JOBHOOK_ROUTE_COOLDOWN",
     "JOBHOOK_ROUTE_MAX_COOLDOWN",
@@ -521,7 +524,18 @@ def _parse(env: Mapping[str, str]) -> Settings:
         credits_low=credits_low,
         limits=limits,
         circuits=_circuits(integer, duration),
+        route_order=_route_order(get("JOBHOOK_ROUTE_ORDER")),
     )
+
+
+def _route_order(raw: str | None) -> routing.Order:
+    """JOBHOOK_ROUTE_ORDER (SPEC §8): the order "auto" tries providers in; price by default."""
+    if raw is None:
+        return PRICE_ORDER
+    try:
+        return routing.Order.parse(raw, (*PROVIDER_NAMES, routing.SIMULATOR))
+    except ValueError as exc:
+        raise ConfigError("JOBHOOK_ROUTE_ORDER", str(exc)) from None
 
 
 def _circuits(integer: Callable[..., int], duration: Callable[..., float]) -> CircuitPolicy:

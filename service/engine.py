@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from service.config import Settings
-from service.domain import attempt, backoff, request, routing
+from service.domain import attempt, backoff, measure, request, routing
 from service.domain import callbacks as verify
 from service.domain import circuit as circuits
 from service.domain import status as status_machine
@@ -43,6 +43,7 @@ from service.watch import ChangeHub
 
 log = logging.getLogger("jobhook")
 
+MEASURE_TTL = 30.0  # seconds a read of the providers' measured latency serves "auto" routing
 POLL_LEASE = 45.0  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
 # A synchronous provider's call runs from the work queue; the request that created the job waits this
 # long for its first attempt to settle, so that an immediate refusal still answers 502 (SPEC §3).
@@ -125,8 +126,12 @@ class Engine:
         self.rng = rng or random.Random()
         # A provider that answered 429 is left alone until then (soft state: harmless to lose).
         self.paused_until: dict[str, float] = {}
+        # Each provider's measured latency, read at most every MEASURE_TTL s for JOBHOOK_ROUTE_ORDER=latency
+        # (a scan of the recent attempts per "auto" job would cost more than a slightly stale order).
+        self._measured: tuple[float, dict[str, measure.Measured]] | None = None
         self._nudge: Callable[[float], None] = lambda due_at: None
         store.add_due_listener(lambda due_at: self._nudge(due_at))  # jobs a closing circuit releases
+        store.add_attempt_listener(self.metrics.count_attempts)
         self.mirroring = Mirror(
             store,
             media,
@@ -196,7 +201,12 @@ class Engine:
         runtime = self.providers.get(job.provider)
         return runtime.adapter.price_usd(job.request, status_machine.images_asked(job.request)) if runtime else None
 
-    def facts(self, runtime: ProviderRuntime, generation: GenerationRequest) -> routing.Facts:
+    def facts(
+        self,
+        runtime: ProviderRuntime,
+        generation: GenerationRequest,
+        measured: Mapping[str, measure.Measured] | None = None,
+    ) -> routing.Facts:
         """What routing needs to know of one provider for one request."""
         adapter = runtime.adapter
         return routing.facts(
@@ -205,7 +215,15 @@ class Engine:
             capabilities=adapter.capabilities,
             prices=adapter.prices,
             generation=generation,
+            latency_p50=(measured or {}).get(runtime.name, measure.UNMEASURED).latency_p50_s,
         )
+
+    async def measurements(self) -> Mapping[str, measure.Measured]:
+        """Each provider's measured latency and success rate, at most MEASURE_TTL seconds old."""
+        now = time.monotonic()
+        if self._measured is None or now - self._measured[0] >= MEASURE_TTL:
+            self._measured = (now, await self.store.provider_measurements())
+        return self._measured[1]
 
     async def wait_until(self, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job | None:
         """The job as soon as `done(job)` holds, or as it is when `timeout` seconds have passed."""
@@ -229,6 +247,7 @@ class Engine:
         left out are said in a 422 no_provider when none remains.
         """
         chosen = submission.provider
+        measured: Mapping[str, measure.Measured] = {}
         if isinstance(chosen, str) and chosen != routing.AUTO:
             runtime = self.runtime(chosen)
             if not runtime.configured:
@@ -239,9 +258,11 @@ class Engine:
             request.check(submission.request, runtime.adapter.capabilities, chosen)
             names: tuple[str, ...] = (chosen,)
             order = routing.Order()
-        elif isinstance(chosen, str):  # "auto": every configured provider, cheapest first
+        elif isinstance(chosen, str):  # "auto": every configured provider, in JOBHOOK_ROUTE_ORDER's order
             names = routing.auto_candidates([self.facts(item, submission.request) for item in self.providers.values()])
-            order = routing.Order(routing.OrderBy.PRICE)
+            order = self.settings.route_order
+            if order.by is routing.OrderBy.LATENCY:
+                measured = await self.measurements()
         else:
             names = tuple(self.runtime(name).name for name in chosen)  # an unknown name: 422 unknown_provider
             order = routing.Order()
@@ -250,7 +271,7 @@ class Engine:
                 "submit", "unsupported_value", "a job the backend submits itself names one provider, not several"
             )
         # SPEC §8: over max_price_usd, or priced unknown under it, a candidate is left out (422 no_provider).
-        facts = {name: self.facts(self.providers[name], submission.request) for name in names}
+        facts = {name: self.facts(self.providers[name], submission.request, measured) for name in names}
         route = routing.choose(names, facts, max_price_usd=submission.max_price_usd, order=order)
         if not route.candidates:
             raise routing.NoProvider(

@@ -8,13 +8,14 @@ same transactions (job_counts is maintained by triggers), so a scrape never scan
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.domain.circuit import Circuit, CircuitState
+from service.domain.measure import Measured
 from service.loop import WorkLoop
 from service.store.base import WriterStats
 from service.store.common import Store
@@ -44,6 +45,20 @@ class Metrics:
             "jobhook_submissions",
             "Submission attempts by provider and outcome (accepted, rejected, retry, uncertain, failed)",
             ["provider", "outcome"],
+            registry=r,
+        )
+        self.attempts_ended = Counter(
+            "jobhook_attempts_ended",
+            "Attempts ended by provider and final state (SPEC §8: not_sent and rejected when left for the next "
+            "candidate, completed, failed); counted where this replica commits them",
+            ["provider", "state"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "jobhook_failovers",
+            "Jobs moved to their next candidate provider, by the provider left, the one tried next and why "
+            "(not_sent, rejected, failed)",
+            ["from", "to", "reason"],
             registry=r,
         )
         self.submit_seconds = Histogram(
@@ -87,16 +102,55 @@ class Metrics:
             ["provider", "state"],
             registry=r,
         )
+        self.latency = Gauge(
+            "jobhook_provider_latency_seconds",
+            "Submission to final of the completed jobs among each provider's last 100 finished (SPEC §8), by "
+            "quantile (0.5, 0.9); absent until one completed; at most 30 s old",
+            ["provider", "quantile"],
+            registry=r,
+        )
+        self.success = Gauge(
+            "jobhook_provider_success_ratio",
+            "Completed / finished over each provider's last 100 finished jobs; absent until one finished",
+            ["provider"],
+            registry=r,
+        )
+        self.measured_jobs = Gauge(
+            "jobhook_provider_jobs_measured",
+            "Finished jobs the latency and success ratio are over",
+            ["provider"],
+            registry=r,
+        )
         self.group_commit = _GroupCommit()
         r.register(self.group_commit)
         self.loop_age = Gauge(
             "jobhook_loop_heartbeat_age_seconds", "Seconds since each background loop last woke", ["loop"], registry=r
         )
 
+    def count_attempts(self, ended: Sequence[tuple[str, str]], failovers: Sequence[tuple[str, str, str]]) -> None:
+        """A commit's ended attempts and failovers (Store.add_attempt_listener)."""
+        for provider, state in ended:
+            self.attempts_ended.labels(provider, state).inc()
+        for left, following, reason in failovers:
+            self.failovers.labels(left, following, reason).inc()
+
     async def render(
-        self, store: Store, providers: Iterable[str], destinations: Iterable[str], loops: Mapping[str, WorkLoop]
+        self,
+        store: Store,
+        providers: Iterable[str],
+        destinations: Iterable[str],
+        loops: Mapping[str, WorkLoop],
+        measured: Mapping[str, Measured] | None = None,
     ) -> bytes:
-        """Read the stored state into the gauges, then the exposition text."""
+        """Read the stored state into the gauges, then the exposition text. `measured`: each
+        provider's latency and success rate (the engine's cached read)."""
+        for provider, figures in (measured or {}).items():
+            for quantile, value in (("0.5", figures.latency_p50_s), ("0.9", figures.latency_p90_s)):
+                if value is not None:
+                    self.latency.labels(provider, quantile).set(value)
+            if figures.success_rate is not None:
+                self.success.labels(provider).set(figures.success_rate)
+            self.measured_jobs.labels(provider).set(figures.jobs_measured)
         for (provider, status), count in (await store.job_counts()).items():
             self.jobs.labels(provider, status).set(count)
         counts = await store.outbox_counts()

@@ -264,8 +264,9 @@ SCHEMAS: dict[str, Schema] = {
         **_object(
             {
                 "provider": {
-                    "description": "One provider; `auto` (every configured provider, cheapest for this "
-                    "request first, unknown prices last; the simulator only when no other is configured); or "
+                    "description": "One provider; `auto` (every configured provider in JOBHOOK_ROUTE_ORDER's "
+                    "order: by default cheapest for this request first, unknown prices last; `latency`: fastest "
+                    "measured p50 first; or a fixed list; the simulator only when no other is configured); or "
                     "the candidates in order of preference. With several, an attempt that refused the job, "
                     "was never sent or whose task failed moves the job to the next candidate (SPEC §8); each "
                     "candidate that cannot take it is left out, and 422 `no_provider` says why when none remains.",
@@ -349,6 +350,30 @@ SCHEMAS: dict[str, Schema] = {
                         "probing": {"type": "boolean"},
                     }
                 ),
+            },
+            "latency_p50_s": _nullable(
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "Median seconds from submission to final of the completed jobs among the "
+                    "provider's last 100 finished ones (SPEC §8); null until one completed.",
+                }
+            ),
+            "latency_p90_s": _nullable({"type": "number", "minimum": 0, "description": "The same, 90th percentile."}),
+            "success_rate": _nullable(
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1,
+                    "description": "Completed / finished (completed or failed) over the same jobs; null until one "
+                    "finished.",
+                }
+            ),
+            "jobs_measured": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 100,
+                "description": "Finished jobs measured.",
             },
         }
     ),

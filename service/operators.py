@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.api import job_json, json_body
 from service.domain.circuit import Circuit
+from service.domain.measure import UNMEASURED
 from service.http import ApiError, JSONResponse
 from service.providers.registry import describe
 from service.runtime import runtime
@@ -35,6 +36,7 @@ async def providers(request: Request) -> JSONResponse:
     usage = await rt.store.usage_since(midnight.timestamp())
     states = {state["provider"]: state for state in await rt.store.provider_states()}
     circuits = await rt.store.provider_circuits()
+    measured = await rt.store.provider_measurements()
     rows = []
     for row in describe(rt.settings):
         name = row["provider"]
@@ -48,6 +50,7 @@ async def providers(request: Request) -> JSONResponse:
                 "credits_low": bool(state.get("credits_low", 0)),
                 "today": usage.get(name, {"jobs": 0, "cost_usd": 0.0}),
                 "circuit": circuits.get(name, Circuit(name)).to_json(now),
+                **measured.get(name, UNMEASURED).to_json(),
             }
         )
     return JSONResponse({"providers": rows})

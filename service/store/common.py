@@ -12,10 +12,10 @@ import abc
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from service.domain import attempt
+from service.domain import attempt, measure
 from service.domain import circuit as circuits
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitResult
@@ -53,6 +53,8 @@ from service.store.tx import (
 )
 
 log = logging.getLogger("jobhook")
+# (provider, state) of each attempt a commit ended; (from, to, reason) of each failover it made.
+AttemptListener = Callable[[Sequence[tuple[str, str]], Sequence[tuple[str, str, str]]], None]
 
 T = TypeVar("T")
 
@@ -78,6 +80,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         self._outbox_listeners: list[Callable[[], None]] = []
         self._due_listeners: list[Callable[[float], None]] = []
         self._listeners: list[Listener] = []
+        self._attempt_listeners: list[AttemptListener] = []
 
     # -- what each engine provides ----------------------------------------------------------------
 
@@ -128,8 +131,16 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         """`listener(job_ids)` is called after every commit that changed those jobs."""
         self._listeners.append(listener)
 
+    def add_attempt_listener(self, listener: AttemptListener) -> None:
+        """`listener(ended, failovers)` is called after every commit that ended attempts, (provider,
+        state) each, or failed jobs over, (from, to, reason) each: /metrics counts them."""
+        self._attempt_listeners.append(listener)
+
     def _committed(self, tx: Tx) -> None:
         """After a commit, in the event loop: tell whoever listens what it changed."""
+        if tx.attempt_ends or tx.failovers:
+            for heard in self._attempt_listeners:
+                heard(tuple(tx.attempt_ends), tuple(tx.failovers))
         for job_id, status, by in tx.finished:  # submissions are logged by the engine; their ends here
             log.info("finished %s: %s%s", job_id, status, f" (by {by})" if by else "")
         for provider, effect in tx.circuit_effects:
@@ -667,6 +678,23 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         """Every provider's circuit that has a row (one without is closed, never having failed)."""
         rows = await self._read("SELECT * FROM provider_circuits ORDER BY provider")
         return {row["provider"]: circuit_from_row(row) for row in rows}
+
+    async def provider_measurements(self) -> dict[str, measure.Measured]:
+        """Each provider's latency and success rate over its last measure.WINDOW finished attempts
+        (SPEC §8); a provider with none is left out (unmeasured). One read for every provider: the
+        window function picks each one's newest rows."""
+        rows = await self._read(
+            "SELECT provider, state, ended_at - started_at AS seconds FROM ("
+            "SELECT provider, state, started_at, ended_at, ROW_NUMBER() OVER "
+            "(PARTITION BY provider ORDER BY ended_at DESC, job_id DESC) AS rn FROM attempts "
+            "WHERE state IN ('completed', 'failed') AND ended_at IS NOT NULL) AS recent "
+            "WHERE rn <= ? ORDER BY provider, ended_at DESC",
+            (measure.WINDOW,),
+        )
+        finished: dict[str, list[measure.Finished]] = {}
+        for row in rows:
+            finished.setdefault(row[0], []).append(measure.Finished(row[1], float(row[2])))
+        return {name: measure.measure(items) for name, items in finished.items()}
 
     async def counts(self) -> dict[str, int]:
         rows = await self._read("SELECT status, COUNT(*) FROM jobs GROUP BY status")

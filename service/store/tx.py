@@ -140,6 +140,10 @@ class Tx:
         self.health: dict[str, bool] = {}  # provider → degraded, for what this transaction changed
         self.wake_at: float | None = None  # waiting work was brought forward to then (by a circuit)
         self.circuit_effects: list[tuple[str, circuits.Effect]] = []  # (provider, effect), logged after commit
+        # Counted in /metrics after commit: (provider, state) of each attempt ended, (from, to, reason)
+        # of each failover.
+        self.attempt_ends: list[tuple[str, str]] = []
+        self.failovers: list[tuple[str, str, str]] = []
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
         return self.db.execute(sql, tuple(params))
@@ -172,11 +176,13 @@ class Tx:
         if ended:
             fields["ended_at"] = self.now
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        self.execute(
+        rows = self.execute(
             f"UPDATE attempts SET {assignments} WHERE job_id = ? "
-            "AND seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?)",
+            "AND seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?) RETURNING provider",
             (*fields.values(), job_id, job_id),
-        )
+        ).fetchall()
+        if ended:
+            self.attempt_ends.extend((row[0], state) for row in rows)
 
     def failover(self, job: Job, reason: str, lease_until: float | None = None) -> None:
         """Move the job to its next candidate (SPEC §8): only ever called when the current attempt
@@ -185,6 +191,7 @@ class Tx:
         it at once, so it is marked "sending" here, in this transaction, as a new job is (unless the
         provider's circuit is open: then it waits); otherwise its submission is due now."""
         following, rest = job.candidates[0], job.candidates[1:]
+        self.failovers.append((job.provider, following.provider, reason))
         self.unschedule(job.id, WorkKind.SUBMIT, WorkKind.POLL, WorkKind.CONFIRM)
         fields: dict[str, Any] = {
             "provider": following.provider,

@@ -809,10 +809,22 @@ function providersPage() {
         ),
         h("div", { class: "fact" }, h("dt", null, "Jobs today"), h("dd", { class: "today-jobs" }, String(p.today?.jobs ?? 0))),
         h("div", { class: "fact" }, h("dt", null, "Cost today"), h("dd", { class: "today-cost" }, money(p.today?.cost_usd ?? 0))),
+        h("div", { class: "fact" }, h("dt", null, "Latency p50 / p90"), h("dd", { class: "latency" }, latencyText(p))),
+        h("div", { class: "fact" }, h("dt", null, "Success rate"), h("dd", { class: "success-rate" }, successText(p))),
         h("div", { class: "fact" }, h("dt", null, "Price per image"), h("dd", { class: "price", title: p.prices_overridden ? `set by JOBHOOK_${p.provider.toUpperCase()}_PRICES` : "as published" }, priceText(p))),
       ),
       p.configured ? null : h("p", { class: "muted small" }, p.api_key),
     );
+  }
+
+  // Measured over the provider's last 100 finished jobs (SPEC §8); "—" until one finished.
+  function latencyText(p) {
+    if (p.latency_p50_s === null || p.latency_p50_s === undefined) return "—";
+    return `${p.latency_p50_s}s / ${p.latency_p90_s}s`;
+  }
+  function successText(p) {
+    if (p.success_rate === null || p.success_rate === undefined) return "—";
+    return `${Math.round(p.success_rate * 100)}% of ${p.jobs_measured}`;
   }
 
   // Open: nothing is sent until `until`; half-open: one job tries it (SPEC §8).
