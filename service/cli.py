@@ -424,7 +424,7 @@ def _circuits(settings: Settings, providers: list[str]) -> list[tuple[dict[str, 
         store = make_store(settings)
         await store.open()
         try:
-            return await store.provider_circuits(), await store.provider_measurements()
+            return await store.provider_circuits(), await store.provider_measurements(providers)
         finally:
             await store.close()
 

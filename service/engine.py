@@ -222,7 +222,7 @@ class Engine:
         """Each provider's measured latency and success rate, at most MEASURE_TTL seconds old."""
         now = time.monotonic()
         if self._measured is None or now - self._measured[0] >= MEASURE_TTL:
-            self._measured = (now, await self.store.provider_measurements())
+            self._measured = (now, await self.store.provider_measurements(self.providers))
         return self._measured[1]
 
     async def wait_until(self, job_id: str, done: Callable[[Job], bool], timeout: float) -> Job | None:

@@ -36,9 +36,10 @@ async def providers(request: Request) -> JSONResponse:
     usage = await rt.store.usage_since(midnight.timestamp())
     states = {state["provider"]: state for state in await rt.store.provider_states()}
     circuits = await rt.store.provider_circuits()
-    measured = await rt.store.provider_measurements()
+    described = describe(rt.settings)
+    measured = await rt.store.provider_measurements(row["provider"] for row in described)
     rows = []
-    for row in describe(rt.settings):
+    for row in described:
         name = row["provider"]
         state = states.get(name, {})
         rows.append(

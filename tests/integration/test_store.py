@@ -14,6 +14,7 @@ from service.config import Settings
 from service.domain.status import Observation, Status
 from service.errors import SchemaTooNew
 from service.ids import new_job_id
+from service.store import common
 from service.store.base import NewJob, ReceiptKind, TaskIdConflict
 from service.store.common import Store
 from service.store.engines import make_store
@@ -220,3 +221,17 @@ async def test_a_postgresql_write_blocked_by_a_lock_gives_up_as_a_storage_error(
         assert [e.outcome for e in await store.events(job.id) if e.type == "test"] == ["after"]
     finally:
         await store.close()
+
+
+def test_a_providers_measurement_is_read_by_its_index_not_by_a_scan(tmp_path: Path) -> None:
+    """Latency and success rate are read on every /v1/providers and dashboard refresh: the read must
+    cost the provider's last 100 finished attempts, never every attempt ever made."""
+    path = tmp_path / "jobhook.db"
+    with sqlite3.connect(path) as db:
+        for _, script in migrations():
+            db.executescript(script)
+        plan = " ".join(
+            str(row[-1]) for row in db.execute(f"EXPLAIN QUERY PLAN {common.MEASURE_SQL}", ("apiframe", 100))
+        )
+    assert "USING INDEX attempts_finished" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan  # ordered by the index, not sorted afterwards
