@@ -326,6 +326,5 @@ def test_when_shut(
         assert isinstance(decided, circuit.PassOver)
         assert decided.error.code == "circuit_open"
         assert decided.error.message == (
-            "aivideoapi's circuit is open until 1970-01-01T02:47:10.000Z: "
-            "not sent, the next candidate is tried"
+            "aivideoapi's circuit is open until 1970-01-01T02:47:10.000Z: not sent, the next candidate is tried"
         )
