@@ -29,6 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 
 BOTH = ["aivideoapi", "apiframe"]
 THREE = ["aivideoapi", "apiframe", "apiinone"]
+HELD_SUBMIT = "30"  # JOBHOOK_SUBMIT_TIMEOUT while a provider's answer is held back by the test
 
 
 @pytest.fixture
@@ -154,7 +155,8 @@ async def test_a_single_provider_job_retries_429s_past_the_tries_and_its_circuit
 
 async def held_refusal(svc: Service, aivideoapi: FakeAivideoapi, body: dict[str, Any]) -> tuple[asyncio.Event, Any]:
     """Submit `body` (aivideoapi first) with aivideoapi's refusal held back: returns the gate that lets it
-    answer, and the pending request. The job is routed and sent once this returns."""
+    answer, and the pending request. The job is routed and sent once this returns (HELD_SUBMIT: time
+    enough to arrange what the test needs before the call would be cut as uncertain)."""
     gate = asyncio.Event()
     aivideoapi.create_responses = [ForcedResponse(402, {"error": {"code": "insufficient_credits"}}, gate=gate)]
     pending = asyncio.create_task(svc.client.post("/v1/jobs", json=body))
@@ -177,7 +179,14 @@ async def open_circuit(svc: Service, provider: str, fake: FakeApiframe | FakeApi
 async def test_a_next_candidate_whose_circuit_is_open_is_passed_over_without_a_request(
     jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe, apiinone: FakeApiinone
 ) -> None:
-    env = env_for(aivideoapi, apiframe, apiinone, JOBHOOK_ROUTE_BREAKER_FAILURES="1", JOBHOOK_ROUTE_COOLDOWN="60s")
+    env = env_for(
+        aivideoapi,
+        apiframe,
+        apiinone,
+        JOBHOOK_ROUTE_BREAKER_FAILURES="1",
+        JOBHOOK_ROUTE_COOLDOWN="60s",
+        JOBHOOK_SUBMIT_TIMEOUT=HELD_SUBMIT,
+    )
     async with jobhook(**env) as svc:
         # Routed while every circuit is closed: aivideoapi, then apiframe, then apiinone.
         gate, pending = await held_refusal(svc, aivideoapi, {"provider": THREE, "prompt": "goes round"})
@@ -219,7 +228,8 @@ async def test_when_every_candidate_left_is_open_the_job_waits_for_the_first_to_
         apiinone,
         JOBHOOK_ROUTE_BREAKER_FAILURES="1",
         JOBHOOK_ROUTE_CREDITS_COOLDOWN="10m",  # apiframe: out of credits, shut for long
-        JOBHOOK_ROUTE_COOLDOWN="1s",  # apiinone: a refused key, half-open first
+        JOBHOOK_ROUTE_COOLDOWN="4s",  # apiinone: a refused key, half-open first (time to look first)
+        JOBHOOK_SUBMIT_TIMEOUT=HELD_SUBMIT,
     )
     async with jobhook(**env) as svc:
         gate, pending = await held_refusal(svc, aivideoapi, {"provider": THREE, "prompt": "waits for one"})
