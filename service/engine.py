@@ -319,7 +319,7 @@ class Engine:
             candidates=candidates,
             max_price_usd=submission.max_price_usd,
         )
-        job, created = await self.store.create_job(new)
+        job, created = await self.store.create_job(new, self._request_lease)
         if not created:
             if job.request_hash != new.request_hash:
                 raise IdempotencyMismatch(job)
@@ -357,36 +357,43 @@ class Engine:
             result = await self._submit_result(job, runtime, response)
         self.metrics.submit_seconds.labels(job.provider).observe(time.monotonic() - started)
         self.metrics.submissions.labels(job.provider, str(result.kind)).inc()
-        stored = await self.store.record_submit(job.id, result, next_lease=self._next_lease(job))
+        stored = await self.store.record_submit(job.id, result, claim_next=True)
         level = logging.WARNING if result.kind is not SubmitKind.ACCEPTED else logging.INFO
         log.log(level, "submit %s %s: %s", job.id, job.provider, result.kind)
-        if result.retry_at is not None:
-            self._nudge(result.retry_at)
-        elif result.first_poll_at is not None:
-            self._nudge(result.first_poll_at)
-        if stored.provider != job.provider:
-            # The attempt ended not_sent or rejected and the job moved to its next candidate (SPEC §8).
-            log.warning("failover %s from %s to %s", job.id, job.provider, stored.provider)
-            if stored.submit_state is SubmitState.SENDING:
-                return await self._send(stored)  # marked "sending" with the failover: tried at once
-            self._nudge(self.clock())  # a synchronous provider's call is the work queue's; or it waits
-        return stored
+        if len(stored.attempts) <= len(job.attempts):
+            if result.retry_at is not None:
+                self._nudge(result.retry_at)
+            elif result.first_poll_at is not None:
+                self._nudge(result.first_poll_at)
+            return stored
+        # The attempt ended not_sent or rejected and the job moved to its next candidate (SPEC §8). The
+        # refusal is committed, the next attempt only due: it is claimed now, in a transaction of its
+        # own, then sent. Killed between the two, jobhook finds it due after a restart and sends it once.
+        log.warning("failover %s from %s to %s", job.id, job.provider, stored.provider)
+        sending = await self.store.begin_submit(job.id, self._request_lease, take_due=True)
+        if sending is not None:
+            return await self._send(sending)
+        # Waiting for a circuit, or the work queue's to send (woken by the store when it is).
+        return await self.store.get_job(job.id) or stored
 
-    def _next_lease(self, job: Job) -> float | None:
-        """Should this attempt fail over: the lease of the next one, sent at once by this request
-        (None: the next candidate is synchronous, so the work queue calls it, as always)."""
-        if not job.candidates:
-            return None
-        runtime = self.providers.get(job.candidates[0].provider)
+    def _request_lease(self, provider: str) -> float | None:
+        """The lease of a submission to `provider` sent now by the request at hand; None for a
+        synchronous provider (its call may take minutes: the work queue makes it, as always)."""
+        runtime = self.providers.get(provider)
         if runtime is None or not runtime.configured or runtime.adapter.tracking is Tracking.SYNCHRONOUS:
             return None
         return self.clock() + self.submit_lease(runtime)
 
+    def _queue_lease(self, provider: str) -> float:
+        """The lease of a submission to `provider` sent now by the work queue."""
+        return self.clock() + self.submit_lease(self.runtime(provider))
+
     def _submit_backoff(self, job: Job) -> float:
-        """The wait before the job's next submission: it grows with the attempts made."""
+        """The wait before the job's next submission: it grows with the tries of its current attempt
+        (a provider the job moved to starts again from the first interval)."""
         settings = self.settings
         return backoff.delay(
-            max(0, job.submit_attempts - 1), settings.poll_interval, settings.poll_max_interval, self.rng
+            max(0, attempt.tries(job) - 1), settings.poll_interval, settings.poll_max_interval, self.rng
         )
 
     async def _submit_result(self, job: Job, runtime: ProviderRuntime, response: WireResponse) -> SubmitResult:
@@ -450,8 +457,7 @@ class Engine:
             synchronous = self.runtime(job.provider).adapter.tracking is Tracking.SYNCHRONOUS
             await self.store.record_submit(job_id, attempt.uncertain(detail, synchronous=synchronous))
             return
-        now = self.clock()
-        sending = await self.store.begin_submit(job_id, now + self.submit_lease(self.runtime(job.provider)))
+        sending = await self.store.begin_submit(job_id, self._queue_lease)
         if sending is not None:
             await self._send(sending)
 

@@ -241,10 +241,12 @@ SCHEMAS: dict[str, Schema] = {
         ),
     },
     "Attempt": {
-        "description": "One provider tried for a job. `state`: `not_sent` (never reached the provider), "
-        "`rejected` (a definite refusal), `accepted`, `uncertain` (sent, outcome unknown), `completed`, "
-        "`failed`; null while the call is in flight. The job moves to its next candidate only from "
-        "`not_sent`, `rejected` or `failed`, never from `accepted`, `uncertain` or a timed-out job.",
+        "description": "One provider tried for a job. `state`: `not_sent` (never reached the provider: no "
+        "connection, or its circuit open, `error.code` `circuit_open` saying until when; also while a "
+        "429/5xx is retried there, `ended_at` null), `rejected` (a definite refusal, or 429/5xx past the "
+        "retries: `error.code` `retries_exhausted`), `accepted`, `uncertain` (sent, outcome unknown), "
+        "`completed`, `failed`; null while the call is in flight. The job moves to its next candidate "
+        "only from `not_sent`, `rejected` or `failed`, never from `accepted`, `uncertain` or a timed-out job.",
         **_object(
             {
                 "provider": {"type": "string"},

@@ -28,6 +28,7 @@ from service.store.base import (
     Applied,
     CallbackResult,
     Due,
+    LeaseFor,
     NewJob,
     OutboxPolicy,
     ReceiptKind,
@@ -65,6 +66,36 @@ MEASURE_SQL = (
     "WHERE provider = ? AND state IN ('completed', 'failed') AND ended_at IS NOT NULL "
     "ORDER BY ended_at DESC LIMIT ?"
 )
+
+
+def claim(tx: Tx, job: Job, lease_for: LeaseFor) -> Job | None:
+    """Mark the queued job "sending" at its provider, or at the first of its candidates that its circuit
+    lets it try now (SPEC §8); None when it is not sent now.
+
+    A provider whose circuit is open (no probe for this job) is passed over while a later candidate's
+    is not: its attempt ends `not_sent` with an error saying until when, and the job moves on. When
+    every one left is shut, the job waits `queued` for the first to half-open (a single provider waits
+    for its own). A provider `lease_for` gives no lease is left to the work queue, due now."""
+    while True:
+        lease_until = lease_for(job.provider)
+        if lease_until is None:
+            tx.schedule(job.id, WorkKind.SUBMIT, job.provider, tx.now, 0)
+            tx.wake(tx.now)
+            return None
+        permission = tx.may_send(job.provider, job.id, lease_until)
+        if not isinstance(permission, circuits.Blocked):
+            tx.mark_sending(job.id, job.provider, lease_until)
+            return tx.job(job.id)
+        later = [
+            (item.provider, circuits.may_try(tx.circuit(item.provider), tx.now, job.id)) for item in job.candidates
+        ]
+        step = circuits.when_shut(job.provider, permission.until, later)
+        if isinstance(step, circuits.WaitFor):
+            tx.circuit_wait(job.id, step.provider, step.until, lane=job.provider)
+            return None
+        tx.end_attempt(job.id, str(attempt.AttemptState.NOT_SENT), error=dumps(step.error.to_json()))
+        tx.failover(job, circuits.CIRCUIT_OPEN_CODE, wake=False)
+        job = tx.job(job.id)
 
 
 class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
@@ -197,8 +228,12 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    async def create_job(self, new: NewJob) -> tuple[Job, bool]:
-        """Insert a job, or return the one with the same idempotency key (created = False)."""
+    async def create_job(self, new: NewJob, lease_for_all: LeaseFor | None = None) -> tuple[Job, bool]:
+        """Insert a job, or return the one with the same idempotency key (created = False).
+
+        A job jobhook sends at once (`new.submit_lease_until`) is marked "sending"; when its provider's
+        circuit is open, it goes to a later candidate whose circuit is not (`claim`, with
+        `lease_for_all`: by default every provider's lease is the first's), or waits."""
 
         def write(tx: Tx) -> tuple[Job, bool]:
             if new.idempotency_key is not None:
@@ -206,11 +241,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 if row is not None:
                     return job_from_row(row), False
             sending = new.submit_lease_until is not None
-            waiting = None  # the provider's circuit is open: the job is not sent before this (SPEC §8)
+            shut = False  # the provider's circuit is open: the job is not sent there now (SPEC §8)
             if new.submit_lease_until is not None:
                 permission = tx.may_send(new.provider, new.id, new.submit_lease_until)
                 if isinstance(permission, circuits.Blocked):
-                    sending, waiting = False, permission.until
+                    sending, shut = False, True
             tx.execute(
                 "INSERT INTO jobs (id, provider, status, request, metadata, callback_url_registered, "
                 "submitted_by_backend, submit_state, submit_attempts, idempotency_key, request_hash, "
@@ -233,7 +268,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     new.max_price_usd,
                 ),
             )
-            tx.start_attempt(new.id, new.provider)
+            tx.start_attempt(new.id, new.provider, tries=1 if sending else 0)
             tx.schedule(new.id, WorkKind.DEADLINE, Lane.INTERNAL, new.deadline_at, 0)
             if new.submit_lease_until is not None and sending:
                 tx.schedule(new.id, WorkKind.SUBMIT, new.provider, new.submit_lease_until, 0)
@@ -249,38 +284,39 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     **({"candidates": [item.provider for item in new.candidates]} if new.candidates else {}),
                 },
             )
-            if waiting is not None:
-                tx.circuit_wait(new.id, new.provider, waiting)
+            if shut:
+                lease_for = lease_for_all or (lambda provider: new.submit_lease_until)
+                claim(tx, tx.job(new.id), lease_for)
             return tx.job(new.id), True
 
         return await self._write(write)
 
-    async def begin_submit(self, job_id: str, lease_until: float) -> Job | None:
-        """Mark a queued job's next attempt as in flight; None if it is no longer to be sent."""
+    async def begin_submit(self, job_id: str, lease_for: LeaseFor, *, take_due: bool = False) -> Job | None:
+        """Mark a queued job's next attempt as in flight (`claim`: at the first of its candidates whose
+        circuit lets it); None if it is not to be sent now (waiting for a circuit, left to the work queue,
+        settled, or already in flight).
+
+        `lease_for(provider)`: the lease of a submission to that provider, or None if the caller will not
+        send to it (then the work queue does). `take_due`: the caller is not the work queue holding the
+        job's 'submit' row, so the row must be due and held by nobody: the request that failed the job
+        over claims its next attempt so, and never one that a worker is already sending."""
 
         def write(tx: Tx) -> Job | None:
             job = tx.job(job_id)
             if job.status is not Status.QUEUED or job.submit_state is SubmitState.SENDING or job.submitted_by_backend:
                 return None
-            permission = tx.may_send(job.provider, job_id, lease_until)
-            if isinstance(permission, circuits.Blocked):
-                tx.circuit_wait(job_id, job.provider, permission.until)
+            if take_due and not tx.take_due(job_id, WorkKind.SUBMIT):
                 return None
-            tx.execute(
-                "UPDATE jobs SET submit_state = ?, submit_attempts = submit_attempts + 1, updated_at = ? WHERE id = ?",
-                (SubmitState.SENDING, tx.now, job_id),
-            )
-            tx.schedule(job_id, WorkKind.SUBMIT, job.provider, lease_until, 0)
-            tx.changed.add(job_id)
-            return tx.job(job_id)
+            return claim(tx, job, lease_for)
 
         return await self._write(write)
 
-    async def record_submit(self, job_id: str, result: SubmitResult, *, next_lease: float | None = None) -> Job:
+    async def record_submit(self, job_id: str, result: SubmitResult, *, claim_next: bool = False) -> Job:
         """Write the outcome of a submission attempt as `attempt.decide` decides it (SPEC §3).
 
-        `next_lease`: should the job fail over, its next attempt is sent by the caller at once, with a
-        lease until then (the job comes back "sending" at its new provider)."""
+        Should the job fail over, its next attempt is due now, not claimed (SPEC §8): `claim_next`, the
+        caller claims it at once itself (`begin_submit(take_due=True)`), so the work queue is not woken
+        for it; a crash before that leaves it due, for the work queue after a restart."""
 
         def write(tx: Tx) -> Job:
             job = tx.job(job_id)
@@ -288,17 +324,16 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             tx.event(job_id, *decision.event)
             tx.credits(job.provider, decision.credits.remaining, decision.credits.exhausted)
             # Every answer tells of the provider's health, one to a job already settled too.
-            tx.circuit_outcome(job_id, job.provider, circuits.verdict(result))
+            verdict = circuits.verdict(result, past_the_retries=decision.past_the_retries)
+            tx.circuit_outcome(job_id, job.provider, verdict)
             if isinstance(decision.step, attempt.Settled):
                 return job
-            self._write_attempt(tx, job, decision, next_lease)
+            self._write_attempt(tx, job, decision, wake_next=not claim_next)
             return tx.job(job_id)
 
         return await self._write(write)
 
-    def _write_attempt(
-        self, tx: Tx, job: Job, decision: attempt.SubmitDecision, next_lease: float | None = None
-    ) -> None:
+    def _write_attempt(self, tx: Tx, job: Job, decision: attempt.SubmitDecision, *, wake_next: bool = True) -> None:
         """Write a decision that changes the job: its fields, its history (cause before consequence),
         what the answer already says of the task (the status machine's), then the next due work."""
         step, result = decision.step, decision.outcome
@@ -325,7 +360,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             # A not_sent attempt that is retried at the same provider goes on; one left for the next
             # candidate ends here.
             ended = ended or isinstance(step, attempt.NextCandidate)
-            error = result.error.to_json() if result.error is not None else None
+            error = decision.attempt_error.to_json() if decision.attempt_error is not None else None
             tx.end_attempt(
                 job.id,
                 str(state),
@@ -334,7 +369,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 error=dumps(error) if error is not None else None,
             )
         if isinstance(step, attempt.NextCandidate):
-            tx.failover(tx.job(job.id), str(decision.state), next_lease)
+            tx.failover(tx.job(job.id), str(decision.state), wake=wake_next)
             return
         if result.media:
             tx.update(job.id, media=dumps([media.to_json() for media in result.media]))

@@ -116,6 +116,7 @@ def attempt_from_row(row: Row) -> AttemptRecord:
         error=JobError.from_json(loads(row["error"])),
         cost_usd=row["cost_usd"],
         ended_at=row["ended_at"],
+        tries=row["tries"],
     )
 
 
@@ -161,12 +162,13 @@ class Tx:
 
     # -- attempts (SPEC §8) ------------------------------------------------------------------------
 
-    def start_attempt(self, job_id: str, provider: str) -> None:
-        """A new attempt, at `provider`, the job's current one from now on."""
+    def start_attempt(self, job_id: str, provider: str, *, tries: int = 0) -> None:
+        """A new attempt, at `provider`, the job's current one from now on; `tries`: sent that often
+        already (a new job marked "sending" in the same transaction: once)."""
         self.execute(
-            "INSERT INTO attempts (job_id, seq, provider, started_at) "
-            "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM attempts WHERE job_id = ?), ?, ?)",
-            (job_id, job_id, provider, self.now),
+            "INSERT INTO attempts (job_id, seq, provider, started_at, tries) "
+            "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM attempts WHERE job_id = ?), ?, ?, ?)",
+            (job_id, job_id, provider, self.now, tries),
         )
 
     def end_attempt(self, job_id: str, state: str, *, ended: bool = True, **fields: Any) -> None:
@@ -184,12 +186,13 @@ class Tx:
         if ended:
             self.attempt_ends.extend((row[0], state) for row in rows)
 
-    def failover(self, job: Job, reason: str, lease_until: float | None = None) -> None:
+    def failover(self, job: Job, reason: str, *, wake: bool = True) -> None:
         """Move the job to its next candidate (SPEC §8): only ever called when the current attempt
         ended not_sent, rejected or failed, so the provider it leaves holds nothing it may charge for.
-        The job is queued again at the new provider with a new attempt. `lease_until`: the caller sends
-        it at once, so it is marked "sending" here, in this transaction, as a new job is (unless the
-        provider's circuit is open: then it waits); otherwise its submission is due now."""
+        The job is queued again at the new provider with a new attempt, its submission due now; nothing
+        here marks it "sending": it is claimed (`Store.begin_submit`, its own transaction) by whoever
+        sends it, so that a crash after this commit leaves it due, and sent once after a restart.
+        `wake=False`: the caller claims it at once itself, so the work queue is not woken for it."""
         following, rest = job.candidates[0], job.candidates[1:]
         self.failovers.append((job.provider, following.provider, reason))
         self.unschedule(job.id, WorkKind.SUBMIT, WorkKind.POLL, WorkKind.CONFIRM)
@@ -203,27 +206,42 @@ class Tx:
         }
         if job.status is not Status.QUEUED:
             fields["status"] = str(Status.QUEUED)
-        waiting = None
-        if lease_until is not None:
-            permission = self.may_send(following.provider, job.id, lease_until)
-            if isinstance(permission, circuits.Blocked):
-                waiting = permission.until
-            else:
-                fields["submit_state"] = SubmitState.SENDING
         self.update(job.id, **fields)
         self.event(job.id, "failover", reason, {"from": job.provider, "to": following.provider, "reason": reason})
         if job.status is not Status.QUEUED:
             self.event(job.id, "status", str(Status.QUEUED), {"from": str(job.status), "by": "failover"})
         self.start_attempt(job.id, following.provider)
-        if waiting is not None:
-            self.circuit_wait(job.id, following.provider, waiting)
-            return
-        if fields["submit_state"] is SubmitState.SENDING:
-            self.execute("UPDATE jobs SET submit_attempts = submit_attempts + 1 WHERE id = ?", (job.id,))
-            self.schedule(job.id, WorkKind.SUBMIT, following.provider, lease_until or self.now, 0)
-            return
         self.schedule(job.id, WorkKind.SUBMIT, following.provider, self.now, 0)
-        self.wake_at = self.now if self.wake_at is None else min(self.wake_at, self.now)
+        if wake:
+            self.wake(self.now)
+
+    def mark_sending(self, job_id: str, provider: str, lease_until: float) -> None:
+        """The job's submission is about to go to `provider`: "sending" until `lease_until` (its
+        'submit' row is the lease), one more try of its current attempt."""
+        self.execute(
+            "UPDATE jobs SET submit_state = ?, submit_attempts = submit_attempts + 1, updated_at = ? WHERE id = ?",
+            (SubmitState.SENDING, self.now, job_id),
+        )
+        self.execute(
+            "UPDATE attempts SET tries = tries + 1 WHERE job_id = ? "
+            "AND seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?)",
+            (job_id, job_id),
+        )
+        self.schedule(job_id, WorkKind.SUBMIT, provider, lease_until, 0)
+        self.changed.add(job_id)
+
+    def take_due(self, job_id: str, kind: WorkKind) -> bool:
+        """Is the job's `kind` row due now and held by nobody (a worker that claims a row pushes its
+        due time past now)? One conditional write, so of two asking at once one gets it."""
+        taken = self.execute(
+            "UPDATE due SET due_at = due_at WHERE job_id = ? AND kind = ? AND due_at <= ?",
+            (job_id, str(kind), self.now),
+        ).rowcount
+        return bool(taken == 1)
+
+    def wake(self, at: float) -> None:
+        """Tell the work queue, after commit, that work is due at `at`."""
+        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
 
     def event(
         self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any], *, wake: bool = True
@@ -477,12 +495,13 @@ class Tx:
             "(SELECT id FROM jobs WHERE provider = ? AND status = 'queued' AND submit_state IS NULL)",
             (at, provider, str(WorkKind.SUBMIT), at, provider),
         )
-        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
+        self.wake(at)
 
-    def circuit_wait(self, job_id: str, provider: str, until: float) -> None:
+    def circuit_wait(self, job_id: str, provider: str, until: float, *, lane: str | None = None) -> None:
         """The job is not sent while the provider's circuit is open: its submission is due at `until`
-        (the job's deadline still ends it first if that comes sooner)."""
-        self.schedule(job_id, WorkKind.SUBMIT, provider, until, 0)
+        (the job's deadline still ends it first if that comes sooner). `lane`: the job's own provider,
+        when it waits for a later candidate's circuit (every one it has left is open)."""
+        self.schedule(job_id, WorkKind.SUBMIT, lane or provider, until, 0)
         message = f"circuit open until {rfc3339(until)}"
         self.event(job_id, "circuit", "waiting", {"provider": provider, "until": rfc3339(until), "message": message})
 
