@@ -271,5 +271,5 @@ def fast_token(scope: Scope) -> str | None:
     path: str = scope["path"]
     if scope["method"] != "POST" or not path.startswith(PREFIX) or scope.get("root_path"):
         return None
-    token = path[len(PREFIX) :]
-    return token if token and "/" not in token else None
+    segment = path[len(PREFIX) :]
+    return segment if segment and "/" not in segment else None
