@@ -9,7 +9,6 @@ engine's `_write`, which returns only after COMMIT. Reads go through the engine'
 from __future__ import annotations
 
 import abc
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -664,7 +663,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         if not rows:
             return None
         attempts = await self._lookup_one(ATTEMPTS_SQL, (job_id,))
-        return dataclasses.replace(job_from_row(rows[0]), attempts=tuple(attempt_from_row(row) for row in attempts))
+        return job_from_row(rows[0], tuple(attempt_from_row(row) for row in attempts))
 
     async def list_jobs(
         self, *, status: str | None, provider: str | None, before_id: str | None, limit: int
@@ -680,15 +679,14 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             params.append(before_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._read(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", (*params, limit))
-        jobs = [job_from_row(row) for row in rows]
-        if not jobs:
-            return jobs
-        marks = ", ".join("?" for _ in jobs)
+        if not rows:
+            return []
+        marks = ", ".join("?" for _ in rows)
         found: dict[str, list[AttemptRecord]] = {}
         sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY job_id, seq"
-        for row in await self._read(sql, [job.id for job in jobs]):
+        for row in await self._read(sql, [row["id"] for row in rows]):
             found.setdefault(row["job_id"], []).append(attempt_from_row(row))
-        return [dataclasses.replace(job, attempts=tuple(found.get(job.id, ()))) for job in jobs]
+        return [job_from_row(row, tuple(found.get(row["id"], ()))) for row in rows]
 
     async def events(self, job_id: str, *, after_id: int = 0, limit: int | None = None) -> list[Event]:
         """The job's history, oldest first: from the event after `after_id` (keyset pagination), at

@@ -78,7 +78,8 @@ def loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-def job_from_row(row: Row) -> Job:
+def job_from_row(row: Row, attempts: tuple[AttemptRecord, ...] = ()) -> Job:
+    """The job of a `jobs` row, with its attempts (read apart: ATTEMPTS_SQL)."""
     return Job(
         id=row["id"],
         provider=row["provider"],
@@ -103,6 +104,7 @@ def job_from_row(row: Row) -> Job:
         request_hash=row["request_hash"],
         candidates=tuple(Candidate.from_json(item) for item in loads(row["candidates"]) or ()),
         max_price_usd=row["max_price_usd"],
+        attempts=attempts,
     )
 
 
@@ -158,7 +160,7 @@ class Tx:
         if row is None:
             raise JobNotFound(job_id)
         attempts = tuple(attempt_from_row(item) for item in self.execute(ATTEMPTS_SQL, (job_id,)).fetchall())
-        return dataclasses.replace(job_from_row(row), attempts=attempts)
+        return job_from_row(row, attempts)
 
     # -- attempts (SPEC §8) ------------------------------------------------------------------------
 
