@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from service.domain import attempt, measure
+from service.domain import attempt, budget, measure
 from service.domain import circuit as circuits
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitResult
@@ -34,6 +34,8 @@ from service.store.base import (
     TaskIdConflict,
     WriterStats,
 )
+from service.store.budget_queries import BudgetQueries
+from service.store.budget_queries import exhausted as ledger_exhausted
 from service.store.outbox_queries import OutboxQueries
 from service.store.purge_queries import PurgeQueries
 from service.store.session_queries import SessionQueries
@@ -67,7 +69,7 @@ MEASURE_SQL = (
 )
 
 
-class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
+class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC):
     """jobhook's state; one subclass per engine provides the connections and the schema."""
 
     dialect: Dialect
@@ -159,6 +161,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 )
             else:
                 log.info("circuit of %s closed", provider)
+        for refusal in tx.exhausted:
+            log.warning(
+                "budget of %s spent for %s: %s", refusal.scope, budget.day_of(refusal.reset_at - 1), refusal.message
+            )
         for provider, degraded in tx.health.items():
             (self.degraded.add if degraded else self.degraded.discard)(provider)
         if tx.wake_at is not None:
@@ -198,9 +204,12 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
     # -- jobs --------------------------------------------------------------------------------------
 
     async def create_job(self, new: NewJob) -> tuple[Job, bool]:
-        """Insert a job, or return the one with the same idempotency key (created = False)."""
+        """Insert a job, or return the one with the same idempotency key (created = False).
 
-        def write(tx: Tx) -> tuple[Job, bool]:
+        Raises budget.OverBudget when a daily cap refuses the job's first attempt (SPEC §9): no job is
+        made and nothing is sent (the cap's first refusal of the day is recorded, and told)."""
+
+        def write(tx: Tx) -> tuple[Job, bool] | budget.Refusal:
             if new.idempotency_key is not None:
                 row = tx.one("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
                 if row is not None:
@@ -208,7 +217,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             sending = new.submit_lease_until is not None
             waiting = None  # the provider's circuit is open: the job is not sent before this (SPEC §8)
             if new.submit_lease_until is not None:
-                permission = tx.may_send(new.provider, new.id, new.submit_lease_until)
+                permission = tx.permit(new.id, new.provider, new.request, new.submit_lease_until, new_attempt=True)
+                if isinstance(permission, budget.Refusal):
+                    ledger_exhausted(tx, permission)
+                    return permission
                 if isinstance(permission, circuits.Blocked):
                     sending, waiting = False, permission.until
             tx.execute(
@@ -253,7 +265,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 tx.circuit_wait(new.id, new.provider, waiting)
             return tx.job(new.id), True
 
-        return await self._write(write)
+        made = await self._write(write)
+        if isinstance(made, budget.Refusal):
+            raise budget.OverBudget(made)
+        return made
 
     async def begin_submit(self, job_id: str, lease_until: float) -> Job | None:
         """Mark a queued job's next attempt as in flight; None if it is no longer to be sent."""
@@ -262,9 +277,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             job = tx.job(job_id)
             if job.status is not Status.QUEUED or job.submit_state is SubmitState.SENDING or job.submitted_by_backend:
                 return None
-            permission = tx.may_send(job.provider, job_id, lease_until)
-            if isinstance(permission, circuits.Blocked):
-                tx.circuit_wait(job_id, job.provider, permission.until)
+            permission = tx.permit(job_id, job.provider, job.request, lease_until)
+            if isinstance(permission, circuits.Blocked | budget.Refusal):
+                tx.hold_off(job_id, job.provider, permission)  # its circuit is open, or a cap is spent
                 return None
             tx.execute(
                 "UPDATE jobs SET submit_state = ?, submit_attempts = submit_attempts + 1, updated_at = ? WHERE id = ?",
@@ -539,6 +554,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             if job.submit_state is SubmitState.SENDING:
                 fields["submit_state"] = SubmitState.UNCERTAIN  # settled: nothing waits for this call's answer any more
             tx.update(job_id, **fields)
+            if job.submit_state is SubmitState.SENDING:
+                # Sent, and no answer will be waited for: the provider may charge (its price is kept).
+                tx.end_attempt(job_id, str(attempt.AttemptState.UNCERTAIN), ended=False)
             tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
             if new_status in FINAL:
                 tx.unschedule(job_id)
