@@ -85,7 +85,9 @@ def parse_cap(text: str) -> int:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or not 0 <= value <= MAX_CAP_USD:
-        raise ValueError(f"expected US dollars per UTC day from 0 to {MAX_CAP_USD:,.0f} such as 25 or 0.50, got {raw!r}")
+        raise ValueError(
+            f"expected US dollars per UTC day from 0 to {MAX_CAP_USD:,.0f} such as 25 or 0.50, got {raw!r}"
+        )
     return micros(value)
 
 
