@@ -24,7 +24,7 @@ import pytest
 from service.domain import budget
 from service.domain.budget import Caps, Policy
 from service.domain.pricing import PriceTable
-from service.domain.work import SubmitState
+from service.domain.work import SubmitState, WorkKind
 from service.ids import new_job_id
 from service.store.base import NewJob, OutboxPolicy
 from service.store.common import Store
@@ -121,10 +121,10 @@ def accepted(fake: FakeAivideoapi | FakeApiframe) -> int:
 
 
 async def test_fifty_submissions_at_once_never_pass_the_cap(
-    jobhook: ServiceFactory, aivideoapi: FakeAivideoapi
+    jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, backend: HTTPSink
 ) -> None:
     """$1.00 a day at $0.07 a job: 14 fit ($0.98), the 15th would pass it. 50 at once: 14 are sent."""
-    env = env_for(aivideoapi, JOBHOOK_AIVIDEOAPI_PRICES="0.07", JOBHOOK_BUDGET_USD_PER_DAY="1")
+    env = env_for(aivideoapi, backend, JOBHOOK_AIVIDEOAPI_PRICES="0.07", JOBHOOK_BUDGET_USD_PER_DAY="1")
     async with jobhook(**env) as svc:
         answers = await asyncio.gather(*(post(svc, f"at the edge {n}") for n in range(50)))
         codes = sorted(response.status_code for response in answers)
@@ -138,6 +138,11 @@ async def test_fifty_submissions_at_once_never_pass_the_cap(
         assert scope(report, "total")["remaining_usd"] == 0.02
         listed = (await svc.client.get("/v1/jobs", params={"limit": 200})).json()["jobs"]
         assert len(listed) == 14  # a refused submission leaves no job behind
+        # 36 refusals, many at the same moment: the cap's first refusal of the day is told once.
+        await eventually(lambda: exhausted(backend))
+        await asyncio.sleep(0.5)  # a second event would have come by now
+        [told] = exhausted(backend)
+        assert (told["scope"], told["cap"]) == ("total", 1.0)
 
 
 async def test_a_refusal_and_a_failed_task_release_their_reservation(
@@ -309,6 +314,8 @@ async def test_a_queued_job_that_meets_a_cap_waits_for_the_reset(
         assert event["detail"]["reset_at"] == (await budget_of(svc))["reset_at"]
         assert "resets at" in event["detail"]["message"]
         assert (await svc.job(waiting["id"]))["status"] == "queued"
+        [due] = [due for due in await svc.runtime.store.due_for(waiting["id"]) if due.kind is WorkKind.SUBMIT]
+        assert due.due_at == today_at(0) + 86_400  # not before the reset: nothing to try until then
         assert accepted(aivideoapi) == 1
 
         # The next day it is sent (the poller wakes for it, as its next tick would within 15 s).
@@ -439,3 +446,16 @@ async def test_of_many_jobs_made_at_once_on_several_stores_the_reservations_neve
     shown = (await stores[1].budget_figures(day))["total"]
     assert shown.reserved == 14 * budget.micros(PRICE) <= budget.micros(CAP)
     assert (await stores[2].budget_figures(day))["aivideoapi"].reserved == shown.reserved
+
+
+async def test_of_refusals_at_once_on_several_stores_one_tells_the_cap_is_spent(stores: list[Store]) -> None:
+    """`budget.exhausted` once per scope per day: marked by one conditional write, whichever process."""
+    now = time.time()
+    refusal = budget.check(Caps.of(total=0), {}, "aivideoapi", budget.micros(PRICE), now)
+    assert refusal is not None
+    told = await asyncio.gather(*(stores[n % 3].budget_exhausted(refusal) for n in range(30)))
+    assert told.count(True) == 1
+    assert (await stores[0].budget_figures(budget.day_of(now)))["total"].exhausted_at is not None
+    tomorrow = budget.check(Caps.of(total=0), {}, "aivideoapi", budget.micros(PRICE), now + 86_400)
+    assert tomorrow is not None
+    assert await stores[1].budget_exhausted(tomorrow) is True  # a new day, told again
