@@ -315,8 +315,9 @@ def report(caps: Caps, figures: Mapping[str, Figures], providers: Mapping[str, b
         row = scope_json(name, caps.providers.get(name), figures.get(name, NOTHING))
         priced = providers.get(name, True)
         row["priced"] = priced
-        if not priced and caps.scopes(name):
-            row["note"] = f"no price known: left out while a cap applies (set JOBHOOK_{name.upper()}_PRICES)"
+        if not priced:
+            why = "left out while a cap applies" if caps.scopes(name) else "what it is sent is not counted"
+            row["note"] = f"no price known: {why} (set JOBHOOK_{name.upper()}_PRICES)"
         rows.append(row)
     return {
         "day": day_of(now),

@@ -198,4 +198,6 @@ def test_report() -> None:
     assert (aivideoapi["scope"], aivideoapi["cap_usd"], aivideoapi["spent_usd"]) == ("aivideoapi", None, 0.86)
     assert aivideoapi["remaining_usd"] is None and "note" not in aivideoapi
     assert (segmind["cap_usd"], segmind["remaining_usd"], segmind["priced"]) == (2.0, 2.0, False)
-    assert "JOBHOOK_SEGMIND_PRICES" in segmind["note"]
+    assert segmind["note"] == "no price known: left out while a cap applies (set JOBHOOK_SEGMIND_PRICES)"
+    uncapped = budget.report(Caps(), {}, {"segmind": False}, NOON)["providers"][0]
+    assert uncapped["note"] == "no price known: what it is sent is not counted (set JOBHOOK_SEGMIND_PRICES)"
