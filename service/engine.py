@@ -333,15 +333,34 @@ class Engine:
 
         A daily cap that refuses the first attempt in the transaction (it filled since routing read
         the figures) routes the submission again: to another candidate, or to a 429 (SPEC §9)."""
-        for _ in range(BUDGET_ROUTES - 1):
+        try:
+            for _ in range(BUDGET_ROUTES - 1):
+                try:
+                    return await self._create(submission, idempotency_key)
+                except budget.OverBudget:
+                    continue
             try:
                 return await self._create(submission, idempotency_key)
-            except budget.OverBudget:
-                continue
-        try:
-            return await self._create(submission, idempotency_key)
-        except budget.OverBudget as exc:
-            raise budget.BudgetExceeded(exc.refusal) from None
+            except budget.OverBudget as exc:
+                raise budget.BudgetExceeded(exc.refusal) from None
+        except budget.BudgetExceeded:
+            # The key's promise holds whatever today's budget: a replay answers the job made before.
+            made = await self.store.job_by_idempotency_key(idempotency_key) if idempotency_key else None
+            if made is None:
+                raise
+            return await self._replay(made, request_fingerprint(submission)), False
+
+    async def _replay(self, job: Job, request_hash: str | None) -> Job:
+        """The job an Idempotency-Key already made, as its first request answers it."""
+        if job.request_hash != request_hash:
+            raise IdempotencyMismatch(job)
+        if job.submit_state is SubmitState.SENDING:
+            # The first request is still talking to the provider: answer what it will answer.
+            settled = await self.wait_until(
+                job.id, lambda j: j.submit_state is not SubmitState.SENDING, self.settings.submit_timeout + 5
+            )
+            job = settled or job
+        return job
 
     async def _create(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
         runtime, candidates = await self.route(submission)
@@ -371,15 +390,7 @@ class Engine:
         )
         job, created = await self.store.create_job(new)
         if not created:
-            if job.request_hash != new.request_hash:
-                raise IdempotencyMismatch(job)
-            if job.submit_state is SubmitState.SENDING:
-                # The first request is still talking to the provider: answer what it will answer.
-                settled = await self.wait_until(
-                    job.id, lambda j: j.submit_state is not SubmitState.SENDING, self.settings.submit_timeout + 5
-                )
-                job = settled or job
-            return job, False
+            return await self._replay(job, new.request_hash), False
         self._nudge(now if synchronous else new.deadline_at)
         if job.submit_state is SubmitState.SENDING:
             job = await self._send(job)

@@ -649,6 +649,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
         attempts = await self._lookup_one(ATTEMPTS_SQL, (job_id,))
         return dataclasses.replace(job_from_row(rows[0]), attempts=tuple(attempt_from_row(row) for row in attempts))
 
+    async def job_by_idempotency_key(self, key: str) -> Job | None:
+        """The job an Idempotency-Key made, if any (its attempts left out)."""
+        rows = await self._read("SELECT * FROM jobs WHERE idempotency_key = ?", (key,))
+        return job_from_row(rows[0]) if rows else None
+
     async def list_jobs(
         self, *, status: str | None, provider: str | None, before_id: str | None, limit: int
     ) -> list[Job]:

@@ -239,7 +239,9 @@ async def test_the_429_says_which_cap_and_when_it_resets(jobhook: ServiceFactory
     reset = dt.datetime.fromtimestamp(today_at(0) + 86_400, tz=dt.UTC).isoformat(timespec="milliseconds")
     env = env_for(aivideoapi, JOBHOOK_BUDGET_USD_PER_DAY="0.10")
     async with jobhook(clock=clock, **env) as svc:
-        assert (await post(svc, "fits")).status_code == 202
+        first = {"provider": "aivideoapi", "prompt": "fits"}
+        made = await svc.client.post("/v1/jobs", json=first, headers={"Idempotency-Key": "k-0"})
+        assert made.status_code == 202
         refused = await svc.client.post(
             "/v1/jobs", json={"provider": "aivideoapi", "prompt": "over"}, headers={"Idempotency-Key": "k-1"}
         )
@@ -257,6 +259,12 @@ async def test_the_429_says_which_cap_and_when_it_resets(jobhook: ServiceFactory
             {"provider": "aivideoapi", "reason": "over_budget", "message": error["candidates"][0]["message"]}
         ]
         assert len(aivideoapi.creates) == 1  # nothing sent
+        # A replay of a job made before the cap was spent is that job, as its key promises.
+        replayed = await svc.client.post("/v1/jobs", json=first, headers={"Idempotency-Key": "k-0"})
+        assert (replayed.status_code, replayed.json()["id"]) == (202, made.json()["id"]), replayed.text
+        assert replayed.headers["idempotent-replayed"] == "true"
+        other = await svc.client.post("/v1/jobs", json={**first, "prompt": "else"}, headers={"Idempotency-Key": "k-0"})
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
         # No job was left behind: the same key after the reset makes the job, and sends it then.
         clock.move_to(today_at(0) + 86_400 + 5)
         again = await svc.client.post(
