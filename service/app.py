@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from service import __version__, api, callbacks, dashboard, openapi, operators, sessions
 from service.config import Settings, generate_secret
+from service.domain import budget
 from service.domain.callbacks import CallbackTokens
 from service.engine import Engine, ProviderRuntime
 from service.errors import StorageError
@@ -33,7 +34,7 @@ from service.outbox import OutboxWorker
 from service.poller import Poller
 from service.providers.base import Tracking
 from service.providers.http import USER_AGENT, ProviderHTTP
-from service.providers.registry import adapters, simulator_adapter
+from service.providers.registry import adapters, price_tables, simulator_adapter
 from service.runtime import Runtime, runtime
 from service.simulator import Simulator
 from service.store import engines
@@ -65,7 +66,7 @@ def build_providers(settings: Settings, self_url: str | None) -> dict[str, Provi
             )
         runtimes[name] = ProviderRuntime(name, adapter, http)
     if simulator_enabled(settings) and self_url is not None:
-        simulator = simulator_adapter()
+        simulator = simulator_adapter(settings)
         base_url = settings.simulator.base_url or f"{self_url}/simulator"
         http = ProviderHTTP(
             base_url, simulator.auth_headers(SIMULATOR_KEY), timeout=timeout, submit_timeout=submit_timeout
@@ -92,6 +93,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             credits_low=settings.credits_low,
             base_url=settings.public_url or self_url or "",
             circuits=settings.circuits,
+            budget=budget.Policy(settings.budget, price_tables(settings)),
         )
         store = engines.make_store(settings, clock=clock, mirror_images=settings.mirror_images, policy=policy)
         await store.open()

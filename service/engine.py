@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from service.config import Settings
-from service.domain import attempt, backoff, measure, request, routing
+from service.domain import attempt, backoff, budget, measure, request, routing
 from service.domain import callbacks as verify
 from service.domain import circuit as circuits
 from service.domain import status as status_machine
@@ -44,6 +44,9 @@ from service.watch import ChangeHub
 log = logging.getLogger("jobhook")
 
 MEASURE_TTL = 30.0  # seconds a read of the providers' measured latency serves "auto" routing
+# A submission whose reservation a cap refused (it filled between routing and the transaction) is
+# routed again with the figures as they are now, at most this many times (SPEC §9).
+BUDGET_ROUTES = 4
 POLL_LEASE = 45.0  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
 # A synchronous provider's call runs from the work queue; the request that created the job waits this
 # long for its first attempt to settle, so that an immediate refusal still answers 502 (SPEC §3).
@@ -272,7 +275,16 @@ class Engine:
             )
         # SPEC §8: over max_price_usd, or priced unknown under it, a candidate is left out (422 no_provider).
         facts = {name: self.facts(self.providers[name], submission.request, measured) for name in names}
+        if submission.submit and self.settings.budget:
+            facts = await self._budget_facts(facts, submission.request)
         route = routing.choose(names, facts, max_price_usd=submission.max_price_usd, order=order)
+        over = [item.refusal for item in route.left_out if item.reason is routing.Reason.OVER_BUDGET and item.refusal]
+        await self._tell_exhausted(over)
+        if not route.candidates and over:
+            # SPEC §9: nothing sent, no job made; the backend may try again at the reset.
+            named = budget.first_refusal(over)
+            assert named is not None
+            raise budget.BudgetExceeded(named, route.left_out)
         if not route.candidates:
             raise routing.NoProvider(
                 route.left_out
@@ -292,8 +304,65 @@ class Engine:
         first, *rest = (self.providers[name] for name in names)
         return first, tuple(Candidate(item.name, self._callbacks_expected(item)) for item in rest)
 
+    async def _budget_facts(
+        self, facts: Mapping[str, routing.Facts], generation: GenerationRequest
+    ) -> dict[str, routing.Facts]:
+        """`facts` with each candidate that today's caps refuse marked so (SPEC §9): read now, checked
+        again by the transaction that reserves the price (this read only spares a doomed attempt)."""
+        now = self.clock()
+        figures = await self.store.budget_figures(budget.day_of(now))
+        wanted = generation.to_json()
+        marked = dict(facts)
+        for name, item in facts.items():
+            price = budget.price_of(self.providers[name].adapter.prices, wanted)
+            refusal = budget.check(self.settings.budget, figures, name, price, now)
+            if refusal is not None:
+                marked[name] = dataclasses.replace(item, over_budget=refusal)
+        return marked
+
+    async def _tell_exhausted(self, refusals: list[budget.Refusal]) -> None:
+        """A cap left a candidate out: `budget.exhausted`, the first time today for its scope."""
+        told: set[str] = set()
+        for refusal in refusals:
+            if refusal.figures.exhausted_at is None and refusal.scope not in told:
+                told.add(refusal.scope)
+                await self.store.budget_exhausted(refusal)
+
     async def create(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
-        """Validate, record, and (unless `submit` is false) send. Returns (job, created)."""
+        """Validate, record, and (unless `submit` is false) send. Returns (job, created).
+
+        A daily cap that refuses the first attempt in the transaction (it filled since routing read
+        the figures) routes the submission again: to another candidate, or to a 429 (SPEC §9)."""
+        try:
+            for _ in range(BUDGET_ROUTES - 1):
+                try:
+                    return await self._create(submission, idempotency_key)
+                except budget.OverBudget:
+                    continue
+            try:
+                return await self._create(submission, idempotency_key)
+            except budget.OverBudget as exc:
+                raise budget.BudgetExceeded(exc.refusal) from None
+        except budget.BudgetExceeded:
+            # The key's promise holds whatever today's budget: a replay answers the job made before.
+            made = await self.store.job_by_idempotency_key(idempotency_key) if idempotency_key else None
+            if made is None:
+                raise
+            return await self._replay(made, request_fingerprint(submission)), False
+
+    async def _replay(self, job: Job, request_hash: str | None) -> Job:
+        """The job an Idempotency-Key already made, as its first request answers it."""
+        if job.request_hash != request_hash:
+            raise IdempotencyMismatch(job)
+        if job.submit_state is SubmitState.SENDING:
+            # The first request is still talking to the provider: answer what it will answer.
+            settled = await self.wait_until(
+                job.id, lambda j: j.submit_state is not SubmitState.SENDING, self.settings.submit_timeout + 5
+            )
+            job = settled or job
+        return job
+
+    async def _create(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
         runtime, candidates = await self.route(submission)
         synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
         if synchronous and not submission.submit:
@@ -321,15 +390,7 @@ class Engine:
         )
         job, created = await self.store.create_job(new, self._request_lease)
         if not created:
-            if job.request_hash != new.request_hash:
-                raise IdempotencyMismatch(job)
-            if job.submit_state is SubmitState.SENDING:
-                # The first request is still talking to the provider: answer what it will answer.
-                settled = await self.wait_until(
-                    job.id, lambda j: j.submit_state is not SubmitState.SENDING, self.settings.submit_timeout + 5
-                )
-                job = settled or job
-            return job, False
+            return await self._replay(job, new.request_hash), False
         self._nudge(now if synchronous else new.deadline_at)
         if job.submit_state is SubmitState.SENDING:
             job = await self._send(job)

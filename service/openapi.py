@@ -172,9 +172,18 @@ SCHEMAS: dict[str, Schema] = {
                         "accepted": {"type": "array", "description": "what the provider accepts for `field`"},
                         "provider_code": {"type": "string", "description": "the provider's own code (502)"},
                         "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
+                        "scope": {
+                            "type": "string",
+                            "description": "`budget_exceeded`: the cap that refused, `total` or a provider (SPEC §9)",
+                        },
+                        "reset_at": {
+                            "type": "string",
+                            "format": "date-time",
+                            "description": "`budget_exceeded`: when that cap resets (the next UTC midnight)",
+                        },
                         "candidates": {
                             "type": "array",
-                            "description": "`no_provider`: each candidate provider, and why it was left out",
+                            "description": "`no_provider`, `budget_exceeded`: each candidate provider left out, and why",
                             "items": _object(
                                 {
                                     "provider": {"type": "string"},
@@ -186,7 +195,7 @@ SCHEMAS: dict[str, Schema] = {
                             ),
                         },
                     },
-                    optional=("field", "accepted", "provider_code", "job_id", "candidates"),
+                    optional=("field", "accepted", "provider_code", "job_id", "scope", "reset_at", "candidates"),
                 )
             }
         ),
@@ -271,7 +280,8 @@ SCHEMAS: dict[str, Schema] = {
                     "measured p50 first; or a fixed list; the simulator only when no other is configured); or "
                     "the candidates in order of preference. With several, an attempt that refused the job, "
                     "was never sent or whose task failed moves the job to the next candidate (SPEC §8); each "
-                    "candidate that cannot take it is left out, and 422 `no_provider` says why when none remains.",
+                    "candidate that cannot take it is left out, and 422 `no_provider` says why when none remains "
+                    "(429 `budget_exceeded` when a daily cap left one out: SPEC §9).",
                     "oneOf": [
                         {
                             "type": "string",
@@ -379,6 +389,43 @@ SCHEMAS: dict[str, Schema] = {
             },
         }
     ),
+    "BudgetScope": {
+        "description": "One scope's cap and figures today (UTC), in US dollars: `reserved` is sent with its "
+        "outcome not known yet, `spent` is kept (the provider took it, or may have); a scope's cap refuses "
+        "an attempt whose price would take reserved and spent past it.",
+        **_object(
+            {
+                "scope": {"type": "string", "description": "`total` (every provider together) or a provider"},
+                "cap_usd": _nullable({"type": "number", "minimum": 0, "description": "null: no cap"}),
+                "reserved_usd": {"type": "number"},
+                "spent_usd": {"type": "number"},
+                "remaining_usd": _nullable({"type": "number", "minimum": 0, "description": "null: no cap"}),
+                "exhausted_at": _nullable(
+                    {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "when the cap first refused something today (`budget.exhausted`)",
+                    }
+                ),
+                "priced": {"type": "boolean", "description": "providers: has a price at all"},
+                "note": {"type": "string", "description": "providers: why it cannot be sent under its caps"},
+            },
+            optional=("priced", "note"),
+        ),
+    },
+    "Budget": {
+        "description": "Today's caps and figures (SPEC §9): `JOBHOOK_BUDGET_USD_PER_DAY` (the total) and "
+        "`JOBHOOK_<P>_BUDGET_USD_PER_DAY` (each provider's own); UTC days.",
+        **_object(
+            {
+                "day": {"type": "string", "format": "date", "description": "the UTC day"},
+                "reset_at": {"type": "string", "format": "date-time", "description": "the next UTC midnight"},
+                "retry_after": {"type": "integer", "minimum": 1, "description": "seconds to the reset"},
+                "total": _ref("BudgetScope"),
+                "providers": {"type": "array", "items": _ref("BudgetScope")},
+            }
+        ),
+    },
     "Delivery": {
         "description": "One notification to one destination; times are Unix seconds.",
         **_object(
@@ -566,7 +613,8 @@ PATHS: dict[str, Schema] = {
                 "422": _refusal(
                     "The submission cannot be sent as it is: `field` names what is wrong, `accepted` what the "
                     "provider takes; `no_provider` lists in `candidates` each provider left out and why (over "
-                    "`max_price_usd`, or its price unknown). Nothing was sent, and no job was made.",
+                    "`max_price_usd`, or its price unknown under it or under a daily budget). Nothing was sent, and "
+                    "no job was made.",
                     "invalid_body",
                     "unknown_field",
                     "missing_field",
@@ -578,6 +626,13 @@ PATHS: dict[str, Schema] = {
                     "unsupported_value",
                     "idempotency_key_reused",
                     "no_provider",
+                ),
+                "429": _refusal(
+                    "No candidate can take the submission within today's budget (SPEC §9): `scope` names the cap "
+                    "(`total` or a provider), `reset_at` when it resets (the next UTC midnight), `candidates` each "
+                    "provider left out and why. Nothing was sent, and no job was made.",
+                    "budget_exceeded",
+                    headers={"Retry-After": _header("seconds to the reset", {"type": "string", "pattern": "^[0-9]+$"})},
                 ),
                 "502": _refusal(
                     "The provider refused the submission (`provider_code` is its own code); the job is failed.",
@@ -804,6 +859,13 @@ PATHS: dict[str, Schema] = {
                 **AUTH,
                 **STORAGE,
             },
+            tag="operators",
+        )
+    },
+    "/v1/budget": {
+        "get": _operation(
+            "Today's budget: each cap, what is reserved and spent (UTC day), what is left, and the reset.",
+            {"200": _json("The budget.", _ref("Budget")), **AUTH, **STORAGE},
             tag="operators",
         )
     },

@@ -33,9 +33,21 @@ def adapters(settings: Settings | None = None) -> dict[str, Adapter]:
     }
 
 
-def simulator_adapter() -> Adapter:
-    """The built-in simulator speaks aivideoapi's protocol under its own name, for free."""
-    return AivideoapiAdapter(name="simulator", prices=SIMULATOR_PRICES)
+def simulator_adapter(settings: Settings | None = None) -> Adapter:
+    """The built-in simulator speaks aivideoapi's protocol under its own name, for free (unless
+    JOBHOOK_SIMULATOR_PRICES says what its jobs are to cost, to try budgets without an account)."""
+    return AivideoapiAdapter(name="simulator", prices=simulator_prices(settings))
+
+
+def simulator_prices(settings: Settings | None = None) -> PriceTable:
+    return SIMULATOR_PRICES.with_override(settings.simulator.prices if settings is not None else None)
+
+
+def price_tables(settings: Settings) -> dict[str, PriceTable]:
+    """Every provider's price table, the simulator's too: what an attempt reserves of a budget (SPEC §9)."""
+    tables = {name: adapter.prices for name, adapter in adapters(settings).items()}
+    tables["simulator"] = simulator_prices(settings)
+    return tables
 
 
 def describe(settings: Settings) -> list[dict[str, Any]]:
@@ -69,7 +81,7 @@ def describe(settings: Settings) -> list[dict[str, Any]]:
             "api_key": simulator[settings.simulator.enabled],
             "base_url": "<this jobhook>/simulator",
             "tracking": "callback" if settings.public_url else "polling (no JOBHOOK_PUBLIC_URL)",
-            **_prices(SIMULATOR_PRICES),
+            **_prices(simulator_prices(settings)),
         }
     )
     return rows

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from service.domain.budget import Policy as BudgetPolicy
 from service.domain.circuit import CircuitPolicy
 from service.domain.job import Candidate, Job
 from service.domain.status import Decision, Source
@@ -80,6 +81,8 @@ class OutboxPolicy:
     circuits: CircuitPolicy = dataclasses.field(
         default_factory=CircuitPolicy
     )  # when a provider's circuit opens (SPEC §8)
+    # The daily caps and the prices an attempt reserves (SPEC §9).
+    budget: BudgetPolicy = dataclasses.field(default_factory=BudgetPolicy)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from service.domain import attempt, measure
+from service.domain import attempt, budget, measure
 from service.domain import circuit as circuits
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitResult
@@ -34,6 +34,8 @@ from service.store.base import (
     TaskIdConflict,
     WriterStats,
 )
+from service.store.budget_queries import BudgetQueries
+from service.store.budget_queries import exhausted as ledger_exhausted
 from service.store.outbox_queries import OutboxQueries
 from service.store.purge_queries import PurgeQueries
 from service.store.session_queries import SessionQueries
@@ -81,7 +83,11 @@ def claim(tx: Tx, job: Job, lease_for: LeaseFor) -> Job | None:
             tx.schedule(job.id, WorkKind.SUBMIT, job.provider, tx.now, 0)
             tx.wake(tx.now)
             return None
-        permission = tx.may_send(job.provider, job.id, lease_until)
+        permission = tx.permit(job.id, job.provider, job.request, lease_until)
+        if isinstance(permission, budget.Refusal):
+            # A daily cap refuses it (SPEC §9): nothing is sent; the job waits for the reset.
+            tx.budget_wait(job.id, job.provider, permission)
+            return None
         if not isinstance(permission, circuits.Blocked):
             tx.mark_sending(job.id, job.provider, lease_until)
             return tx.job(job.id)
@@ -97,7 +103,7 @@ def claim(tx: Tx, job: Job, lease_for: LeaseFor) -> Job | None:
         job = tx.job(job.id)
 
 
-class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
+class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC):
     """jobhook's state; one subclass per engine provides the connections and the schema."""
 
     dialect: Dialect
@@ -189,6 +195,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 )
             else:
                 log.info("circuit of %s closed", provider)
+        for refusal in tx.exhausted:
+            log.warning(
+                "budget of %s spent for %s: %s", refusal.scope, budget.day_of(refusal.reset_at - 1), refusal.message
+            )
         for provider, degraded in tx.health.items():
             (self.degraded.add if degraded else self.degraded.discard)(provider)
         if tx.wake_at is not None:
@@ -232,9 +242,12 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
         A job jobhook sends at once (`new.submit_lease_until`) is marked "sending"; when its provider's
         circuit is open, it goes to a later candidate whose circuit is not (`claim`, with
-        `lease_for_all`: by default every provider's lease is the first's), or waits."""
+        `lease_for_all`: by default every provider's lease is the first's), or waits.
 
-        def write(tx: Tx) -> tuple[Job, bool]:
+        Raises budget.OverBudget when a daily cap refuses the job's first attempt (SPEC §9): no job is
+        made and nothing is sent (the cap's first refusal of the day is recorded, and told)."""
+
+        def write(tx: Tx) -> tuple[Job, bool] | budget.Refusal:
             if new.idempotency_key is not None:
                 row = tx.one("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
                 if row is not None:
@@ -242,7 +255,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             sending = new.submit_lease_until is not None
             shut = False  # the provider's circuit is open: the job is not sent there now (SPEC §8)
             if new.submit_lease_until is not None:
-                permission = tx.may_send(new.provider, new.id, new.submit_lease_until)
+                permission = tx.permit(new.id, new.provider, new.request, new.submit_lease_until, new_attempt=True)
+                if isinstance(permission, budget.Refusal):
+                    ledger_exhausted(tx, permission)
+                    return permission
                 if isinstance(permission, circuits.Blocked):
                     sending, shut = False, True
             tx.execute(
@@ -288,7 +304,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 claim(tx, tx.job(new.id), lease_for)
             return tx.job(new.id), True
 
-        return await self._write(write)
+        made = await self._write(write)
+        if isinstance(made, budget.Refusal):
+            raise budget.OverBudget(made)
+        return made
 
     async def begin_submit(self, job_id: str, lease_for: LeaseFor, *, take_due: bool = False) -> Job | None:
         """Mark a queued job's next attempt as in flight (`claim`: at the first of its candidates whose
@@ -573,6 +592,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             if job.submit_state is SubmitState.SENDING:
                 fields["submit_state"] = SubmitState.UNCERTAIN  # settled: nothing waits for this call's answer any more
             tx.update(job_id, **fields)
+            if job.submit_state is SubmitState.SENDING:
+                # Sent, and no answer will be waited for: the provider may charge (its price is kept).
+                tx.end_attempt(job_id, str(attempt.AttemptState.UNCERTAIN), ended=False)
             tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
             if new_status in FINAL:
                 tx.unschedule(job_id)
@@ -664,6 +686,11 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             return None
         attempts = await self._lookup_one(ATTEMPTS_SQL, (job_id,))
         return job_from_row(rows[0], tuple(attempt_from_row(row) for row in attempts))
+
+    async def job_by_idempotency_key(self, key: str) -> Job | None:
+        """The job an Idempotency-Key made, if any (its attempts left out)."""
+        rows = await self._read("SELECT * FROM jobs WHERE idempotency_key = ?", (key,))
+        return job_from_row(rows[0]) if rows else None
 
     async def list_jobs(
         self, *, status: str | None, provider: str | None, before_id: str | None, limit: int

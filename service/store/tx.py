@@ -16,13 +16,14 @@ from typing import Any, Protocol
 
 import orjson
 
+from service.domain import budget, history
 from service.domain import circuit as circuits
-from service.domain import history
 from service.domain import status as status_machine
 from service.domain.job import AttemptRecord, Candidate, Job, rfc3339
 from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
 from service.domain.work import TRACKING_KINDS, Lane, SubmitState, WorkKind
 from service.ids import new_message_id
+from service.store import budget_queries as ledger
 from service.store.base import JobNotFound, OutboxPolicy
 
 REFUSED_LOG_SIZE = 1000
@@ -147,6 +148,9 @@ class Tx:
         # of each failover.
         self.attempt_ends: list[tuple[str, str]] = []
         self.failovers: list[tuple[str, str, str]] = []
+        # Prices reserved in this transaction for attempts it starts after (`permit`), by job (SPEC §9).
+        self.holds: dict[str, ledger.Hold] = {}
+        self.exhausted: list[budget.Refusal] = []  # caps that refused for the first time today, logged after commit
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
         return self.db.execute(sql, tuple(params))
@@ -166,12 +170,16 @@ class Tx:
 
     def start_attempt(self, job_id: str, provider: str, *, tries: int = 0) -> None:
         """A new attempt, at `provider`, the job's current one from now on; `tries`: sent that often
-        already (a new job marked "sending" in the same transaction: once)."""
+        already (a new job marked "sending" in the same transaction: once). It holds the price `permit`
+        reserved for the job in this transaction, if any."""
         self.execute(
             "INSERT INTO attempts (job_id, seq, provider, started_at, tries) "
             "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM attempts WHERE job_id = ?), ?, ?, ?)",
             (job_id, job_id, provider, self.now, tries),
         )
+        held = self.holds.pop(job_id, None)
+        if held is not None:
+            ledger.hold(self, job_id, held)
 
     def end_attempt(self, job_id: str, state: str, *, ended: bool = True, **fields: Any) -> None:
         """Write the current attempt's state (and `fields`: provider_task_id, error, cost_usd);
@@ -182,11 +190,15 @@ class Tx:
         assignments = ", ".join(f"{name} = ?" for name in fields)
         rows = self.execute(
             f"UPDATE attempts SET {assignments} WHERE job_id = ? "
-            "AND seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?) RETURNING provider",
+            "AND seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?) "
+            "RETURNING job_id, seq, provider, budget_micros, budget_day, budget_shard, budget_held",
             (*fields.values(), job_id, job_id),
         ).fetchall()
+        for row in rows:
+            if row["budget_held"] is not None:  # kept or released with the state (SPEC §9)
+                ledger.settle(self, row, state)
         if ended:
-            self.attempt_ends.extend((row[0], state) for row in rows)
+            self.attempt_ends.extend((row["provider"], state) for row in rows)
 
     def failover(self, job: Job, reason: str, *, wake: bool = True) -> None:
         """Move the job to its next candidate (SPEC §8): only ever called when the current attempt
@@ -506,6 +518,49 @@ class Tx:
         self.schedule(job_id, WorkKind.SUBMIT, lane or provider, until, 0)
         message = f"circuit open until {rfc3339(until)}"
         self.event(job_id, "circuit", "waiting", {"provider": provider, "until": rfc3339(until), "message": message})
+
+    # -- budgets (SPEC §9) ---------------------------------------------------------------------------
+
+    def permit(
+        self, job_id: str, provider: str, request: Mapping[str, Any], lease_until: float, *, new_attempt: bool = False
+    ) -> circuits.Permission | budget.Refusal:
+        """May the job's attempt go to `provider` now? Its circuit first (`may_send`), then the daily
+        caps: the attempt's price is reserved here, in the transaction that marks it sending, so that
+        no number of concurrent submissions passes a cap. The job's current attempt holds it, or
+        (`new_attempt`) the one `start_attempt` makes next in this transaction. Refused by a cap: a
+        probe claimed on the way is given back, and nothing is reserved."""
+        permission = self.may_send(provider, job_id, lease_until)
+        if isinstance(permission, circuits.Blocked):
+            return permission
+        held = ledger.reserve(self, job_id, provider, request)
+        if isinstance(held, budget.Refusal):
+            if isinstance(permission, circuits.Probe):
+                self.execute(
+                    "UPDATE provider_circuits SET probe_job = NULL, probe_until = NULL WHERE provider = ? AND probe_job = ?",
+                    (provider, job_id),
+                )
+            return held
+        if held is not None:
+            if new_attempt:
+                self.holds[job_id] = held
+            else:
+                ledger.hold(self, job_id, held)
+        return permission
+
+    def hold_off(self, job_id: str, provider: str, why: circuits.Blocked | budget.Refusal) -> None:
+        """The job is not sent now (`permit` said why): it waits for the circuit, or for the budget."""
+        if isinstance(why, circuits.Blocked):
+            self.circuit_wait(job_id, provider, why.until)
+        else:
+            self.budget_wait(job_id, provider, why)
+
+    def budget_wait(self, job_id: str, provider: str, refusal: budget.Refusal) -> None:
+        """A cap refuses the job's attempt: its submission is due at the cap's reset (the next UTC
+        midnight; its deadline still ends it first if that comes sooner), and the job's events say why."""
+        self.schedule(job_id, WorkKind.SUBMIT, provider, refusal.reset_at, 0)
+        detail = {**refusal.detail(), "provider": provider, "message": refusal.message}
+        self.event(job_id, "budget", "waiting", detail)
+        ledger.exhausted(self, refusal)
 
     def apply(
         self,
