@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from service.config import Settings, shown_url
@@ -15,6 +16,8 @@ from service.providers.segmind import SegmindAdapter
 
 # The built-in simulator charges nothing, whatever the tier: routing by price may pick it at no cost.
 SIMULATOR_PRICES = PriceTable.flat(0.0)
+# aivideoapi's, and its `provider_options.simulate` checked by jobhook (a 422 rather than its 400).
+SIMULATOR_CAPABILITIES = dataclasses.replace(aivideoapi.CAPABILITIES, simulate=True)
 
 
 def adapters(settings: Settings | None = None) -> dict[str, Adapter]:
@@ -35,7 +38,7 @@ def adapters(settings: Settings | None = None) -> dict[str, Adapter]:
 
 def simulator_adapter() -> Adapter:
     """The built-in simulator speaks aivideoapi's protocol under its own name, for free."""
-    return AivideoapiAdapter(name="simulator", prices=SIMULATOR_PRICES)
+    return AivideoapiAdapter(name="simulator", prices=SIMULATOR_PRICES, capabilities=SIMULATOR_CAPABILITIES)
 
 
 def describe(settings: Settings) -> list[dict[str, Any]]:
