@@ -155,7 +155,10 @@ GENERATION_FIELDS: dict[str, Schema] = {
         "type": "object",
         "description": f"Passed to the provider as is; at most {MAX_OBJECT_BYTES} bytes of JSON. A key that "
         "jobhook sets itself (a field of this vocabulary, the model, a callback or webhook URL, or the "
-        "provider's name for one of them) is refused with 422 `reserved_option`.",
+        "provider's name for one of them) is refused with 422 `reserved_option`. For the `simulator`, "
+        "`simulate` scripts the task (`fail`, `drop_callback`, `stale_timestamp`, `duplicates`, "
+        "`concurrent_duplicates`, `latency` in seconds, `refuse`: one of aivideoapi's error codes, such as "
+        "`insufficient_credits`); a wrong one is a 422 `invalid_field` naming it.",
     },
 }
 
@@ -1036,9 +1039,19 @@ SIMULATOR_PATHS: dict[str, Schema] = {
                         }
                     ),
                 ),
-                "400": _simulator_refusal("The request is not one aivideoapi would take.", "invalid_request"),
-                "401": _simulator_refusal("No `sk-` key.", "invalid_api_key"),
-                "404": _simulator_not_found("Unknown model.", "model_not_found"),
+                "400": _simulator_refusal(
+                    "The request is not one aivideoapi would take (or `input.simulate.refuse` says so).",
+                    "invalid_request",
+                ),
+                "401": _simulator_refusal("No `sk-` key (or told to refuse it).", "invalid_api_key"),
+                "402": _simulator_refusal("Told to refuse: out of credits.", "insufficient_credits"),
+                "403": _simulator_refusal("Told to refuse: the caller's IP is not allowed.", "ip_not_allowed"),
+                "404": _simulator_not_found("Unknown model (or told to say so).", "model_not_found"),
+                "429": _simulator_refusal(
+                    "Told to refuse: rate or spend limit.", "rate_limit_exceeded", "spend_limit_exceeded"
+                ),
+                "500": _simulator_refusal("Told to refuse: a server error.", "internal_error"),
+                "503": _simulator_refusal("Told to refuse: the upstream model failed.", "upstream_error"),
             },
             tag="simulator",
             security=SIMULATOR_KEY,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from service.config import Settings, shown_url
@@ -15,6 +16,8 @@ from service.providers.segmind import SegmindAdapter
 
 # The built-in simulator charges nothing, whatever the tier: routing by price may pick it at no cost.
 SIMULATOR_PRICES = PriceTable.flat(0.0)
+# aivideoapi's, and its `provider_options.simulate` checked by jobhook (a 422 rather than its 400).
+SIMULATOR_CAPABILITIES = dataclasses.replace(aivideoapi.CAPABILITIES, simulate=True)
 
 
 def adapters(settings: Settings | None = None) -> dict[str, Adapter]:
@@ -36,7 +39,7 @@ def adapters(settings: Settings | None = None) -> dict[str, Adapter]:
 def simulator_adapter(settings: Settings | None = None) -> Adapter:
     """The built-in simulator speaks aivideoapi's protocol under its own name, for free (unless
     JOBHOOK_SIMULATOR_PRICES says what its jobs are to cost, to try budgets without an account)."""
-    return AivideoapiAdapter(name="simulator", prices=simulator_prices(settings))
+    return AivideoapiAdapter(name="simulator", prices=simulator_prices(settings), capabilities=SIMULATOR_CAPABILITIES)
 
 
 def simulator_prices(settings: Settings | None = None) -> PriceTable:
