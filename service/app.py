@@ -91,6 +91,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             credits_low=settings.credits_low,
             base_url=settings.public_url or self_url or "",
             circuits=settings.circuits,
+            poll_interval=settings.poll_interval,
         )
         store = engines.make_store(settings, clock=clock, mirror_images=settings.mirror_images, policy=policy)
         await store.open()

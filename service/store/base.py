@@ -52,6 +52,15 @@ class Applied:
     decision: Decision | None
 
 
+@dataclasses.dataclass(frozen=True)
+class LatePoll:
+    """A late poll (SPEC §8: of an attempt the job no longer follows): the lane its row ran in, and the
+    oldest start an attempt may have to be polled still (late polls give up on older ones)."""
+
+    lane: str
+    since: float
+
+
 class ReceiptKind(enum.StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
@@ -76,6 +85,8 @@ class OutboxPolicy:
     circuits: CircuitPolicy = dataclasses.field(
         default_factory=CircuitPolicy
     )  # when a provider's circuit opens (SPEC §8)
+    # JOBHOOK_POLL_INTERVAL: when an attempt the job follows again (or follows late) is first polled.
+    poll_interval: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +147,7 @@ __all__ = [
     "CallbackResult",
     "Due",
     "JobNotFound",
+    "LatePoll",
     "NewJob",
     "OutboxPolicy",
     "OutboxRow",
