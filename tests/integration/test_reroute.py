@@ -63,7 +63,7 @@ async def reroute(svc: Service, job_id: str, expect: int = 202, **body: Any) -> 
     return response.json()  # type: ignore[no-any-return]
 
 
-async def until(svc: Service, job_id: str, check: Any, timeout: float = 20) -> dict[str, Any]:
+async def until(svc: Service, job_id: str, check: Any, timeout: float = 30) -> dict[str, Any]:
     async def probe() -> dict[str, Any] | None:
         job = await svc.job(job_id)
         return job if check(job) else None
@@ -263,19 +263,23 @@ async def test_an_uncertain_attempt_is_bound_by_its_own_callback_after_a_reroute
     jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
 ) -> None:
     """aivideoapi took the job but its answer was lost: the attempt is uncertain. After a reroute its
-    callback still binds it (checked against that attempt's task: another task id is refused) and its
-    completion completes the job."""
+    callback still binds it (checked against that attempt's task: another task id is refused), and from
+    then on it is polled: its completion, which no callback tells, completes the job."""
     aivideoapi.create_responses = ["disconnect"]
-    aivideoapi.default_script = TaskScript(outcome="never")
+    aivideoapi.default_script = TaskScript(outcome="never", drop_callback=True)
     apiframe.default_script = JobScript(outcome="never")
     async with jobhook(**env_for(aivideoapi, apiframe)) as svc:
         job = await svc.submit(provider=BOTH, prompt="an answer lost")
         assert attempts(job) == [("aivideoapi", "uncertain")] and job["provider_task_id"] is None
         await reroute(svc, job["id"])
         [task] = list(aivideoapi.tasks)
-        aivideoapi.complete(task)
+        await eventually(lambda: aivideoapi.tasks[task].status == "processing")
+        assert await aivideoapi.deliver(task) == (200, {"status": "accepted"})  # binds attempt 1
+        bound = await svc.job(job["id"])
+        assert bound["attempts"][0]["provider_task_id"] == task and bound["provider"] == "apiframe"
+        aivideoapi.complete(task)  # no callback: a late poll learns it
         done = await until(svc, job["id"], lambda j: j["status"] == "completed")
-        assert (done["provider"], done["provider_task_id"]) == ("aivideoapi", task)
+        assert (done["provider"], done["provider_task_id"], done["resolved_by"]) == ("aivideoapi", task, "poll")
         assert done["attempts"][0] == done["attempts"][0] | {"state": "completed", "provider_task_id": task}
         # Bound now: a delivery naming another task at the same URL is refused.
         status, answer = await aivideoapi.deliver(
@@ -311,9 +315,7 @@ async def test_reroutes_sent_at_once_move_the_job_once(
         answers = await asyncio.gather(
             *(svc.client.post(f"/v1/jobs/{job['id']}/reroute", json={"from_attempt": 1}) for _ in range(5))
         )
-        assert sorted(answer.status_code for answer in answers) == [200, 200, 200, 200, 202], [
-            a.text for a in answers
-        ]
+        assert sorted(answer.status_code for answer in answers) == [200, 200, 200, 200, 202], [a.text for a in answers]
         after = await svc.job(job["id"])
         assert [item["provider"] for item in after["attempts"]] == ["aivideoapi", "apiframe"]
         assert len(apiframe.creates) == 1
@@ -363,14 +365,15 @@ async def test_refusals_say_why(jobhook: ServiceFactory, aivideoapi: FakeAivideo
 async def test_a_submission_in_flight_cannot_be_rerouted(
     jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
 ) -> None:
-    aivideoapi.create_delay = 1.5  # the task is made at once; the answer comes after
-    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_SUBMIT_TIMEOUT="5")) as svc:
+    aivideoapi.create_gate = asyncio.Event()  # the task is made at once; the answer waits
+    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_SUBMIT_TIMEOUT="30")) as svc:
         submitting = asyncio.ensure_future(svc.submit(provider=BOTH, prompt="slow to answer"))
         await eventually(lambda: aivideoapi.creates)
         listed = await eventually(lambda: svc.client.get("/v1/jobs"))
         [job] = listed.json()["jobs"]
         response = await svc.client.post(f"/v1/jobs/{job['id']}/reroute")
         assert (response.status_code, response.json()["error"]["code"]) == (409, "submission_in_flight")
+        aivideoapi.create_gate.set()
         assert [item["provider"] for item in (await submitting)["attempts"]] == ["aivideoapi"]
         assert apiframe.creates == []
 
@@ -414,8 +417,8 @@ async def test_an_answer_that_comes_after_an_earlier_attempt_completed_the_job_i
     cost counts and the conflict is recorded."""
     apiframe.default_script = JobScript(outcome="never")
     aivideoapi.default_script = TaskScript(outcome="never")
-    aivideoapi.create_delay = 3.0
-    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_SUBMIT_TIMEOUT="10")) as svc:
+    aivideoapi.create_gate = asyncio.Event()  # the reroute's call is held in flight
+    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_SUBMIT_TIMEOUT="30")) as svc:
         job = await svc.submit(provider=["apiframe", "aivideoapi"], prompt="apiframe first")
         first_task = job["provider_task_id"]
         rerouting = asyncio.ensure_future(reroute(svc, job["id"]))
@@ -423,6 +426,7 @@ async def test_an_answer_that_comes_after_an_earlier_attempt_completed_the_job_i
         apiframe.complete(first_task)  # its webhook is confirmed by a late poll
         done = await until(svc, job["id"], lambda j: j["status"] == "completed")
         assert (done["provider"], done["attempts"][1]["state"]) == ("apiframe", None)
+        aivideoapi.create_gate.set()
         answered = await rerouting
         assert (answered["status"], answered["provider"]) == ("completed", "apiframe")
         second = answered["attempts"][1]
