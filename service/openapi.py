@@ -319,7 +319,20 @@ SCHEMAS: dict[str, Schema] = {
         {
             "id": {"type": "integer"},
             "at": {"type": "string", "format": "date-time"},
-            "type": {"type": "string", "examples": ["submit", "callback", "poll", "notification", "mirror", "circuit"]},
+            "type": {
+                "type": "string",
+                "examples": [
+                    "submit",
+                    "callback",
+                    "poll",
+                    "notification",
+                    "mirror",
+                    "circuit",
+                    "failover",
+                    "fallback",
+                    "conflict",
+                ],
+            },
             "outcome": _nullable({"type": "string"}),
             "detail": {"type": "object"},
         }

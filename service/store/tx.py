@@ -189,8 +189,9 @@ class Tx:
     def failover(
         self, job: Job, reason: str, lease_until: float | None = None, *, note: Mapping[str, Any] | None = None
     ) -> None:
-        """Move the job to its next candidate (SPEC §8): only ever called when the current attempt
-        ended not_sent, rejected or failed, so the provider it leaves holds nothing it may charge for.
+        """Move the job to its next candidate (SPEC §8): called when the current attempt ended not_sent,
+        rejected or failed, so the provider it leaves holds nothing it may charge for, or when the
+        backend asks for it anyway (a reroute: `service.domain.reroute`).
         The job is queued again at the new provider with a new attempt. `lease_until`: the caller sends
         it at once, so it is marked "sending" here, in this transaction, as a new job is (unless the
         provider's circuit is open: then it waits); otherwise its submission is due now. `note`: more
