@@ -63,13 +63,16 @@ async def reroute(svc: Service, job_id: str, expect: int = 202, **body: Any) -> 
     return response.json()  # type: ignore[no-any-return]
 
 
-async def until(svc: Service, job_id: str, check: Any, timeout: float = 30) -> dict[str, Any]:
+async def until(svc: Service, job_id: str, check: Any, timeout: float = 60) -> dict[str, Any]:
+    """The job once `check(job)` holds, read once more then: a job and its attempts are two reads, so
+    the read that saw an attempt change may hold the job's row from just before the same commit."""
+
     async def probe() -> dict[str, Any] | None:
         job = await svc.job(job_id)
         return job if check(job) else None
 
-    result: dict[str, Any] = await eventually(probe, timeout=timeout)
-    return result
+    await eventually(probe, timeout=timeout)
+    return await svc.job(job_id)
 
 
 async def accepted_at_aivideoapi(svc: Service, aivideoapi: FakeAivideoapi, **body: Any) -> dict[str, Any]:
@@ -366,7 +369,7 @@ async def test_a_submission_in_flight_cannot_be_rerouted(
     jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
 ) -> None:
     aivideoapi.create_gate = asyncio.Event()  # the task is made at once; the answer waits
-    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_SUBMIT_TIMEOUT="30")) as svc:
+    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_SUBMIT_TIMEOUT="100")) as svc:
         submitting = asyncio.ensure_future(svc.submit(provider=BOTH, prompt="slow to answer"))
         await eventually(lambda: aivideoapi.creates)
         listed = await eventually(lambda: svc.client.get("/v1/jobs"))
@@ -418,7 +421,7 @@ async def test_an_answer_that_comes_after_an_earlier_attempt_completed_the_job_i
     apiframe.default_script = JobScript(outcome="never")
     aivideoapi.default_script = TaskScript(outcome="never")
     aivideoapi.create_gate = asyncio.Event()  # the reroute's call is held in flight
-    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_SUBMIT_TIMEOUT="30")) as svc:
+    async with jobhook(**env_for(aivideoapi, apiframe, JOBHOOK_SUBMIT_TIMEOUT="100")) as svc:
         job = await svc.submit(provider=["apiframe", "aivideoapi"], prompt="apiframe first")
         first_task = job["provider_task_id"]
         rerouting = asyncio.ensure_future(reroute(svc, job["id"]))
