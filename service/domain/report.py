@@ -130,6 +130,7 @@ class Decision:
 
 
 def attempt_is_current(job: Job, seq: int | None) -> bool:
+    """Is attempt `seq` the one the job follows (None, or a job without attempts: as good as)?"""
     current = job.current_attempt()
     return seq is None or current is None or current.seq == seq
 
