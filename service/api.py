@@ -12,8 +12,8 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from service import ids, limits
-from service.domain import attempt, routing
-from service.domain.job import Job
+from service.domain import attempt, budget, routing
+from service.domain.job import Job, rfc3339
 from service.domain.request import MAX_CANDIDATES, RequestError, parse_submission
 from service.domain.status import FINISHED, Status
 from service.engine import IdempotencyMismatch, NotBackendSubmitted, NotPollable, RerouteRefused
@@ -79,6 +79,18 @@ async def create_job(request: Request) -> JSONResponse:
         job, created = await rt.engine.create(submission, key)
     except RequestError as exc:
         raise _request_error(exc) from None
+    except budget.BudgetExceeded as exc:
+        # SPEC §9: nothing was sent and no job was made; the caps reset at the next UTC midnight.
+        cap = exc.refusal
+        raise ApiError(
+            429,
+            "budget_exceeded",
+            exc.message,
+            headers={"Retry-After": str(max(1, math.ceil(cap.reset_at - rt.engine.clock())))},
+            scope=cap.scope,
+            reset_at=rfc3339(cap.reset_at),
+            candidates=[item.to_json() for item in exc.left_out] or None,
+        ) from None
     except routing.NoProvider as exc:
         # Nothing was sent and no job was made: each candidate and why it was left out.
         raise ApiError(422, "no_provider", exc.message, candidates=[item.to_json() for item in exc.left_out]) from None

@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope
 
 from service import loglimit
 from service.domain import callbacks as verify
@@ -23,10 +26,10 @@ from service.domain.callbacks import MAX_BODY_BYTES
 from service.domain.job import Job
 from service.domain.status import Status
 from service.errors import StorageError
-from service.http import BodyTooLarge, JSONResponse, read_body
+from service.http import BodyTooLarge, read_body_asgi
 from service.metrics import Metrics
 from service.providers.base import ProtocolError, Tracking
-from service.runtime import runtime
+from service.runtime import Runtime, runtime
 from service.store.base import ReceiptKind, TaskIdConflict
 
 if TYPE_CHECKING:
@@ -202,24 +205,39 @@ def _delivery_detail(headers: Mapping[str, str], body: Mapping[str, Any], target
 # -- the route -----------------------------------------------------------------------------------------
 
 
-async def take_callback(request: Request) -> JSONResponse:
-    rt = runtime(request)
+async def take_callback(request: Request) -> Response:
+    """The router's endpoint. The app answers `POST /callbacks/{token}` before its middleware and
+    router (service.app.App, with `answer`), so this is reached only where that fast path stands aside
+    (under a root path)."""
+    token = request.path_params["token"]
+    status, body = await answer(runtime(request), token, request.scope["headers"], request.receive)
+    return Response(body, status, headers={"X-Content-Type-Options": "nosniff"}, media_type="application/json")
+
+
+ANSWERS = {kind: orjson.dumps({"status": str(kind)}) for kind in ReceiptKind}
+
+
+async def answer(
+    rt: Runtime, token: str, raw_headers: Iterable[tuple[bytes, bytes]], receive: Receive
+) -> tuple[int, bytes]:
+    """A delivery to `/callbacks/{token}`: its answer's status and JSON body, once committed."""
     intake = rt.callbacks
     # The token is checked before the body is read: a forged URL learns nothing, not even the limit.
-    claim = intake.tokens.verify(request.path_params["token"])
+    claim = intake.tokens.verify(token)
     provider = claim.provider if claim is not None else "unknown"
     started: float | None = None
     try:
         if claim is None:
             verdict: Verdict = await intake.refuse_token()
         else:
+            headers = combined_headers(raw_headers)
             raw: bytes | None
             try:
-                raw = await read_body(request, MAX_BODY_BYTES)
+                raw = await read_body_asgi(receive, headers.get("content-length", "").encode() or None, MAX_BODY_BYTES)
             except BodyTooLarge:
                 raw = None  # refused below, on the job's own history
             started = time.monotonic()
-            verdict = await intake.take(claim, combined_headers(request), raw)
+            verdict = await intake.take(claim, headers, raw)
     except StorageError:
         # Answered 503 by the app (the provider retries); counted all the same, since every delivery
         # is (SPEC §4) and a storage fault turning deliveries away is what an operator must see.
@@ -227,10 +245,10 @@ async def take_callback(request: Request) -> JSONResponse:
         raise
     if isinstance(verdict, Taken):
         count(rt.metrics, verdict.provider, str(verdict.receipt), "", started)
-        return JSONResponse({"status": str(verdict.receipt)})
+        return 200, ANSWERS[verdict.receipt]
     count(rt.metrics, verdict.provider, "refused", verdict.reason, started)
     refusal = verdict.refusal
-    return JSONResponse({"error": {"code": refusal.code, "message": refusal.message}}, status_code=refusal.status)
+    return refusal.status, orjson.dumps({"error": {"code": refusal.code, "message": refusal.message}})
 
 
 def count(metrics: Metrics, provider: str, outcome: str, reason: str, started: float | None = None) -> None:
@@ -241,17 +259,28 @@ def count(metrics: Metrics, provider: str, outcome: str, reason: str, started: f
         metrics.callback_seconds.labels(provider).observe(time.monotonic() - started)
 
 
-def combined_headers(request: Request) -> dict[str, str]:
+def combined_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """Lower-case names; a field sent several times is one comma-joined value (RFC 9110 §5.3).
 
     A dict built from the raw list would keep only the last `X-Task-Id` or `X-Timestamp` and ignore
     the others; joined, two copies are simply not a valid value, and the checks refuse them.
     """
     headers: dict[str, str] = {}
-    for name, value in request.headers.items():
-        name = name.lower()
+    for raw_name, raw_value in raw_headers:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
 
 
-routes = [Route("/callbacks/{token}", take_callback, methods=["POST"])]
+PREFIX = "/callbacks/"
+routes = [Route(PREFIX + "{token}", take_callback, methods=["POST"])]
+
+
+def fast_token(scope: Scope) -> str | None:
+    """The token of a request the app answers at once (`POST /callbacks/{token}`, as the route matches it),
+    or None: the request goes through the app's middleware and router."""
+    path: str = scope["path"]
+    if scope["method"] != "POST" or not path.startswith(PREFIX) or scope.get("root_path"):
+        return None
+    segment = path[len(PREFIX) :]
+    return segment if segment and "/" not in segment else None

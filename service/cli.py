@@ -136,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     providers.add_argument("--json", action="store_true", help="print JSON")
     providers.set_defaults(handler=cmd_providers)
 
+    budget = commands.add_parser(
+        "budget",
+        help="today's caps, what is reserved and spent, and when they reset",
+        description="Show today's budget (UTC day, SPEC §9): each cap (JOBHOOK_BUDGET_USD_PER_DAY for all providers "
+        "together, JOBHOOK_<P>_BUDGET_USD_PER_DAY for one), what is reserved (sent, outcome not known yet) and spent "
+        "(kept: the provider took it), what is left, and when the day resets. Reads JOBHOOK_DATABASE directly: the "
+        "figures every replica shares.",
+    )
+    budget.add_argument("--json", action="store_true", help="print JSON (as GET /v1/budget)")
+    budget.set_defaults(handler=cmd_budget)
+
     outbox = commands.add_parser(
         "outbox",
         help="list notification deliveries, or resend them",
@@ -487,6 +498,65 @@ def _circuit_text(circuit: dict[str, Any] | None) -> str:
     if state == "half_open":
         return "half-open (one job trying it)" if circuit["probing"] else "half-open (the next job tries it)"
     return f"closed{failures}"
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from service.domain import budget
+    from service.domain.budget import Figures
+    from service.domain.routing import SIMULATOR
+    from service.providers.registry import price_tables
+
+    settings = load_settings(args)
+    now = time.time()
+
+    async def read() -> dict[str, Figures]:
+        from service.store.engines import make_store
+
+        store = make_store(settings)
+        await store.open()
+        try:
+            return await store.budget_figures(budget.day_of(now))
+        finally:
+            await store.close()
+
+    # A SQLite database that is not there yet has spent nothing (and is not created by a look at it).
+    figures = asyncio.run(read()) if settings.database_url is not None or settings.database.is_file() else {}
+    tables = price_tables(settings)
+    if settings.simulator.enabled is False:
+        tables.pop(SIMULATOR)
+    report = budget.report(
+        settings.budget, figures, {name: bool(table.per_image) for name, table in tables.items()}, now
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    left = budget.retry_after(now)
+    print(
+        f"budget for {report['day']} (UTC): resets at {report['reset_at'][:19]}Z, in {left // 3600}h {left % 3600 // 60:02d}m"
+    )
+    if not settings.budget:
+        print(
+            "no cap is set: JOBHOOK_BUDGET_USD_PER_DAY, JOBHOOK_<P>_BUDGET_USD_PER_DAY (what is spent is counted all the same)"
+        )
+    print(f"{'scope':11} {'cap':>10} {'spent':>10} {'reserved':>10} {'left':>10}")
+    for row in (report["total"], *report["providers"]):
+        print(
+            f"{row['scope']:11} {_money(row['cap_usd']):>10} {_money(row['spent_usd']):>10} "
+            f"{_money(row['reserved_usd']):>10} {_money(row['remaining_usd']):>10}  {_budget_note(row)}".rstrip()
+        )
+    return 0
+
+
+def _money(amount: float | None) -> str:
+    return "—" if amount is None else _usd(amount)
+
+
+def _budget_note(row: dict[str, Any]) -> str:
+    if row.get("note"):
+        return str(row["note"])
+    if row["exhausted_at"]:
+        return f"refused work since {str(row['exhausted_at'])[11:19]}Z"
+    return ""
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:

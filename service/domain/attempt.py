@@ -20,6 +20,13 @@ from service.domain.work import TRACKING_KINDS, SubmitState, WorkKind
 
 # The job error of a definite refusal: the route answers it 502 (SPEC §3).
 REJECTED_CODE = "provider_rejected"
+# SPEC §8: a job with a candidate left sends a submission that its provider answers 429 or 5xx this many
+# times in all (the first try and its retries, Retry-After respected between them) before the attempt
+# ends `rejected` and the job moves on. Enough to ride out a blip (a deploy, a burst over the rate
+# limit), few enough that a provider in trouble costs the job seconds, not its deadline. A job without
+# a candidate left has nowhere else to go: it retries until its deadline, as a single provider always did.
+TRIES_PER_CANDIDATE = 3
+RETRIES_SPENT_CODE = "retries_exhausted"
 UNCERTAIN_SYNC = JobError(
     "submission_uncertain",
     "the synchronous call was cut before it answered; it was not re-sent to avoid a double charge",
@@ -29,8 +36,8 @@ UNCERTAIN_SYNC = JobError(
 class AttemptState(enum.StrEnum):
     """Where one attempt at one provider stands (SPEC §8's vocabulary)."""
 
-    NOT_SENT = "not_sent"  # the provider has not taken it (no connection, or 429/5xx: retried later)
-    REJECTED = "rejected"  # a definite refusal: nothing was created, nothing is charged
+    NOT_SENT = "not_sent"  # the provider has not taken it (no connection, circuit open, or 429/5xx: retried later)
+    REJECTED = "rejected"  # a definite refusal, or 429/5xx past the retries: nothing is charged
     ACCEPTED = "accepted"  # the provider has it (a task id, or the images already)
     UNCERTAIN = "uncertain"  # sent, outcome unknown: never re-sent, the provider may charge
     COMPLETED = "completed"
@@ -205,6 +212,7 @@ class SubmitDecision:
     status_detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the `status` event's
     notify: tuple[str, ...] = ()  # notifications to queue with the job, after the change
     credits: Credits = Credits(None, False)
+    error: JobError | None = None  # the attempt's error when the outcome carries none (past the retries)
 
     @property
     def event(self) -> tuple[str, str, Mapping[str, Any]]:
@@ -215,6 +223,21 @@ class SubmitDecision:
     def refused(self) -> bool:
         """A definite refusal: the request that made the job is answered 502 (SPEC §3)."""
         return self.state is AttemptState.REJECTED
+
+    @property
+    def attempt_error(self) -> JobError | None:
+        """What the attempt's record says went wrong (None: nothing did, or nothing is known yet)."""
+        return self.error or self.outcome.error
+
+    @property
+    def past_the_retries(self) -> bool:
+        """A 429/5xx that ended the attempt: its tries at this provider are spent (SPEC §8)."""
+        return self.state is AttemptState.REJECTED and self.outcome.kind is SubmitKind.RETRY
+
+
+def tries(job: Job) -> int:
+    """How many times the job's current attempt has been sent to its provider (this one included)."""
+    return job.attempts[-1].tries if job.attempts else job.submit_attempts
 
 
 def decide(job: Job, outcome: SubmitResult, *, now: float) -> SubmitDecision:
@@ -250,9 +273,14 @@ def decide(job: Job, outcome: SubmitResult, *, now: float) -> SubmitDecision:
         )
     if job.candidates and (kind is SubmitKind.REJECTED or (kind is SubmitKind.RETRY and outcome.unreached)):
         # Failover only from an attempt that cannot have been charged: refused for good, or never
-        # sent. 429/5xx (a RETRY that reached the provider) are retried at the same provider.
+        # sent. 429/5xx (a RETRY that reached the provider) are retried at the same provider…
         state = AttemptState.REJECTED if kind is SubmitKind.REJECTED else AttemptState.NOT_SENT
         return SubmitDecision(outcome, state, NextCandidate(), credits=credits)
+    if job.candidates and kind is SubmitKind.RETRY and tries(job) >= TRIES_PER_CANDIDATE:
+        # …until its tries there are spent: a 429/5xx creates nothing, so the next may be tried.
+        return SubmitDecision(
+            outcome, AttemptState.REJECTED, NextCandidate(), credits=credits, error=retries_spent(job, outcome)
+        )
     if kind in (SubmitKind.REJECTED, SubmitKind.FAILED):
         state = AttemptState.REJECTED if kind is SubmitKind.REJECTED else AttemptState.UNCERTAIN
         current = job.current_attempt()
@@ -286,6 +314,18 @@ def decide(job: Job, outcome: SubmitResult, *, now: float) -> SubmitDecision:
         unschedule=(WorkKind.SUBMIT,),
         status_detail={**by, "uncertain": True},
         credits=credits,
+    )
+
+
+def retries_spent(job: Job, outcome: SubmitResult) -> JobError:
+    """The error of an attempt ended by a 429/5xx past the retries: the last answer's code and message."""
+    code = outcome.detail.get("provider_code")
+    last = outcome.detail.get("message") or (f"HTTP {outcome.detail.get('http_status')}")
+    return JobError(
+        RETRIES_SPENT_CODE,
+        f"{job.provider} could not take the job {tries(job)} times in a row (the last: {last}); "
+        "the next candidate is tried",
+        str(code) if code is not None else None,
     )
 
 

@@ -35,6 +35,7 @@ class AttemptRecord:
     error: JobError | None = None
     cost_usd: float | None = None
     ended_at: float | None = None
+    tries: int = 0  # how many times it was sent to the provider (429/5xx are retried there: SPEC §8)
 
     @property
     def alive(self) -> bool:

@@ -9,13 +9,12 @@ engine's `_write`, which returns only after COMMIT. Reads go through the engine'
 from __future__ import annotations
 
 import abc
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from service.domain import attempt, measure, report
+from service.domain import attempt, budget, measure, report
 from service.domain import circuit as circuits
 from service.domain import reroute as rerouting
 from service.domain import status as status_machine
@@ -30,12 +29,15 @@ from service.store.base import (
     CallbackResult,
     Due,
     LatePoll,
+    LeaseFor,
     NewJob,
     OutboxPolicy,
     ReceiptKind,
     TaskIdConflict,
     WriterStats,
 )
+from service.store.budget_queries import BudgetQueries
+from service.store.budget_queries import exhausted as ledger_exhausted
 from service.store.outbox_queries import OutboxQueries
 from service.store.purge_queries import PurgeQueries
 from service.store.session_queries import SessionQueries
@@ -69,7 +71,41 @@ MEASURE_SQL = (
 )
 
 
-class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
+def claim(tx: Tx, job: Job, lease_for: LeaseFor) -> Job | None:
+    """Mark the queued job "sending" at its provider, or at the first of its candidates that its circuit
+    lets it try now (SPEC §8); None when it is not sent now.
+
+    A provider whose circuit is open (no probe for this job) is passed over while a later candidate's
+    is not: its attempt ends `not_sent` with an error saying until when, and the job moves on. When
+    every one left is shut, the job waits `queued` for the first to half-open (a single provider waits
+    for its own). A provider `lease_for` gives no lease is left to the work queue, due now."""
+    while True:
+        lease_until = lease_for(job.provider)
+        if lease_until is None:
+            tx.schedule(job.id, WorkKind.SUBMIT, job.provider, tx.now, 0)
+            tx.wake(tx.now)
+            return None
+        permission = tx.permit(job.id, job.provider, job.request, lease_until)
+        if isinstance(permission, budget.Refusal):
+            # A daily cap refuses it (SPEC §9): nothing is sent; the job waits for the reset.
+            tx.budget_wait(job.id, job.provider, permission)
+            return None
+        if not isinstance(permission, circuits.Blocked):
+            tx.mark_sending(job.id, job.provider, lease_until)
+            return tx.job(job.id)
+        later = [
+            (item.provider, circuits.may_try(tx.circuit(item.provider), tx.now, job.id)) for item in job.candidates
+        ]
+        step = circuits.when_shut(job.provider, permission.until, later)
+        if isinstance(step, circuits.WaitFor):
+            tx.circuit_wait(job.id, step.provider, step.until, lane=job.provider)
+            return None
+        tx.end_attempt(job.id, str(attempt.AttemptState.NOT_SENT), error=dumps(step.error.to_json()))
+        tx.failover(job, circuits.CIRCUIT_OPEN_CODE, wake=False)
+        job = tx.job(job.id)
+
+
+class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC):
     """jobhook's state; one subclass per engine provides the connections and the schema."""
 
     dialect: Dialect
@@ -161,6 +197,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 )
             else:
                 log.info("circuit of %s closed", provider)
+        for refusal in tx.exhausted:
+            log.warning(
+                "budget of %s spent for %s: %s", refusal.scope, budget.day_of(refusal.reset_at - 1), refusal.message
+            )
         for provider, degraded in tx.health.items():
             (self.degraded.add if degraded else self.degraded.discard)(provider)
         if tx.wake_at is not None:
@@ -199,20 +239,30 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    async def create_job(self, new: NewJob) -> tuple[Job, bool]:
-        """Insert a job, or return the one with the same idempotency key (created = False)."""
+    async def create_job(self, new: NewJob, lease_for_all: LeaseFor | None = None) -> tuple[Job, bool]:
+        """Insert a job, or return the one with the same idempotency key (created = False).
 
-        def write(tx: Tx) -> tuple[Job, bool]:
+        A job jobhook sends at once (`new.submit_lease_until`) is marked "sending"; when its provider's
+        circuit is open, it goes to a later candidate whose circuit is not (`claim`, with
+        `lease_for_all`: by default every provider's lease is the first's), or waits.
+
+        Raises budget.OverBudget when a daily cap refuses the job's first attempt (SPEC §9): no job is
+        made and nothing is sent (the cap's first refusal of the day is recorded, and told)."""
+
+        def write(tx: Tx) -> tuple[Job, bool] | budget.Refusal:
             if new.idempotency_key is not None:
                 row = tx.one("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
                 if row is not None:
                     return job_from_row(row), False
             sending = new.submit_lease_until is not None
-            waiting = None  # the provider's circuit is open: the job is not sent before this (SPEC §8)
+            shut = False  # the provider's circuit is open: the job is not sent there now (SPEC §8)
             if new.submit_lease_until is not None:
-                permission = tx.may_send(new.provider, new.id, new.submit_lease_until)
+                permission = tx.permit(new.id, new.provider, new.request, new.submit_lease_until, new_attempt=True)
+                if isinstance(permission, budget.Refusal):
+                    ledger_exhausted(tx, permission)
+                    return permission
                 if isinstance(permission, circuits.Blocked):
-                    sending, waiting = False, permission.until
+                    sending, shut = False, True
             tx.execute(
                 "INSERT INTO jobs (id, provider, status, request, metadata, callback_url_registered, "
                 "submitted_by_backend, submit_state, submit_attempts, idempotency_key, request_hash, "
@@ -235,7 +285,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     new.max_price_usd,
                 ),
             )
-            tx.start_attempt(new.id, new.provider)
+            tx.start_attempt(new.id, new.provider, tries=1 if sending else 0)
             tx.schedule(new.id, WorkKind.DEADLINE, Lane.INTERNAL, new.deadline_at, 0)
             if new.submit_lease_until is not None and sending:
                 tx.schedule(new.id, WorkKind.SUBMIT, new.provider, new.submit_lease_until, 0)
@@ -251,38 +301,42 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     **({"candidates": [item.provider for item in new.candidates]} if new.candidates else {}),
                 },
             )
-            if waiting is not None:
-                tx.circuit_wait(new.id, new.provider, waiting)
+            if shut:
+                lease_for = lease_for_all or (lambda provider: new.submit_lease_until)
+                claim(tx, tx.job(new.id), lease_for)
             return tx.job(new.id), True
 
-        return await self._write(write)
+        made = await self._write(write)
+        if isinstance(made, budget.Refusal):
+            raise budget.OverBudget(made)
+        return made
 
-    async def begin_submit(self, job_id: str, lease_until: float) -> Job | None:
-        """Mark a queued job's next attempt as in flight; None if it is no longer to be sent."""
+    async def begin_submit(self, job_id: str, lease_for: LeaseFor, *, take_due: bool = False) -> Job | None:
+        """Mark a queued job's next attempt as in flight (`claim`: at the first of its candidates whose
+        circuit lets it); None if it is not to be sent now (waiting for a circuit, left to the work queue,
+        settled, or already in flight).
+
+        `lease_for(provider)`: the lease of a submission to that provider, or None if the caller will not
+        send to it (then the work queue does). `take_due`: the caller is not the work queue holding the
+        job's 'submit' row, so the row must be due and held by nobody: the request that failed the job
+        over claims its next attempt so, and never one that a worker is already sending."""
 
         def write(tx: Tx) -> Job | None:
             job = tx.job(job_id)
             if job.status is not Status.QUEUED or job.submit_state is SubmitState.SENDING or job.submitted_by_backend:
                 return None
-            permission = tx.may_send(job.provider, job_id, lease_until)
-            if isinstance(permission, circuits.Blocked):
-                tx.circuit_wait(job_id, job.provider, permission.until)
+            if take_due and not tx.take_due(job_id, WorkKind.SUBMIT):
                 return None
-            tx.execute(
-                "UPDATE jobs SET submit_state = ?, submit_attempts = submit_attempts + 1, updated_at = ? WHERE id = ?",
-                (SubmitState.SENDING, tx.now, job_id),
-            )
-            tx.schedule(job_id, WorkKind.SUBMIT, job.provider, lease_until, 0)
-            tx.changed.add(job_id)
-            return tx.job(job_id)
+            return claim(tx, job, lease_for)
 
         return await self._write(write)
 
-    async def record_submit(self, job_id: str, result: SubmitResult, *, next_lease: float | None = None) -> Job:
+    async def record_submit(self, job_id: str, result: SubmitResult, *, claim_next: bool = False) -> Job:
         """Write the outcome of a submission attempt as `attempt.decide` decides it (SPEC §3).
 
-        `next_lease`: should the job fail over, its next attempt is sent by the caller at once, with a
-        lease until then (the job comes back "sending" at its new provider)."""
+        Should the job fail over, its next attempt is due now, not claimed (SPEC §8): `claim_next`, the
+        caller claims it at once itself (`begin_submit(take_due=True)`), so the work queue is not woken
+        for it; a crash before that leaves it due, for the work queue after a restart."""
 
         def write(tx: Tx) -> Job:
             job = tx.job(job_id)
@@ -290,11 +344,12 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             tx.event(job_id, *decision.event)
             tx.credits(job.provider, decision.credits.remaining, decision.credits.exhausted)
             # Every answer tells of the provider's health, one to a job already settled too.
-            tx.circuit_outcome(job_id, job.provider, circuits.verdict(result))
+            verdict = circuits.verdict(result, past_the_retries=decision.past_the_retries)
+            tx.circuit_outcome(job_id, job.provider, verdict)
             if isinstance(decision.step, attempt.Settled):
                 self._write_unfollowed(tx, job, result)
-                return job
-            self._write_attempt(tx, job, decision, next_lease)
+                return tx.job(job_id)  # as the answer left it (a late answer is written on its attempt)
+            self._write_attempt(tx, job, decision, wake_next=not claim_next)
             return tx.job(job_id)
 
         return await self._write(write)
@@ -316,9 +371,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             tx.update(job.id, cost_usd=late.cost_usd)
         tx.late_polls(job.id, late.late_polls)
 
-    def _write_attempt(
-        self, tx: Tx, job: Job, decision: attempt.SubmitDecision, next_lease: float | None = None
-    ) -> None:
+    def _write_attempt(self, tx: Tx, job: Job, decision: attempt.SubmitDecision, *, wake_next: bool = True) -> None:
         """Write a decision that changes the job: its fields, its history (cause before consequence),
         what the answer already says of the task (the status machine's), then the next due work."""
         step, result = decision.step, decision.outcome
@@ -345,7 +398,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             # A not_sent attempt that is retried at the same provider goes on; one left for the next
             # candidate, or for an earlier attempt the job follows again, ends here.
             ended = ended or isinstance(step, attempt.NextCandidate | report.FallBack)
-            error = result.error.to_json() if result.error is not None else None
+            error = decision.attempt_error.to_json() if decision.attempt_error is not None else None
             tx.end_attempt(
                 job.id,
                 str(state),
@@ -354,7 +407,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 error=dumps(error) if error is not None else None,
             )
         if isinstance(step, attempt.NextCandidate):
-            tx.failover(tx.job(job.id), str(decision.state), next_lease)
+            tx.failover(tx.job(job.id), str(decision.state), wake=wake_next)
             return
         if isinstance(step, report.FallBack):
             tx.fall_back(tx.job(job.id), step)
@@ -638,6 +691,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             if job.submit_state is SubmitState.SENDING:
                 fields["submit_state"] = SubmitState.UNCERTAIN  # settled: nothing waits for this call's answer any more
             tx.update(job_id, **fields)
+            if job.submit_state is SubmitState.SENDING:
+                # Sent, and no answer will be waited for: the provider may charge (its price is kept).
+                tx.end_attempt(job_id, str(attempt.AttemptState.UNCERTAIN), ended=False)
             tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
             if new_status in FINAL:
                 tx.unschedule(job_id)
@@ -663,7 +719,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             left = verdict.left
             if verdict.ends_left and left is not None:
                 tx.end_attempt(job_id, "not_sent", seq=left.seq)
-            tx.failover(job, rerouting.REASON, note=verdict.detail(job.provider))
+            # The caller claims the next attempt at once itself (`begin_submit(take_due=True)`), so the
+            # work queue is not woken for it; a crash before that leaves it due, sent after a restart.
+            tx.failover(job, rerouting.REASON, wake=False, note=verdict.detail(job.provider))
             if job.status is Status.TIMED_OUT:
                 tx.update(job_id, finished_at=None, resolved_by=None)  # unfinished again, at its new provider
             tx.schedule(job_id, WorkKind.DEADLINE, Lane.INTERNAL, deadline_at, 0)
@@ -753,7 +811,12 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         if not rows:
             return None
         attempts = await self._lookup_one(ATTEMPTS_SQL, (job_id,))
-        return dataclasses.replace(job_from_row(rows[0]), attempts=tuple(attempt_from_row(row) for row in attempts))
+        return job_from_row(rows[0], tuple(attempt_from_row(row) for row in attempts))
+
+    async def job_by_idempotency_key(self, key: str) -> Job | None:
+        """The job an Idempotency-Key made, if any (its attempts left out)."""
+        rows = await self._read("SELECT * FROM jobs WHERE idempotency_key = ?", (key,))
+        return job_from_row(rows[0]) if rows else None
 
     async def list_jobs(
         self, *, status: str | None, provider: str | None, before_id: str | None, limit: int
@@ -769,15 +832,14 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             params.append(before_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._read(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", (*params, limit))
-        jobs = [job_from_row(row) for row in rows]
-        if not jobs:
-            return jobs
-        marks = ", ".join("?" for _ in jobs)
+        if not rows:
+            return []
+        marks = ", ".join("?" for _ in rows)
         found: dict[str, list[AttemptRecord]] = {}
         sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY job_id, seq"
-        for row in await self._read(sql, [job.id for job in jobs]):
+        for row in await self._read(sql, [row["id"] for row in rows]):
             found.setdefault(row["job_id"], []).append(attempt_from_row(row))
-        return [dataclasses.replace(job, attempts=tuple(found.get(job.id, ()))) for job in jobs]
+        return [job_from_row(row, tuple(found.get(row["id"], ()))) for row in rows]
 
     async def events(self, job_id: str, *, after_id: int = 0, limit: int | None = None) -> list[Event]:
         """The job's history, oldest first: from the event after `after_id` (keyset pagination), at

@@ -1,4 +1,4 @@
--- Rerouting (SPEC §8, POST /v1/jobs/{id}/reroute) and late results; as SQLite's schema 11.
+-- Rerouting (SPEC §8, POST /v1/jobs/{id}/reroute) and late results; as SQLite's schema 13.
 
 -- 'late_poll': ask a provider about an attempt the job no longer follows but which may still deliver
 -- (a reroute left it alive, or another attempt completed the job first). One row per job, in the lane

@@ -1,4 +1,4 @@
--- jobhook schema 11: rerouting (SPEC §8, POST /v1/jobs/{id}/reroute) and late results.
+-- jobhook schema 13: rerouting (SPEC §8, POST /v1/jobs/{id}/reroute) and late results.
 
 -- 'late_poll': ask a provider about an attempt the job no longer follows but which may still deliver
 -- (a reroute left it alive, or another attempt completed the job first). One row per job, in the lane
