@@ -457,10 +457,13 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
                 job = tx.job(job_id)
             else:
                 tx.event(job_id, "poll", outcome, detail)
+            current = job.current_attempt()
             if late is not None:
                 self._next_late_poll(tx, job, seq, late, next_poll)
             elif job.status in FINAL:
                 tx.unschedule(job_id)
+            elif seq is not None and current is not None and current.seq != seq:
+                pass  # the job moved on while this poll was out: its new attempt is polled on its own terms
             elif next_poll is not None:
                 tx.schedule(job_id, WorkKind.POLL, job.provider, next_poll[0], next_poll[1])
             else:
