@@ -93,6 +93,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             credits_low=settings.credits_low,
             base_url=settings.public_url or self_url or "",
             circuits=settings.circuits,
+            poll_interval=settings.poll_interval,
             budget=budget.Policy(settings.budget, price_tables(settings)),
         )
         store = engines.make_store(settings, clock=clock, mirror_images=settings.mirror_images, policy=policy)

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope
 
 from service import loglimit
 from service.domain import callbacks as verify
+from service.domain import report
 from service.domain.callbacks import MAX_BODY_BYTES
 from service.domain.job import Job
 from service.domain.status import Status
@@ -88,85 +89,94 @@ class CallbackIntake:
             await self._refused_unknown("invalid_token", {})
             return Refused("unknown", NOT_FOUND, NOT_FOUND.code)
         job = await self.store.get_job(claim.job_id)
-        if job is None or job.provider != claim.provider:
+        # The attempt it is about: the job's current one, or an earlier one whose results still count
+        # (SPEC §8: a reroute left it alive). Known from the job as read: no query more.
+        target = report.callback_target(job, claim.provider) if job is not None else None
+        if job is None or target is None:
             await self._refused_unknown("unknown_job", {"job_id": claim.job_id})
             return Refused("unknown", NOT_FOUND, NOT_FOUND.code)
         body = verify.too_large() if raw is None else verify.parse_body(raw)
         if isinstance(body, verify.Refusal):
-            return await self._refuse(job, body, {"bytes": len(raw) if raw is not None else None})
+            return await self._refuse(job, target, body, {"bytes": len(raw) if raw is not None else None})
         now = self.engine.clock()
         if runtime.adapter.tracking is Tracking.CALLBACK:
-            check = verify.check_task_headers(
-                headers, body, job.provider_task_id, now, self.settings.timestamp_tolerance
-            )
+            check = verify.check_task_headers(headers, body, target.task_id, now, self.settings.timestamp_tolerance)
             if isinstance(check, verify.Refusal):
-                return await self._refuse(job, check, _delivery_detail(headers, body))
+                return await self._refuse(job, target, check, _delivery_detail(headers, body, target))
             event_key, bind = check.event, (check.task_id if check.binds else None)
         elif runtime.adapter.tracking is Tracking.WEBHOOK_CONFIRM:
-            return await self._take_claim(job, runtime, body)
+            return await self._take_claim(job, target, runtime, body)
         else:
-            return await self._refuse(
-                job, verify.Refusal(400, "unsupported", "this provider does not send callbacks"), {}
-            )
+            refusal = verify.Refusal(400, "unsupported", "this provider does not send callbacks")
+            return await self._refuse(job, target, refusal, {})
+        detail = _delivery_detail(headers, body, target)
         try:
             observation = runtime.adapter.parse_callback(body)
         except ProtocolError as exc:
-            return await self._refuse(
-                job, verify.Refusal(400, "invalid_payload", str(exc)), _delivery_detail(headers, body)
-            )
+            return await self._refuse(job, target, verify.Refusal(400, "invalid_payload", str(exc)), detail)
         images = len(observation.images)
         try:
             result = await self.store.record_callback(
                 job.id,
-                event_key,
+                report.event_key(event_key, target.seq),
                 observation,
-                _delivery_detail(headers, body),
+                detail,
                 bind_task_id=bind,
-                cost_if_completed=self.engine.cost(job) if images else None,
-                poll_if_bound=self.engine.first_poll_at(job, now),
+                cost_if_completed=self.engine.cost(job, target.provider) if images else None,
+                poll_if_bound=self.engine.first_poll_at(job, now)
+                if target.current
+                else now + self.settings.poll_interval,
+                seq=target.seq,
             )
         except TaskIdConflict:
             refusal = verify.Refusal(409, "task_id_conflict", "this task id belongs to another job")
-            return await self._refuse(job, refusal, _delivery_detail(headers, body))
+            return await self._refuse(job, target, refusal, detail)
         if result.kind is ReceiptKind.ACCEPTED and result.decision is not None and result.decision.applied:
             # DEBUG: at a retry storm's rate a line each costs more than the delivery; the job's events
             # and /metrics keep what happened.
-            log.debug("callback %s %s: %s", job.id, job.provider, result.job.status)
+            log.debug("callback %s %s: %s", job.id, target.provider, result.job.status)
             if result.job.status is Status.COMPLETED and images and self.settings.mirror_images:
                 self.engine.nudge(now)  # its images are to be fetched now (a 'mirror' row came with it)
-        return Taken(job.provider, result.kind)
+        return Taken(target.provider, result.kind)
 
-    async def _take_claim(self, job: Job, runtime: ProviderRuntime, body: Mapping[str, Any]) -> Verdict:
+    async def _take_claim(
+        self, job: Job, target: report.Target, runtime: ProviderRuntime, body: Mapping[str, Any]
+    ) -> Verdict:
         """A bare webhook (apiframe): the job id it names must be the job's, and what it claims is
         confirmed by one poll before it is applied (SPEC §4, check 4)."""
         task_id = runtime.adapter.callback_task_id(body)
         detail: dict[str, Any] = {"body_job_id": task_id[:200] if task_id else None}
+        if not target.current:
+            detail.update(attempt=target.seq, provider=target.provider)
         if task_id is None:
             refusal = verify.Refusal(400, "missing_task_id", "the body names no job id")
-            return await self._refuse(job, refusal, detail)
-        if job.provider_task_id is not None and job.provider_task_id != task_id:
+            return await self._refuse(job, target, refusal, detail)
+        if target.task_id is not None and target.task_id != task_id:
             refusal = verify.Refusal(409, "task_id_conflict", "the body's job id is not this callback URL's job")
-            return await self._refuse(job, refusal, detail)
+            return await self._refuse(job, target, refusal, detail)
         try:
             claim = runtime.adapter.parse_callback(body)
         except ProtocolError as exc:
-            return await self._refuse(job, verify.Refusal(400, "invalid_payload", str(exc)), detail)
+            return await self._refuse(job, target, verify.Refusal(400, "invalid_payload", str(exc)), detail)
         detail["claim"] = str(claim.status)
-        bind = task_id if job.provider_task_id is None else None
+        bind = task_id if target.task_id is None else None
+        key = report.event_key(f"status.{claim.status}", target.seq)
         try:
-            kind = await self.store.record_claim(job.id, f"status.{claim.status}", detail, bind_task_id=bind)
+            kind = await self.store.record_claim(job.id, key, detail, bind_task_id=bind, seq=target.seq)
         except TaskIdConflict:
             refusal = verify.Refusal(409, "task_id_conflict", "this job id belongs to another job")
-            return await self._refuse(job, refusal, detail)
+            return await self._refuse(job, target, refusal, detail)
         self.engine.nudge(self.engine.clock())  # a confirming poll is due now (a duplicate may re-arm one)
-        return Taken(job.provider, kind)
+        return Taken(target.provider, kind)
 
-    async def _refuse(self, job: Job, refusal: verify.Refusal, detail: dict[str, Any]) -> Refused:
+    async def _refuse(
+        self, job: Job, target: report.Target, refusal: verify.Refusal, detail: dict[str, Any]
+    ) -> Refused:
         self._log_refusal((job.id, refusal.code), "callback refused for %s: %s", job.id, refusal.code)
         await self.store.record_refusal(
             job.id, refusal.code, {**detail, "code": refusal.code, "message": refusal.message}
         )
-        return Refused(job.provider, refusal, refusal.code)
+        return Refused(target.provider, refusal, refusal.code)
 
     async def _refused_unknown(self, code: str, detail: dict[str, Any]) -> None:
         self._log_refusal(("", code), "callback refused: %s", code)
@@ -179,9 +189,10 @@ class CallbackIntake:
             log.warning(message + "%s", *args, loglimit.note(left_out, self.refusal_log, key))
 
 
-def _delivery_detail(headers: Mapping[str, str], body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the job's history keeps of a delivery: its headers of note and its claim, not the body."""
-    detail: dict[str, Any] = {}
+def _delivery_detail(headers: Mapping[str, str], body: Mapping[str, Any], target: report.Target) -> dict[str, Any]:
+    """What the job's history keeps of a delivery: its headers of note and its claim, not the body; and,
+    for an attempt the job no longer follows, which one."""
+    detail: dict[str, Any] = {} if target.current else {"attempt": target.seq, "provider": target.provider}
     for name in ("x-event", "x-task-id", "x-timestamp"):
         if name in headers:
             detail[name] = headers[name][:200]

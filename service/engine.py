@@ -21,9 +21,10 @@ from typing import Any
 import orjson
 
 from service.config import Settings
-from service.domain import attempt, backoff, budget, measure, request, routing
+from service.domain import attempt, backoff, budget, measure, report, request, routing
 from service.domain import callbacks as verify
 from service.domain import circuit as circuits
+from service.domain import reroute as rerouting
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitKind, SubmitResult
 from service.domain.job import Candidate, Job
@@ -37,7 +38,7 @@ from service.metrics import Metrics
 from service.mirror import Downloader, Mirror
 from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse
 from service.providers.http import NotSent, ProviderHTTP, Uncertain
-from service.store.base import NewJob
+from service.store.base import LatePoll, NewJob
 from service.store.common import Store
 from service.watch import ChangeHub
 
@@ -84,6 +85,14 @@ class IdempotencyMismatch(JobhookError):
 
 class NotPollable(JobhookError):
     """The job has no task id at the provider yet, so there is nothing to ask about."""
+
+
+class RerouteRefused(JobhookError):
+    """The job cannot be rerouted now (service.domain.reroute says why)."""
+
+    def __init__(self, refusal: rerouting.Refused) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 class NotBackendSubmitted(JobhookError):
@@ -199,9 +208,10 @@ class Engine:
             return f"{self.settings.public_url}/media/{self.media_tokens.sign(job.id, str(index))}"
         return job.images[index] if index < len(job.images) else None
 
-    def cost(self, job: Job) -> float | None:
-        """What the job costs: the images its request asked for, not however many a provider listed."""
-        runtime = self.providers.get(job.provider)
+    def cost(self, job: Job, provider: str | None = None) -> float | None:
+        """What the job costs at `provider` (by default its own): the images its request asked for, not
+        however many a provider listed."""
+        runtime = self.providers.get(provider or job.provider)
         return runtime.adapter.price_usd(job.request, status_machine.images_asked(job.request)) if runtime else None
 
     def facts(
@@ -533,29 +543,88 @@ class Engine:
         job = await self.store.get_job(job_id)
         if job is None:
             return None
-        runtime = self.providers.get(job.provider)
-        pollable = (
-            runtime is not None and runtime.http is not None and runtime.adapter.tracking is not Tracking.SYNCHRONOUS
-        )
-        if job.provider_task_id is None or not pollable:
+        runtime = self._pollable(job.provider)
+        if job.provider_task_id is None or runtime is None:
             if manual:
                 raise NotPollable("the job has no task id at the provider to ask about")
             await self.store.unschedule(job_id, kind)
             return job
-        assert runtime is not None and runtime.http is not None
         now = self.clock()
         if not manual and job.status in FINAL:
             await self.store.unschedule(job_id, kind)
             return job
-        if not manual and job.status is Status.TIMED_OUT and now > job.created_at + 2 * self.settings.job_timeout:
+        current = job.current_attempt()
+        since = max(job.created_at, current.started_at) if current is not None else job.created_at
+        if not manual and job.status is Status.TIMED_OUT and now > since + 2 * self.settings.job_timeout:
             await self.store.unschedule(job_id, WorkKind.POLL)
             await self.store.note(job_id, "poll", "stopped", {"reason": "no answer within twice JOBHOOK_JOB_TIMEOUT"})
             return job
-        next_delay = backoff.delay(attempt, self.settings.poll_interval, self.settings.poll_max_interval, self.rng)
         detail: dict[str, Any] = {"manual": True} if manual else {"confirming": True} if confirming else {}
+        asked = await self._ask(job.id, runtime, job.provider_task_id, attempt, detail)
+        images = len(asked.observation.images) if asked.observation is not None else 0
+        applied = await self.store.record_poll(
+            job_id,
+            asked.observation,
+            detail,
+            outcome=asked.outcome,
+            next_poll=(asked.next_at, attempt + 1),
+            cost_if_completed=self.cost(job) if images else None,
+            confirming=confirming,
+            seq=current.seq if current is not None else None,
+        )
+        self._nudge(asked.next_at)
+        return applied.job
+
+    async def poll_late(self, job_id: str, lane: str, attempt: int) -> None:
+        """A 'late_poll' row came due: ask about one attempt the job no longer follows but which may
+        still deliver (SPEC §8), the one at the row's provider (or the next one round); the store then
+        moves the row on to the next such attempt. Each attempt is given up after twice
+        JOBHOOK_JOB_TIMEOUT from its start, as a timed-out job's polls are."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            return
+        since = self.clock() - 2 * self.settings.job_timeout
+        targets = report.late_targets(job, since=since)
+        target = next((item for item in targets if item.provider == lane), targets[0] if targets else None)
+        runtime = self._pollable(target.provider) if target is not None else None
+        if target is None or runtime is None or target.provider_task_id is None:
+            await self.store.unschedule(job_id, WorkKind.LATE_POLL)
+            if report.late_targets(job):
+                reason = "no answer within twice JOBHOOK_JOB_TIMEOUT, or the provider cannot be polled"
+                await self.store.note(job_id, "poll", "stopped", {"late": True, "reason": reason})
+            return
+        detail: dict[str, Any] = {"late": True, "attempt": target.seq, "provider": target.provider}
+        asked = await self._ask(job.id, runtime, target.provider_task_id, attempt, detail)
+        images = len(asked.observation.images) if asked.observation is not None else 0
+        await self.store.record_poll(
+            job_id,
+            asked.observation,
+            detail,
+            outcome=asked.outcome,
+            next_poll=(asked.next_at, attempt + 1),
+            cost_if_completed=self.cost(job, target.provider) if images else None,
+            seq=target.seq,
+            late=LatePoll(lane, since),
+        )
+        self._nudge(asked.next_at)
+
+    def _pollable(self, provider: str) -> ProviderRuntime | None:
+        """The provider's runtime, if it is configured and answers polls (a synchronous one does not)."""
+        runtime = self.providers.get(provider)
+        if runtime is None or runtime.http is None or runtime.adapter.tracking is Tracking.SYNCHRONOUS:
+            return None
+        return runtime
+
+    async def _ask(
+        self, job_id: str, runtime: ProviderRuntime, task_id: str, attempt: int, detail: dict[str, Any]
+    ) -> Asked:
+        """One poll of `task_id` at the provider: what it says (added to `detail`), and when to ask next."""
+        assert runtime.http is not None
+        now = self.clock()
+        next_delay = backoff.delay(attempt, self.settings.poll_interval, self.settings.poll_max_interval, self.rng)
         observation = None
         try:
-            response = await runtime.http.send(runtime.adapter.poll_request(job.provider_task_id))
+            response = await runtime.http.send(runtime.adapter.poll_request(task_id))
         except (NotSent, Uncertain) as exc:
             outcome, detail["message"] = "unreachable", str(exc)
         else:
@@ -579,28 +648,44 @@ class Engine:
                     asked = backoff.retry_after(answer.retry_after, now)
                     if asked is not None:
                         next_delay = max(next_delay, asked)
-                        self.paused_until[job.provider] = now + asked
-        self.metrics.polls.labels(job.provider, outcome).inc()
+                        self.paused_until[runtime.name] = now + asked
+        self.metrics.polls.labels(runtime.name, outcome).inc()
         if outcome in ("rate_limited", "error", "unreachable", "unreadable"):
-            log.warning("poll %s %s: %s %s", job.id, job.provider, outcome, detail.get("message", ""))
-        images = len(observation.images) if observation is not None else 0
-        next_at = now + next_delay
-        applied = await self.store.record_poll(
-            job_id,
-            observation,
-            detail,
-            outcome=outcome,
-            next_poll=(next_at, attempt + 1),
-            cost_if_completed=self.cost(job) if images else None,
-            confirming=confirming,
-        )
-        self._nudge(next_at)
-        return applied.job
+            log.warning("poll %s %s: %s %s", job_id, runtime.name, outcome, detail.get("message", ""))
+        return Asked(observation, outcome, now + next_delay)
 
     async def expire(self, job_id: str) -> None:
         job = await self.store.expire(job_id)
         if job.status in (Status.TIMED_OUT, Status.FAILED):
             log.warning("deadline %s %s: %s", job.id, job.provider, job.status)
+
+    # -- rerouting (SPEC §8) -----------------------------------------------------------------------
+
+    async def reroute(self, job: Job, from_attempt: int | None) -> tuple[Job, bool]:
+        """`POST /v1/jobs/{id}/reroute`: move the job to its next candidate now and send it there, within
+        the request as a new job's first attempt is. `from_attempt`: the attempt to leave (None: the one
+        current when `job` was read). Returns the job and whether it moved (False: that attempt had been
+        left already). RerouteRefused when it cannot be rerouted."""
+        current = job.current_attempt()
+        leaving = from_attempt if from_attempt is not None else (current.seq if current is not None else None)
+        now = self.clock()
+        verdict, moved = await self.store.reroute(job.id, leaving, deadline_at=now + self.settings.job_timeout)
+        if isinstance(verdict, rerouting.Refused):
+            raise RerouteRefused(verdict)
+        if not isinstance(verdict, rerouting.Reroute):
+            return moved, False
+        charge = "both may charge" if verdict.alive else "nothing was sent before"
+        log.warning("reroute %s from %s to %s: %s", job.id, job.provider, moved.provider, charge)
+        self._nudge(now)  # its late polls and its deadline
+        if moved.status is Status.QUEUED:
+            # Claimed in a transaction of its own, as a failover's next attempt is (`_send`): never one
+            # a worker already holds; a synchronous provider's call is left to the work queue.
+            sending = await self.store.begin_submit(job.id, self._request_lease, take_due=True)
+            if sending is not None:
+                return await self._send(sending), True
+            self._nudge(now)  # waiting for a circuit or a budget, or the work queue's to send
+            moved = await self.store.get_job(job.id) or moved
+        return moved, True
 
     # -- the backend's own submissions -------------------------------------------------------------
 
@@ -615,6 +700,15 @@ class Engine:
         bound = await self.store.bind_task_id(job_id, task_id, first_poll)
         self._nudge(first_poll)
         return bound
+
+
+@dataclasses.dataclass(frozen=True)
+class Asked:
+    """One poll's answer: what the provider said (None: nothing readable), its outcome, the next time."""
+
+    observation: Observation | None
+    outcome: str
+    next_at: float
 
 
 def _first_attempt_settled(job: Job) -> bool:

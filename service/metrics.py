@@ -58,7 +58,7 @@ class Metrics:
         self.failovers = Counter(
             "jobhook_failovers",
             "Jobs moved to their next candidate provider, by the provider left, the one tried next and why "
-            "(not_sent, rejected, failed)",
+            "(not_sent, rejected, failed; reroute: the backend asked, and both may charge)",
             ["from", "to", "reason"],
             registry=r,
         )

@@ -20,6 +20,7 @@ from service.api import (
     DEFAULT_EVENTS_LIMIT,
     DEFAULT_LIMIT,
     MAX_API_BODY,
+    MAX_ATTEMPT_SEQ,
     MAX_EVENTS_LIMIT,
     MAX_IDEMPOTENCY_KEY,
     MAX_LIMIT,
@@ -242,7 +243,9 @@ SCHEMAS: dict[str, Schema] = {
                     "type": "array",
                     "items": _ref("Attempt"),
                     "description": "One per provider tried, oldest first (SPEC §8); `provider` and "
-                    "`provider_task_id` above are the last one's.",
+                    "`provider_task_id` above are the attempt the job follows: the last one, or the one that "
+                    "completed it (an earlier attempt a reroute left may complete it late), or an earlier one "
+                    "still alive that it follows again when the later ones could not take it.",
                 },
                 "callback_url": {
                     "type": "string",
@@ -258,9 +261,12 @@ SCHEMAS: dict[str, Schema] = {
         "429/5xx is retried there, `ended_at` null), `rejected` (a definite refusal, or 429/5xx past the "
         "retries: `error.code` `retries_exhausted`), `accepted`, `uncertain` (sent, outcome unknown), "
         "`completed`, `failed`; null while the call is in flight. The job moves to its next candidate "
-        "only from `not_sent`, `rejected` or `failed`, never from `accepted`, `uncertain` or a timed-out job.",
+        "only from `not_sent`, `rejected` or `failed`, never from `accepted`, `uncertain` or a timed-out job, "
+        "unless the backend asks (`POST /v1/jobs/{id}/reroute`): the attempt left then stays `accepted` or "
+        "`uncertain`, and its late result and cost still count.",
         **_object(
             {
+                "seq": {"type": "integer", "minimum": 1, "description": "1 for the first attempt, and so on"},
                 "provider": {"type": "string"},
                 "provider_task_id": _nullable({"type": "string"}),
                 "state": {
@@ -328,7 +334,20 @@ SCHEMAS: dict[str, Schema] = {
         {
             "id": {"type": "integer"},
             "at": {"type": "string", "format": "date-time"},
-            "type": {"type": "string", "examples": ["submit", "callback", "poll", "notification", "mirror", "circuit"]},
+            "type": {
+                "type": "string",
+                "examples": [
+                    "submit",
+                    "callback",
+                    "poll",
+                    "notification",
+                    "mirror",
+                    "circuit",
+                    "failover",
+                    "fallback",
+                    "conflict",
+                ],
+            },
             "outcome": _nullable({"type": "string"}),
             "detail": {"type": "object"},
         }
@@ -503,6 +522,23 @@ def _operation(summary: str, responses: dict[str, Schema], *, tag: str, security
     return operation
 
 
+REROUTE_BODY, REROUTE_READ = _json_body(
+    "Optional: the attempt to leave.",
+    _object(
+        {
+            "from_attempt": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_ATTEMPT_SEQ,
+                "description": "the `seq` of the attempt to leave; when it is no longer the current one, nothing "
+                "changes (200)",
+            }
+        },
+        optional=("from_attempt",),
+    ),
+    max_bytes=MAX_API_BODY,
+)
+REROUTE_BODY["required"] = False
 SUBMISSION_BODY, SUBMISSION_READ = _json_body(
     "The generation to submit (or, with `submit: false`, to track).",
     _ref("Submission"),
@@ -778,6 +814,47 @@ PATHS: dict[str, Schema] = {
                 **STORAGE,
             },
             tag="jobs",
+        ),
+    },
+    "/v1/jobs/{job_id}/reroute": {
+        "parameters": [JOB_ID_PARAM],
+        "post": _operation(
+            "Try the job's next candidate provider now (SPEC §8), even though its current attempt was accepted, is"
+            " uncertain, or the job timed out: the attempt left is not cancelled and may still deliver and charge,"
+            " so both may charge (the job's `failover` event of reason `reroute` says so). The first attempt to"
+            " complete completes the job; every attempt's cost is kept and `cost_usd` is their sum. The next"
+            " candidate is sent at once; a job that moves gets a new JOBHOOK_JOB_TIMEOUT. `from_attempt` names"
+            " the attempt to leave (its `seq`; by default the current one when the request is read): a reroute"
+            " whose attempt was left already changes nothing, so a retried request moves the job once.",
+            {
+                "202": _json("The job, moved to its next candidate (and sent there, unless it waits).", _ref("Job")),
+                "200": _json("The job unchanged: the attempt named had been left already.", _ref("Job")),
+                **REROUTE_READ,
+                **UNSAFE_AUTH,
+                **JOB_NOT_FOUND,
+                "409": _refusal(
+                    "Nothing to reroute: the backend submitted the job itself, the job is completed or failed, no"
+                    " candidate provider is left, or the current submission has not answered yet.",
+                    "backend_submitted",
+                    "job_final",
+                    "no_candidate",
+                    "submission_in_flight",
+                ),
+                "422": _refusal(
+                    'The body is not `{"from_attempt": N}` naming one of the job\'s attempts.',
+                    "invalid_body",
+                    "unknown_field",
+                    "invalid_field",
+                ),
+                "502": _refusal(
+                    "Every candidate left refused the job for good and no earlier attempt may still deliver: the"
+                    " job is failed (as `POST /v1/jobs` answers).",
+                    "provider_rejected",
+                ),
+                **STORAGE,
+            },
+            tag="jobs",
+            requestBody=REROUTE_BODY,
         ),
     },
     "/v1/jobs/{job_id}/images/{index}": {

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from service.domain import report
 from service.domain.job import Job
 from service.domain.status import JobError, Observation, Status
 from service.domain.work import TRACKING_KINDS, SubmitState, WorkKind
@@ -186,7 +187,7 @@ class Settled:
     is only recorded."""
 
 
-Step = Retry | Poll | Wait | Final | NextCandidate | Settled
+Step = Retry | Poll | Wait | Final | NextCandidate | report.FallBack | Settled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,10 +282,17 @@ def decide(job: Job, outcome: SubmitResult, *, now: float) -> SubmitDecision:
             outcome, AttemptState.REJECTED, NextCandidate(), credits=credits, error=retries_spent(job, outcome)
         )
     if kind in (SubmitKind.REJECTED, SubmitKind.FAILED):
+        state = AttemptState.REJECTED if kind is SubmitKind.REJECTED else AttemptState.UNCERTAIN
+        current = job.current_attempt()
+        back = report.fall_back(job, report.AttemptEnd(current.seq, str(state)) if current else None)
+        if back is not None:
+            # Nothing left to try, but an earlier attempt the backend rerouted away from may still
+            # deliver (SPEC §8): the job follows it again rather than fail.
+            return SubmitDecision(outcome, state, back, submit_state=SubmitState.DONE, credits=credits)
         error = outcome.error or JobError(REJECTED_CODE, "the provider refused the job")
         return SubmitDecision(
             outcome,
-            AttemptState.REJECTED if kind is SubmitKind.REJECTED else AttemptState.UNCERTAIN,
+            state,
             Final(error),
             status=Status.FAILED,
             submit_state=SubmitState.DONE,
@@ -328,3 +336,17 @@ def refusal(job: Job) -> JobError | None:
     if job.status is Status.FAILED and job.error is not None and job.error.code == REJECTED_CODE:
         return job.error
     return None
+
+
+def attempt_state(outcome: SubmitResult) -> AttemptState:
+    """What a submission's outcome makes of its attempt, whatever the job's status."""
+    if outcome.kind is SubmitKind.ACCEPTED:
+        seen = outcome.observation.status if outcome.observation is not None else None
+        if seen is Status.COMPLETED:
+            return AttemptState.COMPLETED
+        return AttemptState.FAILED if seen is Status.FAILED else AttemptState.ACCEPTED
+    if outcome.kind is SubmitKind.REJECTED:
+        return AttemptState.REJECTED
+    if outcome.kind is SubmitKind.RETRY:
+        return AttemptState.NOT_SENT
+    return AttemptState.UNCERTAIN

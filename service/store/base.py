@@ -57,6 +57,15 @@ class Applied:
     decision: Decision | None
 
 
+@dataclasses.dataclass(frozen=True)
+class LatePoll:
+    """A late poll (SPEC §8: of an attempt the job no longer follows): the lane its row ran in, and the
+    oldest start an attempt may have to be polled still (late polls give up on older ones)."""
+
+    lane: str
+    since: float
+
+
 class ReceiptKind(enum.StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
@@ -81,6 +90,8 @@ class OutboxPolicy:
     circuits: CircuitPolicy = dataclasses.field(
         default_factory=CircuitPolicy
     )  # when a provider's circuit opens (SPEC §8)
+    # JOBHOOK_POLL_INTERVAL: when an attempt the job follows again (or follows late) is first polled.
+    poll_interval: float = 5.0
     # The daily caps and the prices an attempt reserves (SPEC §9).
     budget: BudgetPolicy = dataclasses.field(default_factory=BudgetPolicy)
 
@@ -143,6 +154,7 @@ __all__ = [
     "CallbackResult",
     "Due",
     "JobNotFound",
+    "LatePoll",
     "NewJob",
     "OutboxPolicy",
     "OutboxRow",

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from service.domain import attempt, budget, measure
+from service.domain import attempt, budget, measure, report
 from service.domain import circuit as circuits
+from service.domain import reroute as rerouting
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitResult
 from service.domain.job import AttemptRecord, Event, Job, rfc3339
@@ -27,6 +28,7 @@ from service.store.base import (
     Applied,
     CallbackResult,
     Due,
+    LatePoll,
     LeaseFor,
     NewJob,
     OutboxPolicy,
@@ -345,11 +347,29 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
             verdict = circuits.verdict(result, past_the_retries=decision.past_the_retries)
             tx.circuit_outcome(job_id, job.provider, verdict)
             if isinstance(decision.step, attempt.Settled):
-                return job
+                self._write_unfollowed(tx, job, result)
+                return tx.job(job_id)  # as the answer left it (a late answer is written on its attempt)
             self._write_attempt(tx, job, decision, wake_next=not claim_next)
             return tx.job(job_id)
 
         return await self._write(write)
+
+    def _write_unfollowed(self, tx: Tx, job: Job, result: SubmitResult) -> None:
+        """An answer for an attempt the job stopped following while it was in flight (an earlier one
+        completed the job, SPEC §8): written on the attempt, which is followed late if it may deliver."""
+        state = str(attempt.attempt_state(result))
+        late = report.unfollowed_answer(job, state, task_id=result.task_id, cost_usd=result.cost_usd)
+        if late is None:
+            return
+        end = late.end
+        error = dumps(result.error.to_json()) if result.error is not None else None
+        fields: dict[str, Any] = {"provider_task_id": late.task_id, "error": error}
+        if end.cost_usd is not None:
+            fields["cost_usd"] = end.cost_usd
+        tx.end_attempt(job.id, end.state, ended=late.ended, seq=end.seq, **fields)
+        if late.cost_usd is not None:
+            tx.update(job.id, cost_usd=late.cost_usd)
+        tx.late_polls(job.id, late.late_polls)
 
     def _write_attempt(self, tx: Tx, job: Job, decision: attempt.SubmitDecision, *, wake_next: bool = True) -> None:
         """Write a decision that changes the job: its fields, its history (cause before consequence),
@@ -376,8 +396,8 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
             state = decision.state
             ended = state in (attempt.AttemptState.REJECTED, attempt.AttemptState.COMPLETED)
             # A not_sent attempt that is retried at the same provider goes on; one left for the next
-            # candidate ends here.
-            ended = ended or isinstance(step, attempt.NextCandidate)
+            # candidate, or for an earlier attempt the job follows again, ends here.
+            ended = ended or isinstance(step, attempt.NextCandidate | report.FallBack)
             error = decision.attempt_error.to_json() if decision.attempt_error is not None else None
             tx.end_attempt(
                 job.id,
@@ -389,10 +409,13 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
         if isinstance(step, attempt.NextCandidate):
             tx.failover(tx.job(job.id), str(decision.state), wake=wake_next)
             return
+        if isinstance(step, report.FallBack):
+            tx.fall_back(tx.job(job.id), step)
+            return
         if result.media:
             tx.update(job.id, media=dumps([media.to_json() for media in result.media]))
         if result.observation is not None:
-            tx.apply(tx.job(job.id), result.observation, Source.SUBMIT, result.cost_usd)
+            tx.apply(tx.job(job.id), report.Report(result.observation, Source.SUBMIT, cost_usd=result.cost_usd))
         for type_ in decision.notify:
             tx.notify(type_, job=tx.job(job.id))
         if isinstance(step, attempt.Retry):
@@ -412,10 +435,14 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
         next_poll: tuple[float, int] | None,
         cost_if_completed: float | None = None,
         confirming: bool = False,
+        seq: int | None = None,
+        late: LatePoll | None = None,
     ) -> Applied:
         """Write one poll: what it saw (if anything), and when to poll next unless the job finished.
 
         `confirming`: the poll that checks a bare webhook's claim; what it confirms is the callback's.
+        `seq`: the attempt asked about (None: the job's current one). `late`: a late poll (of an attempt
+        the job no longer follows), whose row goes on to the next such attempt, if any (SPEC §8).
         """
 
         def write(tx: Tx) -> Applied:
@@ -425,12 +452,18 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
                 tx.unschedule(job_id, WorkKind.CONFIRM)
             if observation is not None:
                 source = Source.CALLBACK if confirming else Source.POLL
-                decision = tx.apply(job, observation, source, cost_if_completed, record=("poll", outcome, detail))
+                seen = report.Report(observation, source, seq, cost_if_completed)
+                decision = tx.apply(job, seen, record=("poll", outcome, detail)).machine
                 job = tx.job(job_id)
             else:
                 tx.event(job_id, "poll", outcome, detail)
-            if job.status in FINAL:
+            current = job.current_attempt()
+            if late is not None:
+                self._next_late_poll(tx, job, seq, late, next_poll)
+            elif job.status in FINAL:
                 tx.unschedule(job_id)
+            elif seq is not None and current is not None and current.seq != seq:
+                pass  # the job moved on while this poll was out: its new attempt is polled on its own terms
             elif next_poll is not None:
                 tx.schedule(job_id, WorkKind.POLL, job.provider, next_poll[0], next_poll[1])
             else:
@@ -449,40 +482,53 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
         bind_task_id: str | None,
         cost_if_completed: float | None,
         poll_if_bound: float | None = None,
+        seq: int | None = None,
     ) -> CallbackResult:
-        """Write one genuine delivery: bind the task id if new, then apply it once per event key."""
+        """Write one genuine delivery: bind the task id if new, then apply it once per event key.
+
+        `seq`: the attempt the delivery is about (None: the job's current one); an earlier attempt's
+        results still count (SPEC §8: a reroute left it alive)."""
 
         def write(tx: Tx) -> CallbackResult:
             job = tx.job(job_id)
-            if self._bind_from_callback(tx, job, bind_task_id):
+            if self._bind_from_callback(tx, job, bind_task_id, seq):
                 job = tx.job(job_id)
-                if poll_if_bound is not None and not job.finished:
-                    tx.schedule(job_id, WorkKind.POLL, job.provider, poll_if_bound, 0)
+                if poll_if_bound is not None:
+                    self._poll_bound(tx, job, seq, poll_if_bound)
             if not tx.first_receipt(job_id, event_key, detail):
                 return CallbackResult(ReceiptKind.DUPLICATE, job, None)
-            tx.callback_came(job.provider)
+            target = job.attempt(seq) if seq is not None else None
+            tx.callback_came(target.provider if target is not None else job.provider)
             decision = tx.apply(
                 job,
-                observation,
-                Source.CALLBACK,
-                cost_if_completed,
+                report.Report(observation, Source.CALLBACK, seq, cost_if_completed),
                 record=("callback", "accepted", {**detail, "event": event_key}),
             )
-            return CallbackResult(ReceiptKind.ACCEPTED, tx.job(job_id), decision)
+            return CallbackResult(ReceiptKind.ACCEPTED, tx.job(job_id), decision.machine)
 
         return await self._write(write)
 
     async def record_claim(
-        self, job_id: str, event_key: str, detail: Mapping[str, Any], *, bind_task_id: str | None
+        self,
+        job_id: str,
+        event_key: str,
+        detail: Mapping[str, Any],
+        *,
+        bind_task_id: str | None,
+        seq: int | None = None,
     ) -> ReceiptKind:
         """A bare webhook (no headers to check): keep its receipt and schedule the poll that confirms it.
 
         Nothing is applied from the claim itself; the confirming poll, due now, applies what it sees.
+        `seq`: the attempt it is about; one the job no longer follows is confirmed by its late poll, now.
         """
 
         def write(tx: Tx) -> ReceiptKind:
             job = tx.job(job_id)
-            self._bind_from_callback(tx, job, bind_task_id)
+            self._bind_from_callback(tx, job, bind_task_id, seq)
+            target = job.attempt(seq) if seq is not None else None
+            if target is not None and not report.attempt_is_current(job, seq):
+                return self._claim_late(tx, job, target, event_key, detail)
             if not tx.first_receipt(job_id, event_key, detail):
                 if not job.finished:
                     # An earlier copy's claim may have been refuted by its poll, and this one be true now:
@@ -530,14 +576,67 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
 
         return await self._write(write)
 
-    def _bind_from_callback(self, tx: Tx, job: Job, task_id: str | None) -> bool:
-        """A genuine callback names its task: bind the job to it if it has none yet (True if bound)."""
+    def _bind_from_callback(self, tx: Tx, job: Job, task_id: str | None, seq: int | None = None) -> bool:
+        """A genuine callback names its task: bind the job (or the earlier attempt `seq` it is about) to
+        it if it has none yet (True if bound)."""
+        target = job.attempt(seq) if seq is not None else None
+        if target is not None and not report.attempt_is_current(job, seq):
+            # An earlier attempt, sent without a known outcome: its callback binds the attempt alone.
+            if task_id is None or target.provider_task_id == task_id:
+                return False
+            if target.provider_task_id is not None:
+                raise TaskIdConflict(task_id)
+            state = str(attempt.AttemptState.ACCEPTED) if target.alive else target.state or "accepted"
+            tx.end_attempt(job.id, state, ended=False, seq=target.seq, provider_task_id=task_id)
+            detail = {"provider_task_id": task_id, "by": "callback", "attempt": target.seq, "provider": target.provider}
+            tx.event(job.id, "bound", None, detail)
+            return True
         if task_id is None or job.provider_task_id == task_id:
             return False
         if job.provider_task_id is not None:
             raise TaskIdConflict(task_id)
         self._bind(tx, job, task_id, by="callback")
         return True
+
+    def _poll_bound(self, tx: Tx, job: Job, seq: int | None, at: float) -> None:
+        """A callback bound a task id: poll it from `at` (an earlier attempt's, by late polls)."""
+        if report.attempt_is_current(job, seq):
+            if not job.finished:
+                tx.schedule(job.id, WorkKind.POLL, job.provider, at, 0)
+            return
+        target = job.attempt(seq) if seq is not None else None
+        if target is not None and target.alive:
+            tx.schedule(job.id, WorkKind.LATE_POLL, target.provider, at, 0, replace=False)
+            tx.wake_at = at if tx.wake_at is None else min(tx.wake_at, at)
+
+    def _claim_late(
+        self, tx: Tx, job: Job, target: AttemptRecord, event_key: str, detail: Mapping[str, Any]
+    ) -> ReceiptKind:
+        """A bare webhook about an attempt the job no longer follows: its late poll confirms it, now."""
+        first = tx.first_receipt(job.id, event_key, detail)
+        if target.alive and (first or target.provider_task_id is not None):
+            tx.unschedule(job.id, WorkKind.LATE_POLL)
+            tx.schedule(job.id, WorkKind.LATE_POLL, target.provider, tx.now, 0)
+            tx.wake_at = tx.now if tx.wake_at is None else min(tx.wake_at, tx.now)
+        if not first:
+            return ReceiptKind.DUPLICATE
+        tx.callback_came(target.provider)
+        tx.event(job.id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})
+        return ReceiptKind.ACCEPTED
+
+    def _next_late_poll(
+        self, tx: Tx, job: Job, seq: int | None, late: LatePoll, next_poll: tuple[float, int] | None
+    ) -> None:
+        """After a late poll of attempt `seq`: the row goes on to the next attempt to follow late, in its
+        provider's lane, or goes when none is left (SPEC §8)."""
+        following = report.next_late_target(job, seq, since=late.since) if next_poll is not None else None
+        if following is None:
+            tx.unschedule(job.id, WorkKind.LATE_POLL)
+            return
+        assert next_poll is not None
+        if following.provider != late.lane:
+            tx.unschedule(job.id, WorkKind.LATE_POLL)
+        tx.schedule(job.id, WorkKind.LATE_POLL, following.provider, next_poll[0], next_poll[1])
 
     def _bind(self, tx: Tx, job: Job, task_id: str, *, by: str) -> None:
         other = tx.one(
@@ -552,7 +651,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
         if job.status is Status.QUEUED:
             fields["status"] = "submitted"
         tx.update(job.id, **fields)
-        tx.end_attempt(job.id, str(attempt.AttemptState.ACCEPTED), ended=False, provider_task_id=task_id)
+        current = job.current_attempt()
+        seq = current.seq if current is not None else None
+        tx.end_attempt(job.id, str(attempt.AttemptState.ACCEPTED), ended=False, seq=seq, provider_task_id=task_id)
         tx.event(job.id, "bound", None, {"provider_task_id": task_id, "by": by})
         if job.status is Status.QUEUED:
             tx.event(job.id, "status", "submitted", {"from": "queued", "by": by})
@@ -584,6 +685,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
                 job.status,
                 has_task_id=job.provider_task_id is not None,
                 sending=job.submit_state is SubmitState.SENDING,
+                alive_elsewhere=report.alive_elsewhere(job) is not None,
             )
             if verdict is None:
                 return job
@@ -601,6 +703,33 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
             expired = tx.job(job_id)
             tx.notify(f"job.{new_status}", job=expired)
             return expired
+
+        return await self._write(write)
+
+    async def reroute(
+        self, job_id: str, from_attempt: int | None, *, deadline_at: float
+    ) -> tuple[rerouting.Verdict, Job]:
+        """`POST /v1/jobs/{id}/reroute` (SPEC §8): move the job to its next candidate now, as
+        `service.domain.reroute` decides, leaving attempt `from_attempt` (None: the current one). The
+        attempt left stays alive if it may still deliver (followed by late polls when it has a task id);
+        the job gets a new deadline, `deadline_at`, and its next submission is due now."""
+
+        def write(tx: Tx) -> tuple[rerouting.Verdict, Job]:
+            job = tx.job(job_id)
+            verdict = rerouting.decide(job, from_attempt)
+            if not isinstance(verdict, rerouting.Reroute):
+                return verdict, job
+            left = verdict.left
+            if verdict.ends_left and left is not None:
+                tx.end_attempt(job_id, "not_sent", seq=left.seq)
+            # The caller claims the next attempt at once itself (`begin_submit(take_due=True)`), so the
+            # work queue is not woken for it; a crash before that leaves it due, sent after a restart.
+            tx.failover(job, rerouting.REASON, wake=False, note=verdict.detail(job.provider))
+            if job.status is Status.TIMED_OUT:
+                tx.update(job_id, finished_at=None, resolved_by=None)  # unfinished again, at its new provider
+            tx.schedule(job_id, WorkKind.DEADLINE, Lane.INTERNAL, deadline_at, 0)
+            tx.late_polls(job_id, verdict.late_polls)
+            return verdict, tx.job(job_id)
 
         return await self._write(write)
 
