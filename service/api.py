@@ -16,9 +16,10 @@ from service.domain import attempt, budget, routing
 from service.domain.job import Job, rfc3339
 from service.domain.request import MAX_CANDIDATES, RequestError, parse_submission
 from service.domain.status import FINISHED, Status
-from service.engine import IdempotencyMismatch, NotBackendSubmitted, NotPollable, RerouteRefused
+from service.engine import IdempotencyMismatch, NotBackendSubmitted, RerouteRefused
 from service.http import ApiError, BodyTooLarge, JSONResponse, decode_cursor, encode_cursor, read_body
 from service.media import MediaFile
+from service.polling import NotPollable
 from service.runtime import Runtime, runtime
 from service.store.base import TaskIdConflict
 
@@ -201,7 +202,7 @@ async def refresh_job(request: Request) -> JSONResponse:
     rt = runtime(request)
     job = await load_job(rt, request.path_params["job_id"])
     try:
-        polled = await rt.engine.poll(job.id, 0, manual=True)
+        polled = await rt.engine.polling.poll(job.id, 0, manual=True)
     except NotPollable as exc:
         raise ApiError(409, "not_pollable", str(exc)) from None
     return JSONResponse(job_json(request, polled or job))

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from service.config import Settings
-from service.domain import attempt, backoff, budget, measure, report, request, routing
+from service.domain import attempt, backoff, budget, measure, request, routing
 from service.domain import callbacks as verify
 from service.domain import circuit as circuits
 from service.domain import reroute as rerouting
@@ -29,16 +29,17 @@ from service.domain import status as status_machine
 from service.domain.attempt import SubmitKind, SubmitResult
 from service.domain.job import Candidate, Job
 from service.domain.request import GenerationRequest, RequestError, Submission
-from service.domain.status import FINAL, Observation, Status
+from service.domain.status import Observation, Status
 from service.domain.work import SubmitState, WorkKind
 from service.errors import JobhookError
 from service.ids import new_job_id
 from service.media import MediaFile, MediaStore
 from service.metrics import Metrics
 from service.mirror import Downloader, Mirror
+from service.polling import Polling
 from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse
 from service.providers.http import NotSent, ProviderHTTP, Uncertain
-from service.store.base import LatePoll, NewJob
+from service.store.base import NewJob
 from service.store.common import Store
 from service.watch import ChangeHub
 
@@ -81,10 +82,6 @@ class IdempotencyMismatch(JobhookError):
     def __init__(self, job: Job) -> None:
         super().__init__("this Idempotency-Key was used with a different request")
         self.job = job
-
-
-class NotPollable(JobhookError):
-    """The job has no task id at the provider yet, so there is nothing to ask about."""
 
 
 class RerouteRefused(JobhookError):
@@ -142,6 +139,7 @@ class Engine:
         # (a scan of the recent attempts per "auto" job would cost more than a slightly stale order).
         self._measured: tuple[float, dict[str, measure.Measured]] | None = None
         self._nudge: Callable[[float], None] = lambda due_at: None
+        self.polling = Polling(self)  # asking providers about jobs (service.polling)
         store.add_due_listener(lambda due_at: self._nudge(due_at))  # jobs a closing circuit releases
         store.add_attempt_listener(self.metrics.count_attempts)
         self.mirroring = Mirror(
@@ -534,126 +532,6 @@ class Engine:
 
     # -- polling -----------------------------------------------------------------------------------
 
-    async def poll(self, job_id: str, attempt: int, *, manual: bool = False, confirming: bool = False) -> Job | None:
-        """Ask the provider about one job and record what it says; schedule the next poll.
-
-        `confirming`: the poll that checks a bare webhook's claim (apiframe) before anything is applied.
-        """
-        kind = WorkKind.CONFIRM if confirming else WorkKind.POLL
-        job = await self.store.get_job(job_id)
-        if job is None:
-            return None
-        runtime = self._pollable(job.provider)
-        if job.provider_task_id is None or runtime is None:
-            if manual:
-                raise NotPollable("the job has no task id at the provider to ask about")
-            await self.store.unschedule(job_id, kind)
-            return job
-        now = self.clock()
-        if not manual and job.status in FINAL:
-            await self.store.unschedule(job_id, kind)
-            return job
-        current = job.current_attempt()
-        since = max(job.created_at, current.started_at) if current is not None else job.created_at
-        if not manual and job.status is Status.TIMED_OUT and now > since + 2 * self.settings.job_timeout:
-            await self.store.unschedule(job_id, WorkKind.POLL)
-            await self.store.note(job_id, "poll", "stopped", {"reason": "no answer within twice JOBHOOK_JOB_TIMEOUT"})
-            return job
-        detail: dict[str, Any] = {"manual": True} if manual else {"confirming": True} if confirming else {}
-        asked = await self._ask(job.id, runtime, job.provider_task_id, attempt, detail)
-        images = len(asked.observation.images) if asked.observation is not None else 0
-        applied = await self.store.record_poll(
-            job_id,
-            asked.observation,
-            detail,
-            outcome=asked.outcome,
-            next_poll=(asked.next_at, attempt + 1),
-            cost_if_completed=self.cost(job) if images else None,
-            confirming=confirming,
-            seq=current.seq if current is not None else None,
-        )
-        self._nudge(asked.next_at)
-        return applied.job
-
-    async def poll_late(self, job_id: str, lane: str, attempt: int) -> None:
-        """A 'late_poll' row came due: ask about one attempt the job no longer follows but which may
-        still deliver (SPEC §8), the one at the row's provider (or the next one round); the store then
-        moves the row on to the next such attempt. Each attempt is given up after twice
-        JOBHOOK_JOB_TIMEOUT from its start, as a timed-out job's polls are."""
-        job = await self.store.get_job(job_id)
-        if job is None:
-            return
-        since = self.clock() - 2 * self.settings.job_timeout
-        targets = report.late_targets(job, since=since)
-        target = next((item for item in targets if item.provider == lane), targets[0] if targets else None)
-        runtime = self._pollable(target.provider) if target is not None else None
-        if target is None or runtime is None or target.provider_task_id is None:
-            await self.store.unschedule(job_id, WorkKind.LATE_POLL)
-            if report.late_targets(job):
-                reason = "no answer within twice JOBHOOK_JOB_TIMEOUT, or the provider cannot be polled"
-                await self.store.note(job_id, "poll", "stopped", {"late": True, "reason": reason})
-            return
-        detail: dict[str, Any] = {"late": True, "attempt": target.seq, "provider": target.provider}
-        asked = await self._ask(job.id, runtime, target.provider_task_id, attempt, detail)
-        images = len(asked.observation.images) if asked.observation is not None else 0
-        await self.store.record_poll(
-            job_id,
-            asked.observation,
-            detail,
-            outcome=asked.outcome,
-            next_poll=(asked.next_at, attempt + 1),
-            cost_if_completed=self.cost(job, target.provider) if images else None,
-            seq=target.seq,
-            late=LatePoll(lane, since),
-        )
-        self._nudge(asked.next_at)
-
-    def _pollable(self, provider: str) -> ProviderRuntime | None:
-        """The provider's runtime, if it is configured and answers polls (a synchronous one does not)."""
-        runtime = self.providers.get(provider)
-        if runtime is None or runtime.http is None or runtime.adapter.tracking is Tracking.SYNCHRONOUS:
-            return None
-        return runtime
-
-    async def _ask(
-        self, job_id: str, runtime: ProviderRuntime, task_id: str, attempt: int, detail: dict[str, Any]
-    ) -> Asked:
-        """One poll of `task_id` at the provider: what it says (added to `detail`), and when to ask next."""
-        assert runtime.http is not None
-        now = self.clock()
-        next_delay = backoff.delay(attempt, self.settings.poll_interval, self.settings.poll_max_interval, self.rng)
-        observation = None
-        try:
-            response = await runtime.http.send(runtime.adapter.poll_request(task_id))
-        except (NotSent, Uncertain) as exc:
-            outcome, detail["message"] = "unreachable", str(exc)
-        else:
-            # The next poll counts from the answer: a Retry-After is "after this answer", not after
-            # the moment the request was started (a slow answer would otherwise shorten the wait).
-            now = self.clock()
-            detail["http_status"] = response.status
-            try:
-                answer = runtime.adapter.parse_poll(response)
-            except ProtocolError as exc:
-                outcome, detail["message"] = "unreadable", str(exc)
-            else:
-                if answer.answer is Answer.OK and answer.observation is not None:
-                    observation = answer.observation
-                    outcome = str(observation.status)
-                else:
-                    assert answer.error is not None
-                    outcome = "rate_limited" if response.status == 429 else "error"
-                    detail["provider_code"] = answer.error.provider_code
-                    detail["message"] = answer.error.message
-                    asked = backoff.retry_after(answer.retry_after, now)
-                    if asked is not None:
-                        next_delay = max(next_delay, asked)
-                        self.paused_until[runtime.name] = now + asked
-        self.metrics.polls.labels(runtime.name, outcome).inc()
-        if outcome in ("rate_limited", "error", "unreachable", "unreadable"):
-            log.warning("poll %s %s: %s %s", job_id, runtime.name, outcome, detail.get("message", ""))
-        return Asked(observation, outcome, now + next_delay)
-
     async def expire(self, job_id: str) -> None:
         job = await self.store.expire(job_id)
         if job.status in (Status.TIMED_OUT, Status.FAILED):
@@ -700,15 +578,6 @@ class Engine:
         bound = await self.store.bind_task_id(job_id, task_id, first_poll)
         self._nudge(first_poll)
         return bound
-
-
-@dataclasses.dataclass(frozen=True)
-class Asked:
-    """One poll's answer: what the provider said (None: nothing readable), its outcome, the next time."""
-
-    observation: Observation | None
-    outcome: str
-    next_at: float
 
 
 def _first_attempt_settled(job: Job) -> bool:
