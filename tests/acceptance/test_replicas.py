@@ -124,8 +124,13 @@ async def test_a_duplicate_storm_spread_over_three_replicas_is_applied_once(tmp_
             path = callback_path(job)
             body = delivery_body(task_id)
             headers = delivery_headers(task_id)
+            # 300 copies share 8 connections: a copy may wait its turn for a connection longer than
+            # httpx's default 5 s on a loaded machine. That wait is the test client's queue, not the
+            # service's answer time, so it has no bound of its own (the test's timeout bounds the run).
             async with httpx.AsyncClient(
-                base_url=replica.url, limits=httpx.Limits(max_connections=connections_per_replica)
+                base_url=replica.url,
+                limits=httpx.Limits(max_connections=connections_per_replica),
+                timeout=httpx.Timeout(30.0, pool=None),
             ) as client:
 
                 async def send() -> None:
