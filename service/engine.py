@@ -442,8 +442,21 @@ class Engine:
         sending = await self.store.begin_submit(job.id, self._request_lease, take_due=True)
         if sending is not None:
             return await self._send(sending)
-        # Waiting for a circuit, or the work queue's to send (woken by the store when it is).
-        return await self.store.get_job(job.id) or stored
+        # Waiting for a circuit or a budget, or the work queue's to send (woken by the store when it is).
+        return await self._answer_of_others(job.id) or stored
+
+    async def _answer_of_others(self, job_id: str) -> Job | None:
+        """The job, once the submission a worker claimed before this request could has answered: the
+        request answers what that call answers (a refusal by the last candidate is still a 502). A job
+        not in flight (waiting for a circuit or a budget, or left to the work queue) is answered as it is."""
+        job = await self.store.get_job(job_id)
+        if job is None or job.submit_state is not SubmitState.SENDING:
+            return job
+        runtime = self.providers.get(job.provider)
+        if runtime is None or runtime.adapter.tracking is Tracking.SYNCHRONOUS:
+            return job  # a synchronous call may take minutes: it is the work queue's, as always
+        wait = self.submit_lease(runtime)
+        return await self.wait_until(job_id, lambda j: j.submit_state is not SubmitState.SENDING, wait)
 
     def _request_lease(self, provider: str) -> float | None:
         """The lease of a submission to `provider` sent now by the request at hand; None for a
@@ -562,7 +575,7 @@ class Engine:
             if sending is not None:
                 return await self._send(sending), True
             self._nudge(now)  # waiting for a circuit or a budget, or the work queue's to send
-            moved = await self.store.get_job(job.id) or moved
+            moved = await self._answer_of_others(job.id) or moved
         return moved, True
 
     # -- the backend's own submissions -------------------------------------------------------------
