@@ -121,6 +121,7 @@ class CallbackIntake:
                 bind_task_id=bind,
                 cost_if_completed=self.engine.cost(job) if images else None,
                 poll_if_bound=self.engine.first_poll_at(job, now),
+                seen=job,  # the token's provider is the job's: the delivery is for its current attempt
             )
         except TaskIdConflict:
             refusal = verify.Refusal(409, "task_id_conflict", "this task id belongs to another job")

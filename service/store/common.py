@@ -396,8 +396,13 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         bind_task_id: str | None,
         cost_if_completed: float | None,
         poll_if_bound: float | None = None,
+        seen: Job | None = None,
     ) -> CallbackResult:
-        """Write one genuine delivery: bind the task id if new, then apply it once per event key."""
+        """Write one genuine delivery: bind the task id if new, then apply it once per event key.
+
+        `seen`: the job as the caller read it, given only when the delivery is for its current attempt;
+        an engine may then write the plain case in fewer round trips if the job is unchanged since
+        (PostgreSQL: service.store.pg_callback). This transaction is the rule for every case."""
 
         def write(tx: Tx) -> CallbackResult:
             job = tx.job(job_id)
