@@ -35,9 +35,10 @@ from service.ids import new_message_id
 from service.store.base import OutboxPolicy
 from service.store.tx import Dialect, Tx, dumps
 
-# 30 parameters, in the function's order (see the migration).
-CALL_SQL = "SELECT jobhook_callback(" + ", ".join(["%s"] * 30) + ")"
-UNSCHEDULE = [str(kind) for kind in TRACKING_KINDS]
+# 28 parameters, in the function's order (see the migration). Lists go as text (JSON, or comma-joined
+# names): psycopg's text arrays cost more to build than the rest of the call.
+CALL_SQL = "SELECT jobhook_callback(" + ", ".join(["%s"] * 28) + ")"
+UNSCHEDULE = ",".join(str(kind) for kind in TRACKING_KINDS)
 
 
 class _NoConnection:
@@ -71,10 +72,11 @@ def plan(
 ) -> Plan | None:
     """The first delivery of `event_key` for `seen` (the job as read), if it is the plain case; None
     when the general transaction must write it."""
-    if seen.version is None or not seen.attempts or seen.provider_task_id is None or seen.submitted_at is None:
+    if seen.version is None or seen.provider_task_id is None or seen.submitted_at is None:
         return None
-    current = seen.attempts[-1]
-    if current.provider != seen.provider or current.provider_task_id != seen.provider_task_id:
+    # A job made before attempts were kept (schema 6) has none: its task is the job's own.
+    current = seen.attempts[-1] if seen.attempts else None
+    if current is not None and (current.provider, current.provider_task_id) != (seen.provider, seen.provider_task_id):
         return None  # not plainly the current attempt
     decision = status_machine.apply(seen.status, observation, asked=status_machine.images_asked(seen.request))
     if not decision.applied:
@@ -89,11 +91,13 @@ def plan(
     if new is Status.FAILED:
         error = JobError.from_json((observation.error or _provider_failed()).to_json())
     error_text = dumps(error.to_json()) if error is not None else None
-    events = [("callback", "accepted", dumps({**detail, "event": event_key, "effect": str(decision.outcome)}))]
+    events: list[tuple[str, str, str]] = [
+        ("callback", "accepted", dumps({**detail, "event": event_key, "effect": str(decision.outcome)}))
+    ]
 
     attempts = seen.attempts
     attempt: tuple[Any, ...] = (None, None, None, None)
-    if final:
+    if final and current is not None:
         cost = cost_if_completed if new is Status.COMPLETED else None
         ended = dataclasses.replace(current, state=str(new), cost_usd=cost, error=error, ended_at=now)
         attempts = (*attempts[:-1], ended)
@@ -124,7 +128,7 @@ def plan(
     if final and tx.wants(f"job.{new}"):
         notification_id = new_message_id()
         payload = dumps({"job": after.to_json(base_url=policy.base_url)})
-        notification = (notification_id, f"job.{new}", payload, list(policy.destinations))
+        notification = (notification_id, f"job.{new}", payload, ",".join(policy.destinations))
         queued = {"type": f"job.{new}", "id": notification_id, "destinations": list(policy.destinations)}
         events.append(("notification", "queued", dumps(queued)))
         tx.outbox_changed = True
@@ -139,9 +143,7 @@ def plan(
         cost_if_completed if new is Status.COMPLETED else None,
         source if final else None,
         *attempt,
-        [event[0] for event in events],
-        [event[1] for event in events],
-        [event[2] for event in events],
+        dumps(events),
         UNSCHEDULE if final else None,
         *notification,
         mirror,
@@ -161,11 +163,11 @@ def parameters(
     channel: str,
     announcement: str | None,
 ) -> tuple[Any, ...]:
-    """The function's 30 parameters: the delivery, a repeat's event, and the plan (if any)."""
+    """The function's 28 parameters: the delivery, a repeat's event, and the plan (if any)."""
     duplicate = dumps({**detail, "event": event_key})
     head = (job_id, event_key, now, duplicate, history.NOISE_EVENTS_PER_JOB)
     if planned is None:
-        return (*head, None, provider, *([None] * 21), channel, None)
+        return (*head, None, provider, *([None] * 19), channel, None)
     return (*head, version, provider, *planned.columns, channel, announcement)
 
 

@@ -26,7 +26,6 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -159,6 +158,7 @@ class PostgresStore(Store):
         self._pool: Any = None
         self._loop_pool: Any = None  # psycopg's AsyncConnectionPool: the hot path, from the event loop
         self.fast_callbacks = fast_callbacks
+        self._job_index: dict[str, int] = {}  # JOB_SQL's column → position (its description, once)
         # How genuine callbacks were written: "accepted" and "duplicate" in one round trip, "general"
         # by the general transaction (for the bench and the tests).
         self.callback_paths: collections.Counter[str] = collections.Counter()
@@ -360,29 +360,29 @@ class PostgresStore(Store):
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StorageError(f"read failed: {exc}") from exc
 
-    async def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[Row]:
-        """One prepared statement on the event loop's pool: no thread to hop to and back."""
-        import psycopg
-        import psycopg_pool
-
-        try:
-            async with self._loop_pool.connection(timeout=30) as connection:
-                cursor = await connection.execute(sql, params, prepare=True)
-                rows: list[Row] = await cursor.fetchall()
-                return rows
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise StorageError(f"read failed: {exc}") from exc
-
     # -- the hot path ------------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> Job | None:
         """The job with its attempts, and its row version (`Job.version`), in one statement."""
+        import psycopg
+        import psycopg_pool
+        from psycopg.rows import tuple_row
+
         if self._loop_pool is None:
             return await super().get_job(job_id)
-        rows = await self._fetch(JOB_SQL, (job_id,))
-        if not rows:
+        try:
+            async with self._loop_pool.connection(timeout=30) as connection:
+                cursor = connection.cursor(row_factory=tuple_row)
+                await cursor.execute(JOB_SQL, (job_id,), prepare=True)
+                values = await cursor.fetchone()
+                if values is not None and len(values) != len(self._job_index):
+                    # Rows as tuples, named once: a description per read costs more than the read.
+                    self._job_index = {column.name: n for n, column in enumerate(cursor.description or ())}
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StorageError(f"read failed: {exc}") from exc
+        if values is None:
             return None
-        row = rows[0]
+        row = PgRow(values, self._job_index)
         attempts = tuple(
             AttemptRecord(
                 seq=seq,
@@ -396,7 +396,7 @@ class PostgresStore(Store):
             )
             for seq, provider, started_at, task_id, state, error, cost, ended_at in loads(row["attempt_rows"]) or ()
         )
-        return dataclasses.replace(job_from_row(row), attempts=attempts, version=row["row_version"])
+        return job_from_row(row, attempts, row["row_version"])
 
     async def record_callback(
         self,
@@ -499,10 +499,13 @@ class PostgresStore(Store):
         return None
 
     async def _fetch_value(self, sql: str, params: tuple[Any, ...]) -> Any:
+        from psycopg.rows import tuple_row
+
         async with self._loop_pool.connection(timeout=30) as connection:
-            cursor = await connection.execute(sql, params, prepare=True)
+            cursor = connection.cursor(row_factory=tuple_row)
+            await cursor.execute(sql, params, prepare=True)
             row = await cursor.fetchone()
-            return row[0]
+            return row[0] if row is not None else None
 
     # -- the other replicas ------------------------------------------------------------------------
 

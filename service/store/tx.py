@@ -78,7 +78,7 @@ def loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-def job_from_row(row: Row) -> Job:
+def job_from_row(row: Row, attempts: tuple[AttemptRecord, ...] = (), version: int | None = None) -> Job:
     return Job(
         id=row["id"],
         provider=row["provider"],
@@ -103,6 +103,8 @@ def job_from_row(row: Row) -> Job:
         request_hash=row["request_hash"],
         candidates=tuple(Candidate.from_json(item) for item in loads(row["candidates"]) or ()),
         max_price_usd=row["max_price_usd"],
+        attempts=attempts,
+        version=version,
     )
 
 

@@ -35,14 +35,12 @@ CREATE FUNCTION jobhook_callback(
     p_attempt_state     TEXT,
     p_attempt_cost      DOUBLE PRECISION,
     p_attempt_error     TEXT,
-    p_event_types       TEXT[],            -- the job's new events, in order
-    p_event_outcomes    TEXT[],
-    p_event_details     TEXT[],
-    p_unschedule        TEXT[],            -- due kinds to drop
+    p_events            TEXT,              -- the job's new events, in order: a JSON array of [type, outcome, detail]
+    p_unschedule        TEXT,              -- due kinds to drop, comma-separated
     p_notification_id   TEXT,              -- not NULL: a notification for the destinations below
     p_notification_type TEXT,
     p_payload           TEXT,
-    p_destinations      TEXT[],
+    p_destinations      TEXT,              -- comma-separated, in order
     p_mirror_lane       TEXT,              -- not NULL: the job's images are to be mirrored now
     p_channel           TEXT,
     p_announcement      TEXT               -- not NULL: pg_notify'd to the other replicas on COMMIT
@@ -84,19 +82,18 @@ BEGIN
                 updated_at   = p_now
                 WHERE id = p_job_id;
             INSERT INTO job_events (job_id, at, type, outcome, detail)
-                SELECT p_job_id, p_now, e.type, e.outcome, e.detail
-                FROM unnest(p_event_types, p_event_outcomes, p_event_details) WITH ORDINALITY
-                    AS e (type, outcome, detail, n)
+                SELECT p_job_id, p_now, e.event ->> 0, e.event ->> 1, e.event ->> 2
+                FROM json_array_elements(p_events::json) WITH ORDINALITY AS e (event, n)
                 ORDER BY e.n;
             IF p_unschedule IS NOT NULL THEN
-                DELETE FROM due WHERE job_id = p_job_id AND kind = ANY (p_unschedule);
+                DELETE FROM due WHERE job_id = p_job_id AND kind = ANY (string_to_array(p_unschedule, ','));
             END IF;
             IF p_notification_id IS NOT NULL THEN
                 INSERT INTO notifications (id, type, job_id, provider, payload, created_at)
                     VALUES (p_notification_id, p_notification_type, p_job_id, p_provider, p_payload, p_now);
                 INSERT INTO outbox (notification_id, destination, status, next_attempt_at, created_at, updated_at)
                     SELECT p_notification_id, d.destination, 'pending', p_now, p_now, p_now
-                    FROM unnest(p_destinations) WITH ORDINALITY AS d (destination, n)
+                    FROM unnest(string_to_array(p_destinations, ',')) WITH ORDINALITY AS d (destination, n)
                     ORDER BY d.n;
             END IF;
             IF p_mirror_lane IS NOT NULL THEN
