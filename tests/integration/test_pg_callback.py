@@ -294,3 +294,49 @@ def _migrate(url: str) -> None:
         await store.close()
 
     asyncio.run(run())
+
+
+async def test_copies_at_once_through_both_paths_apply_once(postgres_server: PostgresServer) -> None:
+    """Copies of one delivery at once, to two replicas (one writing in one round trip, one always by the
+    general transaction), each with the job as read before any was written: applied once, the
+    others counted as repeats, whichever path each took."""
+    import asyncio
+
+    with postgres_server.database() as url:
+        fast = PostgresStore(url, policy=POLICY)
+        general = PostgresStore(url, policy=POLICY, fast_callbacks=False)
+        for store in (fast, general):
+            await store.open()
+        try:
+            for n in range(3):
+                job_id = f"01JTESTCOPIES{n}".ljust(26, "0")
+                await fast.create_job(new_job(job_id))
+                await fast.bind_task_id(job_id, f"task-{job_id}", 1_765_000_600.0)
+                seen = await fast.get_job(job_id)
+
+                async def copy(store: PostgresStore, seen: Job | None = seen, job_id: str = job_id) -> CallbackResult:
+                    return await store.record_callback(
+                        job_id,
+                        "task.completed",
+                        OBSERVATIONS["completed"],
+                        DETAIL,
+                        bind_task_id=None,
+                        cost_if_completed=0.06,
+                        seen=seen,
+                    )
+
+                results = await asyncio.gather(*(copy(fast if k % 3 else general) for k in range(24)))
+                assert sorted(str(r.kind) for r in results) == ["accepted"] + ["duplicate"] * 23
+                rows = query_database(
+                    url,
+                    "SELECT (SELECT count FROM callback_receipts WHERE job_id = ?), "
+                    "(SELECT COUNT(*) FROM job_events WHERE job_id = ? AND type = 'callback' AND outcome = 'accepted'), "
+                    "(SELECT COUNT(*) FROM job_events WHERE job_id = ? AND type = 'callback' AND outcome = 'duplicate'), "
+                    "(SELECT COUNT(*) FROM notifications WHERE job_id = ?), (SELECT status FROM jobs WHERE id = ?)",
+                    (job_id,) * 5,
+                )
+                assert rows == [(24, 1, 23, 1, "completed")]
+            assert fast.callback_paths["accepted"] + fast.callback_paths["duplicate"] > 0
+        finally:
+            for store in (fast, general):
+                await store.close()

@@ -5,7 +5,7 @@
 -- transaction, COMMITted before the call returns). The Python side decides everything (the status
 -- machine, the events' details, the notification's payload) from the job as it read it, and passes
 -- the rows to write; this function only checks that the job is still as read (its row version,
--- `xmin`) and writes them. A repeat of a recorded event is taken here too, locking its receipt and
+-- `xmin`, which every write to the row changes) and writes them. A repeat of a recorded event is taken here too, locking its receipt and
 -- the job's noise counter, never the job.
 --
 -- It answers 'accepted' or 'duplicate' when it wrote the delivery, and 'fallback' when it wrote
@@ -13,8 +13,9 @@
 -- the job changed since it was read, nothing was planned (the status does not simply move forward,
 -- a task id is to be bound, an earlier attempt's result…), the provider's callback health is to be
 -- reset, or the job's history is past its bound of refused and duplicate deliveries. When a race
--- is found after a write (another copy pushed the noise counter past the bound meanwhile), it
--- raises serialization_failure: the statement rolls back, and the caller runs the general one.
+-- is found after a write (another copy pushed the noise counter past the bound meanwhile, or was
+-- recorded meanwhile), it raises serialization_failure: the statement rolls back, and the caller
+-- runs the general transaction.
 CREATE FUNCTION jobhook_callback(
     p_job_id            TEXT,
     p_event_key         TEXT,
@@ -52,15 +53,23 @@ BEGIN
         IF p_version IS NULL THEN
             RETURN 'fallback';
         END IF;
-        -- The job as read, locked as the general transaction locks it (the job first, then its receipt).
-        -- Changed meanwhile (a later version once the lock is ours): the plan is stale.
-        PERFORM 1 FROM jobs WHERE id = p_job_id AND xmin::text::bigint = p_version FOR NO KEY UPDATE;
-        IF NOT FOUND THEN
-            RETURN 'fallback';
-        END IF;
         -- A genuine callback ends a run of jobs finished by polling: the general transaction says so.
         IF EXISTS (SELECT 1 FROM provider_state
                    WHERE provider = p_provider AND (polled_in_a_row > 0 OR degraded != 0)) THEN
+            RETURN 'fallback';
+        END IF;
+        -- The job as read, or nothing: changed meanwhile (its version once its lock is ours), the plan
+        -- is stale. Its row is locked first, then its receipt, as the general transaction does.
+        UPDATE jobs SET
+            status      = p_status,
+            images      = CASE WHEN p_set_images THEN p_images ELSE images END,
+            error       = CASE WHEN p_set_error THEN p_error ELSE error END,
+            cost_usd    = CASE WHEN p_set_cost THEN p_cost ELSE cost_usd END,
+            finished_at = CASE WHEN p_resolved_by IS NOT NULL THEN p_now ELSE finished_at END,
+            resolved_by = COALESCE(p_resolved_by, resolved_by),
+            updated_at  = p_now
+            WHERE id = p_job_id AND xmin::text::bigint = p_version;
+        IF NOT FOUND THEN
             RETURN 'fallback';
         END IF;
         INSERT INTO callback_receipts (job_id, event_key, first_at, last_at)
@@ -72,15 +81,6 @@ BEGIN
                                     ended_at = p_now
                     WHERE job_id = p_job_id AND seq = p_attempt_seq;
             END IF;
-            UPDATE jobs SET
-                status       = p_status,
-                images       = CASE WHEN p_set_images THEN p_images ELSE images END,
-                error        = CASE WHEN p_set_error THEN p_error ELSE error END,
-                cost_usd     = CASE WHEN p_set_cost THEN p_cost ELSE cost_usd END,
-                finished_at  = CASE WHEN p_resolved_by IS NOT NULL THEN p_now ELSE finished_at END,
-                resolved_by  = COALESCE(p_resolved_by, resolved_by),
-                updated_at   = p_now
-                WHERE id = p_job_id;
             INSERT INTO job_events (job_id, at, type, outcome, detail)
                 SELECT p_job_id, p_now, e.event ->> 0, e.event ->> 1, e.event ->> 2
                 FROM json_array_elements(p_events::json) WITH ORDINALITY AS e (event, n)
@@ -106,7 +106,9 @@ BEGIN
             END IF;
             RETURN 'accepted';
         END IF;
-        -- Another copy was recorded meanwhile without changing the job: this one is a repeat.
+        -- Another copy was recorded meanwhile by a write that left the job as it was: undo ours.
+        RAISE EXCEPTION 'jobhook: the delivery was recorded meanwhile'
+            USING ERRCODE = 'serialization_failure';
     END IF;
     -- A repeat: counted on its receipt and, within the job's bound, an event of its own.
     SELECT noise INTO v_noise FROM job_event_bounds WHERE job_id = p_job_id;
