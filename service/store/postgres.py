@@ -50,6 +50,11 @@ log = logging.getLogger("jobhook.store")
 T = TypeVar("T")
 CHANNEL = "jobhook_changes"
 POOL_SIZE = 10
+# The event loop's pool (the hot path): a connection is held from a callback's call to its COMMIT's
+# flush, so at most this many callbacks share a WAL flush (PostgreSQL's group commit). 20 carried ~40 %
+# more callbacks than 10 where a flush took milliseconds (bench/README.md); a replica then holds up to
+# 20 + POOL_SIZE + 1 (LISTEN) connections, the second pool growing only as the general path needs it.
+LOOP_POOL_SIZE = 20
 # How long a write waits for a row or table lock another session holds before it gives up (and the
 # request is answered 503, to be retried): replicas hold row locks for milliseconds, so a wait this
 # long means something else holds the database (a migration, an operator's LOCK, a stuck session).
@@ -146,6 +151,7 @@ class PostgresStore(Store):
         pool_size: int = POOL_SIZE,
         lock_timeout: float = LOCK_TIMEOUT,
         fast_callbacks: bool = True,
+        loop_pool_size: int = LOOP_POOL_SIZE,
     ) -> None:
         """`fast_callbacks`: the plain callback in one round trip (JOBHOOK_POSTGRESQL_FAST_PATH); off,
         every callback takes the general transaction."""
@@ -154,6 +160,7 @@ class PostgresStore(Store):
         self.url = url
         self.replica = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._pool_size = pool_size
+        self._loop_pool_size = loop_pool_size
         self._lock_timeout = lock_timeout
         self._pool: Any = None
         self._loop_pool: Any = None  # psycopg's AsyncConnectionPool: the hot path, from the event loop
@@ -202,7 +209,7 @@ class PostgresStore(Store):
             loop_pool = psycopg_pool.AsyncConnectionPool(
                 self.url,
                 min_size=1,
-                max_size=self._pool_size,
+                max_size=self._loop_pool_size,
                 kwargs={"autocommit": True, "row_factory": _row_factory},
                 configure=self._configure_async,
                 open=False,
