@@ -61,6 +61,10 @@ LOOP_POOL_SIZE = 20
 LOCK_TIMEOUT = 10.0
 RETRIES = 5  # a write that lost a race (constraint, deadlock, serialization) is run this many times at most
 NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8,000 bytes)
+# Jobs remembered as past their bound of refused and duplicate deliveries: their callbacks go straight
+# to the general transaction (which counts them on the summary event), without a call that would
+# only answer 'bounded'. A hint for speed only: what is written is decided in the database.
+BOUNDED_JOBS = 1024
 MIGRATION_LOCK = 0x6A6F62686F6F6B  # pg_advisory_xact_lock key: "jobhook"
 # A job, its attempts and its row version (`xmin`, which every write to the row changes) in one statement.
 JOB_SQL = (
@@ -169,6 +173,7 @@ class PostgresStore(Store):
         # How genuine callbacks were written: "accepted" and "duplicate" in one round trip, "general"
         # by the general transaction (for the bench and the tests).
         self.callback_paths: collections.Counter[str] = collections.Counter()
+        self._bounded: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="jobhook-pg")
         self._listener: asyncio.Task[None] | None = None
         self._stats = WriterStats()
@@ -420,6 +425,7 @@ class PostgresStore(Store):
         """The plain case (and a repeat) in one round trip when it can be; the general transaction
         otherwise (service.store.pg_callback says which is which)."""
         fast = self.fast_callbacks and self._loop_pool is not None and bind_task_id is None
+        fast = fast and job_id not in self._bounded
         if fast and seen is not None and seen.id == job_id:
             taken = await self._callback_in_one(seen, event_key, observation, detail, cost_if_completed)
             if taken is not None:
@@ -480,7 +486,7 @@ class PostgresStore(Store):
 
         def committed(done: asyncio.Future[str]) -> None:
             # Even if the caller was cancelled meanwhile: a committed change is announced.
-            if done.cancelled() or done.exception() is not None or done.result() == "fallback":
+            if done.cancelled() or done.exception() is not None or done.result() in ("fallback", "bounded"):
                 return
             self._stats.commits += 1
             self._stats.writes += 1
@@ -503,6 +509,10 @@ class PostgresStore(Store):
             return CallbackResult(ReceiptKind.ACCEPTED, planned.job, planned.decision)
         if outcome == "duplicate":
             return CallbackResult(ReceiptKind.DUPLICATE, seen, None)
+        if outcome == "bounded":
+            self._bounded[seen.id] = None
+            while len(self._bounded) > BOUNDED_JOBS:
+                self._bounded.popitem(last=False)
         return None
 
     async def _fetch_value(self, sql: str, params: tuple[Any, ...]) -> Any:

@@ -8,8 +8,9 @@
 -- `xmin`, which every write to the row changes) and writes them. A repeat of a recorded event is taken here too, locking its receipt and
 -- the job's noise counter, never the job.
 --
--- It answers 'accepted' or 'duplicate' when it wrote the delivery, and 'fallback' when it wrote
--- nothing and the caller must run the general transaction (service.store.common.record_callback):
+-- It answers 'accepted' or 'duplicate' when it wrote the delivery, and 'fallback' (or 'bounded', for
+-- a job past its bound) when it wrote nothing and the caller must run the general transaction
+-- (service.store.common.record_callback):
 -- the job changed since it was read, nothing was planned (the status does not simply move forward,
 -- a task id is to be bound, an earlier attempt's result…), the provider's callback health is to be
 -- reset, or the job's history is past its bound of refused and duplicate deliveries. When a race
@@ -113,7 +114,7 @@ BEGIN
     -- A repeat: counted on its receipt and, within the job's bound, an event of its own.
     SELECT noise INTO v_noise FROM job_event_bounds WHERE job_id = p_job_id;
     IF COALESCE(v_noise, 0) >= p_bound THEN
-        RETURN 'fallback';  -- past the bound: the general transaction counts it on the summary event
+        RETURN 'bounded';  -- past the bound: the general transaction counts it on the summary event
     END IF;
     UPDATE callback_receipts SET count = count + 1, last_at = p_now
         WHERE job_id = p_job_id AND event_key = p_event_key;
