@@ -94,11 +94,12 @@ test: $(STAMP) browser strace postgresql
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 # Performance is measured, never asserted: the service against a bare Starlette app, same run, same load.
+# `make bench PART=openloop` (or PART=callbacks,api, QUICK=1) runs some phases only.
 bench: $(STAMP)
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  { echo "installing Debian's wrk for the load…"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }; } || \
 	  echo "NOTE: wrk is missing: the bench uses its own asyncio load generator"
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(PART),--only $(PART)) $(if $(QUICK),--quick)
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

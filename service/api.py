@@ -12,13 +12,14 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from service import ids, limits
-from service.domain import attempt, routing
-from service.domain.job import Job
-from service.domain.request import RequestError, parse_submission
+from service.domain import attempt, budget, routing
+from service.domain.job import Job, rfc3339
+from service.domain.request import MAX_CANDIDATES, RequestError, parse_submission
 from service.domain.status import FINISHED, Status
-from service.engine import IdempotencyMismatch, NotBackendSubmitted, NotPollable
+from service.engine import IdempotencyMismatch, NotBackendSubmitted, RerouteRefused
 from service.http import ApiError, BodyTooLarge, JSONResponse, decode_cursor, encode_cursor, read_body
 from service.media import MediaFile
+from service.polling import NotPollable
 from service.runtime import Runtime, runtime
 from service.store.base import TaskIdConflict
 
@@ -31,6 +32,8 @@ DEFAULT_EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 500
 MAX_IDEMPOTENCY_KEY = 255
 MAX_TASK_ID = 200
+# A job tries each of its candidates once: a larger attempt number names no attempt.
+MAX_ATTEMPT_SEQ = MAX_CANDIDATES
 # No provider's task id has control characters; one would only break the provider's URLs and the logs.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -77,6 +80,18 @@ async def create_job(request: Request) -> JSONResponse:
         job, created = await rt.engine.create(submission, key)
     except RequestError as exc:
         raise _request_error(exc) from None
+    except budget.BudgetExceeded as exc:
+        # SPEC §9: nothing was sent and no job was made; the caps reset at the next UTC midnight.
+        cap = exc.refusal
+        raise ApiError(
+            429,
+            "budget_exceeded",
+            exc.message,
+            headers={"Retry-After": str(max(1, math.ceil(cap.reset_at - rt.engine.clock())))},
+            scope=cap.scope,
+            reset_at=rfc3339(cap.reset_at),
+            candidates=[item.to_json() for item in exc.left_out] or None,
+        ) from None
     except routing.NoProvider as exc:
         # Nothing was sent and no job was made: each candidate and why it was left out.
         raise ApiError(422, "no_provider", exc.message, candidates=[item.to_json() for item in exc.left_out]) from None
@@ -187,7 +202,7 @@ async def refresh_job(request: Request) -> JSONResponse:
     rt = runtime(request)
     job = await load_job(rt, request.path_params["job_id"])
     try:
-        polled = await rt.engine.poll(job.id, 0, manual=True)
+        polled = await rt.engine.polling.poll(job.id, 0, manual=True)
     except NotPollable as exc:
         raise ApiError(409, "not_pollable", str(exc)) from None
     return JSONResponse(job_json(request, polled or job))
@@ -229,6 +244,57 @@ async def patch_job(request: Request) -> JSONResponse:
             409, "task_id_conflict", "the job already has another task id, or another job has this one"
         ) from None
     return JSONResponse(job_json(request, bound))
+
+
+async def reroute_job(request: Request) -> JSONResponse:
+    """`POST /v1/jobs/{id}/reroute` (SPEC §8): try the job's next candidate now, accepting that the
+    attempt left, if it was sent, may still deliver and charge too. 202 with the job when it moved;
+    200 with it unchanged when the attempt named (`from_attempt`) had been left already."""
+    rt = runtime(request)
+    job = await load_job(rt, request.path_params["job_id"])
+    from_attempt = await _reroute_body(request)
+    try:
+        rerouted, moved = await rt.engine.reroute(job, from_attempt)
+    except RerouteRefused as exc:
+        refused = exc.refusal
+        raise ApiError(refused.status, refused.code, refused.message, field=refused.field) from None
+    refusal = attempt.refusal(rerouted) if moved else None
+    if refusal is not None:
+        # Every candidate left refused it for good, and no earlier attempt may deliver: as `POST /v1/jobs`.
+        raise ApiError(502, refusal.code, refusal.message, provider_code=refusal.provider_code, job_id=job.id)
+    return JSONResponse(job_json(request, rerouted), status_code=202 if moved else 200)
+
+
+async def _reroute_body(request: Request) -> int | None:
+    """The optional body `{"from_attempt": N}`: the attempt (its `seq`) the reroute leaves."""
+    try:
+        raw = await read_body(request, MAX_API_BODY)
+    except BodyTooLarge:
+        raise ApiError(413, "payload_too_large", f"the body exceeds {MAX_API_BODY} bytes") from None
+    if not raw.strip():
+        return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_body", "the body must be a JSON object", field="body")
+    unknown = sorted(set(body) - {"from_attempt"})
+    if unknown:
+        raise ApiError(
+            422, "unknown_field", f"unknown field {unknown[0]!r}; only from_attempt can be given", field=unknown[0]
+        )
+    value = body.get("from_attempt")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ATTEMPT_SEQ:
+        raise ApiError(
+            422,
+            "invalid_field",
+            "from_attempt must be the seq of one of the job's attempts (a whole number from 1)",
+            field="from_attempt",
+        )
+    return value
 
 
 async def job_image(request: Request) -> Response:
@@ -277,6 +343,7 @@ routes = [
     Route("/v1/jobs/{job_id}", job, methods=["GET", "PATCH"]),
     Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
     Route("/v1/jobs/{job_id}/refresh", refresh_job, methods=["POST"]),
+    Route("/v1/jobs/{job_id}/reroute", reroute_job, methods=["POST"]),
     Route("/v1/jobs/{job_id}/images/{index}", job_image, methods=["GET"]),
     Route("/media/{token}", public_image, methods=["GET"]),
 ]

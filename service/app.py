@@ -16,13 +16,15 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from service import __version__, api, callbacks, dashboard, openapi, operators, sessions
 from service.config import Settings, generate_secret
+from service.domain import budget
 from service.domain.callbacks import CallbackTokens
 from service.engine import Engine, ProviderRuntime
 from service.errors import StorageError
-from service.http import ApiError, BearerAuth, JSONResponse, SecurityHeaders, error_response
+from service.http import ApiError, BearerAuth, JSONResponse, SecurityHeaders, error_response, json_answer
 from service.limits import Slots
 from service.loop import MAX_SLEEP
 from service.media import MediaStore
@@ -32,7 +34,7 @@ from service.outbox import OutboxWorker
 from service.poller import Poller
 from service.providers.base import Tracking
 from service.providers.http import USER_AGENT, ProviderHTTP
-from service.providers.registry import adapters, simulator_adapter
+from service.providers.registry import adapters, price_tables, simulator_adapter
 from service.runtime import Runtime, runtime
 from service.simulator import Simulator
 from service.store import engines
@@ -64,7 +66,7 @@ def build_providers(settings: Settings, self_url: str | None) -> dict[str, Provi
             )
         runtimes[name] = ProviderRuntime(name, adapter, http)
     if simulator_enabled(settings) and self_url is not None:
-        simulator = simulator_adapter()
+        simulator = simulator_adapter(settings)
         base_url = settings.simulator.base_url or f"{self_url}/simulator"
         http = ProviderHTTP(
             base_url, simulator.auth_headers(SIMULATOR_KEY), timeout=timeout, submit_timeout=submit_timeout
@@ -91,6 +93,8 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
             credits_low=settings.credits_low,
             base_url=settings.public_url or self_url or "",
             circuits=settings.circuits,
+            poll_interval=settings.poll_interval,
+            budget=budget.Policy(settings.budget, price_tables(settings)),
         )
         store = engines.make_store(settings, clock=clock, mirror_images=settings.mirror_images, policy=policy)
         await store.open()
@@ -174,7 +178,7 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
     ]
     if simulator is not None:
         routes.append(Mount("/simulator", app=simulator.app))
-    return Starlette(
+    return App(
         routes=routes,
         # SecurityHeaders first, so that it also marks the sign-in refusals of BearerAuth.
         middleware=[Middleware(SecurityHeaders), Middleware(BearerAuth, tokens=list(settings.api_tokens))],
@@ -186,6 +190,33 @@ def create_app(settings: Settings, *, self_url: str | None = None, clock: Callab
         },
         lifespan=lifespan,
     )
+
+
+class App(Starlette):
+    """jobhook's Starlette app, with one fast path: `POST /callbacks/{token}` (a provider's retry storm)
+    is answered before the middleware and the router (`callbacks.answer`). None of the middleware acts
+    on it (BearerAuth guards /v1 and the dashboard; SecurityHeaders' header is in the answer already);
+    its errors are answered by the app's own handlers, and an unexpected one is raised again after its
+    500, as Starlette's ServerErrorMiddleware does."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = callbacks.fast_token(scope) if scope["type"] == "http" else None
+        if token is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        scope["route"] = callbacks.routes[0]  # what an error's log line names (loggable_path)
+        try:
+            status, body = await callbacks.answer(self.state.runtime, token, scope["headers"], receive)
+        except StorageError as exc:
+            await (await _storage_error(Request(scope), exc))(scope, receive, send)
+            return
+        except Exception as exc:
+            await (await _server_error(Request(scope), exc))(scope, receive, send)
+            raise
+        start, message = json_answer(status, body)
+        await send(start)
+        await send(message)
 
 
 async def index(request: Request) -> Response:

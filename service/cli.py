@@ -136,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     providers.add_argument("--json", action="store_true", help="print JSON")
     providers.set_defaults(handler=cmd_providers)
 
+    budget = commands.add_parser(
+        "budget",
+        help="today's caps, what is reserved and spent, and when they reset",
+        description="Show today's budget (UTC day, SPEC §9): each cap (JOBHOOK_BUDGET_USD_PER_DAY for all providers "
+        "together, JOBHOOK_<P>_BUDGET_USD_PER_DAY for one), what is reserved (sent, outcome not known yet) and spent "
+        "(kept: the provider took it), what is left, and when the day resets. Reads JOBHOOK_DATABASE directly: the "
+        "figures every replica shares.",
+    )
+    budget.add_argument("--json", action="store_true", help="print JSON (as GET /v1/budget)")
+    budget.set_defaults(handler=cmd_budget)
+
     outbox = commands.add_parser(
         "outbox",
         help="list notification deliveries, or resend them",
@@ -203,6 +214,30 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--json", action="store_true", help="print the API's JSON")
     client_options(job)
     job.set_defaults(handler=cmd_job)
+
+    reroute = commands.add_parser(
+        "reroute",
+        help="try a job's next candidate provider now (both may charge)",
+        description="Move a job to its next candidate provider now and send it there (POST /v1/jobs/ID/reroute), "
+        "even though its current attempt was accepted, is uncertain, or the job timed out. That attempt is not "
+        "cancelled: it may still deliver and charge, so BOTH PROVIDERS MAY CHARGE. The first attempt to complete "
+        "completes the job; every attempt's cost is kept and the job's cost_usd is their sum. A job whose current "
+        "attempt was never sent (waiting out a retry or an open circuit) costs nothing more. Asking twice moves "
+        "the job once unless each names the attempt it leaves (--from-attempt).",
+        epilog="Refused (exit 2) when the job is completed or failed, no candidate is left, the backend submitted it "
+        "itself, or its submission has not answered yet.",
+    )
+    reroute.add_argument("id", help="the job id (job_…)")
+    reroute.add_argument(
+        "--from-attempt",
+        type=int,
+        metavar="N",
+        help="the attempt to leave (as `jobhook job` numbers them); if the job has left it already, nothing "
+        "changes (default: the job's current attempt)",
+    )
+    reroute.add_argument("--json", action="store_true", help="print the API's JSON")
+    client_options(reroute)
+    reroute.set_defaults(handler=cmd_reroute)
     # `jobhook serve --env-file x` as well as `jobhook --env-file x serve`. SUPPRESS: a subcommand that
     # is not given it keeps the value given before the subcommand.
     for sub in commands.choices.values():
@@ -465,6 +500,65 @@ def _circuit_text(circuit: dict[str, Any] | None) -> str:
     return f"closed{failures}"
 
 
+def cmd_budget(args: argparse.Namespace) -> int:
+    from service.domain import budget
+    from service.domain.budget import Figures
+    from service.domain.routing import SIMULATOR
+    from service.providers.registry import price_tables
+
+    settings = load_settings(args)
+    now = time.time()
+
+    async def read() -> dict[str, Figures]:
+        from service.store.engines import make_store
+
+        store = make_store(settings)
+        await store.open()
+        try:
+            return await store.budget_figures(budget.day_of(now))
+        finally:
+            await store.close()
+
+    # A SQLite database that is not there yet has spent nothing (and is not created by a look at it).
+    figures = asyncio.run(read()) if settings.database_url is not None or settings.database.is_file() else {}
+    tables = price_tables(settings)
+    if settings.simulator.enabled is False:
+        tables.pop(SIMULATOR)
+    report = budget.report(
+        settings.budget, figures, {name: bool(table.per_image) for name, table in tables.items()}, now
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    left = budget.retry_after(now)
+    print(
+        f"budget for {report['day']} (UTC): resets at {report['reset_at'][:19]}Z, in {left // 3600}h {left % 3600 // 60:02d}m"
+    )
+    if not settings.budget:
+        print(
+            "no cap is set: JOBHOOK_BUDGET_USD_PER_DAY, JOBHOOK_<P>_BUDGET_USD_PER_DAY (what is spent is counted all the same)"
+        )
+    print(f"{'scope':11} {'cap':>10} {'spent':>10} {'reserved':>10} {'left':>10}")
+    for row in (report["total"], *report["providers"]):
+        print(
+            f"{row['scope']:11} {_money(row['cap_usd']):>10} {_money(row['spent_usd']):>10} "
+            f"{_money(row['reserved_usd']):>10} {_money(row['remaining_usd']):>10}  {_budget_note(row)}".rstrip()
+        )
+    return 0
+
+
+def _money(amount: float | None) -> str:
+    return "—" if amount is None else _usd(amount)
+
+
+def _budget_note(row: dict[str, Any]) -> str:
+    if row.get("note"):
+        return str(row["note"])
+    if row["exhausted_at"]:
+        return f"refused work since {str(row['exhausted_at'])[11:19]}Z"
+    return ""
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     if args.action == "resend":
@@ -536,6 +630,11 @@ def _client(args: argparse.Namespace) -> httpx.Client:
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    return _answered(client, method, path, **kwargs)[1]
+
+
+def _answered(client: httpx.Client, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    """The answer's status and JSON; a refusal is one line (CLIError)."""
     try:
         response = client.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
@@ -554,7 +653,7 @@ def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
             if isinstance(item, dict)
         )
         raise CLIError(f"{error.get('code', response.status_code)}: {error.get('message', '')}{field}{why}")
-    return data
+    return response.status_code, data
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -648,6 +747,23 @@ def _job_events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
         if not page.get("next_cursor"):
             return events
         params["cursor"] = page["next_cursor"]
+
+
+def cmd_reroute(args: argparse.Namespace) -> int:
+    body = {"from_attempt": args.from_attempt} if args.from_attempt is not None else {}
+    with _client(args) as client:
+        status, job = _answered(client, "POST", f"/v1/jobs/{args.id}/reroute", json=body)
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    if status == 200:
+        print(f"{job['id']}: attempt {args.from_attempt} was left already; the job is unchanged ({job['status']})")
+    else:
+        print(f"{job['id']}: rerouted to {job['provider']} ({job['status']})")
+    for n, item in enumerate(job.get("attempts") or [], 1):
+        task = item.get("provider_task_id") or "-"
+        print(f"  {item.get('seq', n)}. {item['provider']:12} {item.get('state') or 'sending':10} {task}")
+    return 0
 
 
 def cmd_job(args: argparse.Namespace) -> int:

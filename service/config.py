@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from service.domain import addresses, pricing, routing
+from service.domain import addresses, budget, pricing, routing
+from service.domain.budget import Caps as BudgetCaps
 from service.domain.circuit import CircuitPolicy
 from service.errors import ConfigError
 
@@ -54,6 +55,8 @@ class SimulatorSettings:
     # Where jobhook reaches the simulator: None is this process's own /simulator. A simulator keeps its
     # tasks in memory, so replicas on one database must all use one replica's (JOBHOOK_SIMULATOR_BASE_URL).
     base_url: str | None = None
+    # JOBHOOK_SIMULATOR_PRICES: what its jobs are said to cost (free unless set), to try budgets out.
+    prices: Mapping[str, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,8 @@ class Settings:
         default_factory=CircuitPolicy
     )  # JOBHOOK_ROUTE_BREAKER_FAILURES, …_COOLDOWN (SPEC §8)
     route_order: routing.Order = PRICE_ORDER  # JOBHOOK_ROUTE_ORDER: "auto"'s order
+    # JOBHOOK_BUDGET_USD_PER_DAY and JOBHOOK_<P>_BUDGET_USD_PER_DAY (SPEC §9): none unless set.
+    budget: BudgetCaps = dataclasses.field(default_factory=BudgetCaps)
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -221,6 +226,8 @@ SETTING_NAMES: tuple[str, ...] = (
     "JOBHOOK_SIMULATOR_CALLBACK_RETRIES",
     "JOBHOOK_SIMULATOR_SEED",
     "JOBHOOK_SIMULATOR_BASE_URL",
+    "JOBHOOK_SIMULATOR_PRICES",
+    "JOBHOOK_SIMULATOR_BUDGET_USD_PER_DAY",
     "JOBHOOK_SLACK_WEBHOOK_URL",
     "JOBHOOK_SMTP_URL",
     "JOBHOOK_EMAIL_FROM",
@@ -240,6 +247,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "JOBHOOK_ROUTE_COOLDOWN",
     "JOBHOOK_ROUTE_MAX_COOLDOWN",
     "JOBHOOK_ROUTE_CREDITS_COOLDOWN",
+    "JOBHOOK_BUDGET_USD_PER_DAY",
     # the API clients (`jobhook submit`, `jobs`, `job`)
     "JOBHOOK_URL",
     "JOBHOOK_TOKEN",
@@ -253,7 +261,7 @@ SETTING_NAMES: tuple[str, ...] = (
 )
 # JOBHOOK_<PROVIDER>_<suffix>, for each provider of PROVIDER_NAMES.
 # Only what this version reads: a cap it does not enforce must be warned about, not accepted.
-PROVIDER_SETTING_SUFFIXES = ("API_KEY", "BASE_URL", "PRICES")
+PROVIDER_SETTING_SUFFIXES = ("API_KEY", "BASE_URL", "PRICES", "BUDGET_USD_PER_DAY")
 # The test suite's own variables (JOBHOOK_TEST_ENGINES, JOBHOOK_CRASH_SEED): never warned about.
 TEST_ONLY_PREFIXES = ("JOBHOOK_TEST_", "JOBHOOK_CRASH_")
 
@@ -404,24 +412,40 @@ def _parse(env: Mapping[str, str]) -> Settings:
         except ConfigError:
             raise ConfigError("JOBHOOK_SIMULATOR", f"expected auto, true or false, got {raw!r}") from None
 
+    def prices(name: str) -> Mapping[str, float] | None:
+        raw = get(name)
+        try:
+            return pricing.parse_prices(raw) if raw is not None else None
+        except pricing.PriceSyntaxError as exc:
+            raise ConfigError(name, str(exc)) from None
+
+    def cap(name: str) -> int | None:
+        """A daily budget in US dollars (SPEC §9), in micro-dollars; None: unset, no cap."""
+        raw = get(name)
+        try:
+            return budget.parse_cap(raw) if raw is not None else None
+        except ValueError as exc:
+            raise ConfigError(name, str(exc)) from None
+
     providers = {}
+    caps: dict[str, int] = {}
     for provider in PROVIDER_NAMES:
         key_name = f"JOBHOOK_{provider.upper()}_API_KEY"
         url_name = f"JOBHOOK_{provider.upper()}_BASE_URL"
-        prices_name = f"JOBHOOK_{provider.upper()}_PRICES"
         api_key = get(key_name)
         base_url = get(url_name) or DEFAULT_BASE_URLS[provider]
-        prices_raw = get(prices_name)
-        try:
-            prices = pricing.parse_prices(prices_raw) if prices_raw is not None else None
-        except pricing.PriceSyntaxError as exc:
-            raise ConfigError(prices_name, str(exc)) from None
+        own = cap(f"JOBHOOK_{provider.upper()}_BUDGET_USD_PER_DAY")
+        if own is not None:
+            caps[provider] = own
         providers[provider] = ProviderSettings(
             name=provider,
             api_key=Secret(api_key) if api_key else None,
             base_url=http_url(url_name, base_url),
-            prices=prices,
+            prices=prices(f"JOBHOOK_{provider.upper()}_PRICES"),
         )
+    simulator_cap = cap("JOBHOOK_SIMULATOR_BUDGET_USD_PER_DAY")
+    if simulator_cap is not None:
+        caps[routing.SIMULATOR] = simulator_cap
 
     public_url = get("JOBHOOK_PUBLIC_URL")
     poll_interval = duration("JOBHOOK_POLL_INTERVAL", 5.0, minimum=0.01)
@@ -518,6 +542,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
             retry_delays=retry_delays,
             seed=integer("JOBHOOK_SIMULATOR_SEED", 0, minimum=0) if seed_raw is not None else None,
             base_url=http_url("JOBHOOK_SIMULATOR_BASE_URL", simulator_url).rstrip("/") if simulator_url else None,
+            prices=prices("JOBHOOK_SIMULATOR_PRICES"),
         ),
         slack_webhook_url=Secret(http_url("JOBHOOK_SLACK_WEBHOOK_URL", slack, secret=True)) if slack else None,
         smtp=_smtp(get("JOBHOOK_SMTP_URL"), get("JOBHOOK_EMAIL_FROM"), get("JOBHOOK_EMAIL_TO")),
@@ -529,6 +554,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         limits=limits,
         circuits=_circuits(integer, duration),
         route_order=_route_order(get("JOBHOOK_ROUTE_ORDER")),
+        budget=BudgetCaps.of(cap("JOBHOOK_BUDGET_USD_PER_DAY"), caps),
     )
 
 

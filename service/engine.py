@@ -21,20 +21,22 @@ from typing import Any
 import orjson
 
 from service.config import Settings
-from service.domain import attempt, backoff, measure, request, routing
+from service.domain import attempt, backoff, budget, measure, request, routing
 from service.domain import callbacks as verify
 from service.domain import circuit as circuits
+from service.domain import reroute as rerouting
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitKind, SubmitResult
 from service.domain.job import Candidate, Job
 from service.domain.request import GenerationRequest, RequestError, Submission
-from service.domain.status import FINAL, Observation, Status
+from service.domain.status import Observation, Status
 from service.domain.work import SubmitState, WorkKind
 from service.errors import JobhookError
 from service.ids import new_job_id
 from service.media import MediaFile, MediaStore
 from service.metrics import Metrics
 from service.mirror import Downloader, Mirror
+from service.polling import Polling
 from service.providers.base import Adapter, Answer, ImageBytes, ProtocolError, Tracking, WireResponse
 from service.providers.http import NotSent, ProviderHTTP, Uncertain
 from service.store.base import NewJob
@@ -44,6 +46,9 @@ from service.watch import ChangeHub
 log = logging.getLogger("jobhook")
 
 MEASURE_TTL = 30.0  # seconds a read of the providers' measured latency serves "auto" routing
+# A submission whose reservation a cap refused (it filled between routing and the transaction) is
+# routed again with the figures as they are now, at most this many times (SPEC §9).
+BUDGET_ROUTES = 4
 POLL_LEASE = 45.0  # a poll is a 30 s HTTP call at most; a crashed one comes due again after this
 # A synchronous provider's call runs from the work queue; the request that created the job waits this
 # long for its first attempt to settle, so that an immediate refusal still answers 502 (SPEC §3).
@@ -79,8 +84,12 @@ class IdempotencyMismatch(JobhookError):
         self.job = job
 
 
-class NotPollable(JobhookError):
-    """The job has no task id at the provider yet, so there is nothing to ask about."""
+class RerouteRefused(JobhookError):
+    """The job cannot be rerouted now (service.domain.reroute says why)."""
+
+    def __init__(self, refusal: rerouting.Refused) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
 
 
 class NotBackendSubmitted(JobhookError):
@@ -130,6 +139,7 @@ class Engine:
         # (a scan of the recent attempts per "auto" job would cost more than a slightly stale order).
         self._measured: tuple[float, dict[str, measure.Measured]] | None = None
         self._nudge: Callable[[float], None] = lambda due_at: None
+        self.polling = Polling(self)  # asking providers about jobs (service.polling)
         store.add_due_listener(lambda due_at: self._nudge(due_at))  # jobs a closing circuit releases
         store.add_attempt_listener(self.metrics.count_attempts)
         self.mirroring = Mirror(
@@ -196,9 +206,10 @@ class Engine:
             return f"{self.settings.public_url}/media/{self.media_tokens.sign(job.id, str(index))}"
         return job.images[index] if index < len(job.images) else None
 
-    def cost(self, job: Job) -> float | None:
-        """What the job costs: the images its request asked for, not however many a provider listed."""
-        runtime = self.providers.get(job.provider)
+    def cost(self, job: Job, provider: str | None = None) -> float | None:
+        """What the job costs at `provider` (by default its own): the images its request asked for, not
+        however many a provider listed."""
+        runtime = self.providers.get(provider or job.provider)
         return runtime.adapter.price_usd(job.request, status_machine.images_asked(job.request)) if runtime else None
 
     def facts(
@@ -272,7 +283,16 @@ class Engine:
             )
         # SPEC §8: over max_price_usd, or priced unknown under it, a candidate is left out (422 no_provider).
         facts = {name: self.facts(self.providers[name], submission.request, measured) for name in names}
+        if submission.submit and self.settings.budget:
+            facts = await self._budget_facts(facts, submission.request)
         route = routing.choose(names, facts, max_price_usd=submission.max_price_usd, order=order)
+        over = [item.refusal for item in route.left_out if item.reason is routing.Reason.OVER_BUDGET and item.refusal]
+        await self._tell_exhausted(over)
+        if not route.candidates and over:
+            # SPEC §9: nothing sent, no job made; the backend may try again at the reset.
+            named = budget.first_refusal(over)
+            assert named is not None
+            raise budget.BudgetExceeded(named, route.left_out)
         if not route.candidates:
             raise routing.NoProvider(
                 route.left_out
@@ -292,8 +312,65 @@ class Engine:
         first, *rest = (self.providers[name] for name in names)
         return first, tuple(Candidate(item.name, self._callbacks_expected(item)) for item in rest)
 
+    async def _budget_facts(
+        self, facts: Mapping[str, routing.Facts], generation: GenerationRequest
+    ) -> dict[str, routing.Facts]:
+        """`facts` with each candidate that today's caps refuse marked so (SPEC §9): read now, checked
+        again by the transaction that reserves the price (this read only spares a doomed attempt)."""
+        now = self.clock()
+        figures = await self.store.budget_figures(budget.day_of(now))
+        wanted = generation.to_json()
+        marked = dict(facts)
+        for name, item in facts.items():
+            price = budget.price_of(self.providers[name].adapter.prices, wanted)
+            refusal = budget.check(self.settings.budget, figures, name, price, now)
+            if refusal is not None:
+                marked[name] = dataclasses.replace(item, over_budget=refusal)
+        return marked
+
+    async def _tell_exhausted(self, refusals: list[budget.Refusal]) -> None:
+        """A cap left a candidate out: `budget.exhausted`, the first time today for its scope."""
+        told: set[str] = set()
+        for refusal in refusals:
+            if refusal.figures.exhausted_at is None and refusal.scope not in told:
+                told.add(refusal.scope)
+                await self.store.budget_exhausted(refusal)
+
     async def create(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
-        """Validate, record, and (unless `submit` is false) send. Returns (job, created)."""
+        """Validate, record, and (unless `submit` is false) send. Returns (job, created).
+
+        A daily cap that refuses the first attempt in the transaction (it filled since routing read
+        the figures) routes the submission again: to another candidate, or to a 429 (SPEC §9)."""
+        try:
+            for _ in range(BUDGET_ROUTES - 1):
+                try:
+                    return await self._create(submission, idempotency_key)
+                except budget.OverBudget:
+                    continue
+            try:
+                return await self._create(submission, idempotency_key)
+            except budget.OverBudget as exc:
+                raise budget.BudgetExceeded(exc.refusal) from None
+        except budget.BudgetExceeded:
+            # The key's promise holds whatever today's budget: a replay answers the job made before.
+            made = await self.store.job_by_idempotency_key(idempotency_key) if idempotency_key else None
+            if made is None:
+                raise
+            return await self._replay(made, request_fingerprint(submission)), False
+
+    async def _replay(self, job: Job, request_hash: str | None) -> Job:
+        """The job an Idempotency-Key already made, as its first request answers it."""
+        if job.request_hash != request_hash:
+            raise IdempotencyMismatch(job)
+        if job.submit_state is SubmitState.SENDING:
+            # The first request is still talking to the provider: answer what it will answer.
+            settled = await self.wait_until(
+                job.id, lambda j: j.submit_state is not SubmitState.SENDING, self.settings.submit_timeout + 5
+            )
+            job = settled or job
+        return job
+
+    async def _create(self, submission: Submission, idempotency_key: str | None) -> tuple[Job, bool]:
         runtime, candidates = await self.route(submission)
         synchronous = runtime.adapter.tracking is Tracking.SYNCHRONOUS
         if synchronous and not submission.submit:
@@ -319,17 +396,9 @@ class Engine:
             candidates=candidates,
             max_price_usd=submission.max_price_usd,
         )
-        job, created = await self.store.create_job(new)
+        job, created = await self.store.create_job(new, self._request_lease)
         if not created:
-            if job.request_hash != new.request_hash:
-                raise IdempotencyMismatch(job)
-            if job.submit_state is SubmitState.SENDING:
-                # The first request is still talking to the provider: answer what it will answer.
-                settled = await self.wait_until(
-                    job.id, lambda j: j.submit_state is not SubmitState.SENDING, self.settings.submit_timeout + 5
-                )
-                job = settled or job
-            return job, False
+            return await self._replay(job, new.request_hash), False
         self._nudge(now if synchronous else new.deadline_at)
         if job.submit_state is SubmitState.SENDING:
             job = await self._send(job)
@@ -357,36 +426,43 @@ class Engine:
             result = await self._submit_result(job, runtime, response)
         self.metrics.submit_seconds.labels(job.provider).observe(time.monotonic() - started)
         self.metrics.submissions.labels(job.provider, str(result.kind)).inc()
-        stored = await self.store.record_submit(job.id, result, next_lease=self._next_lease(job))
+        stored = await self.store.record_submit(job.id, result, claim_next=True)
         level = logging.WARNING if result.kind is not SubmitKind.ACCEPTED else logging.INFO
         log.log(level, "submit %s %s: %s", job.id, job.provider, result.kind)
-        if result.retry_at is not None:
-            self._nudge(result.retry_at)
-        elif result.first_poll_at is not None:
-            self._nudge(result.first_poll_at)
-        if stored.provider != job.provider:
-            # The attempt ended not_sent or rejected and the job moved to its next candidate (SPEC §8).
-            log.warning("failover %s from %s to %s", job.id, job.provider, stored.provider)
-            if stored.submit_state is SubmitState.SENDING:
-                return await self._send(stored)  # marked "sending" with the failover: tried at once
-            self._nudge(self.clock())  # a synchronous provider's call is the work queue's; or it waits
-        return stored
+        if len(stored.attempts) <= len(job.attempts):
+            if result.retry_at is not None:
+                self._nudge(result.retry_at)
+            elif result.first_poll_at is not None:
+                self._nudge(result.first_poll_at)
+            return stored
+        # The attempt ended not_sent or rejected and the job moved to its next candidate (SPEC §8). The
+        # refusal is committed, the next attempt only due: it is claimed now, in a transaction of its
+        # own, then sent. Killed between the two, jobhook finds it due after a restart and sends it once.
+        log.warning("failover %s from %s to %s", job.id, job.provider, stored.provider)
+        sending = await self.store.begin_submit(job.id, self._request_lease, take_due=True)
+        if sending is not None:
+            return await self._send(sending)
+        # Waiting for a circuit, or the work queue's to send (woken by the store when it is).
+        return await self.store.get_job(job.id) or stored
 
-    def _next_lease(self, job: Job) -> float | None:
-        """Should this attempt fail over: the lease of the next one, sent at once by this request
-        (None: the next candidate is synchronous, so the work queue calls it, as always)."""
-        if not job.candidates:
-            return None
-        runtime = self.providers.get(job.candidates[0].provider)
+    def _request_lease(self, provider: str) -> float | None:
+        """The lease of a submission to `provider` sent now by the request at hand; None for a
+        synchronous provider (its call may take minutes: the work queue makes it, as always)."""
+        runtime = self.providers.get(provider)
         if runtime is None or not runtime.configured or runtime.adapter.tracking is Tracking.SYNCHRONOUS:
             return None
         return self.clock() + self.submit_lease(runtime)
 
+    def _queue_lease(self, provider: str) -> float:
+        """The lease of a submission to `provider` sent now by the work queue."""
+        return self.clock() + self.submit_lease(self.runtime(provider))
+
     def _submit_backoff(self, job: Job) -> float:
-        """The wait before the job's next submission: it grows with the attempts made."""
+        """The wait before the job's next submission: it grows with the tries of its current attempt
+        (a provider the job moved to starts again from the first interval)."""
         settings = self.settings
         return backoff.delay(
-            max(0, job.submit_attempts - 1), settings.poll_interval, settings.poll_max_interval, self.rng
+            max(0, attempt.tries(job) - 1), settings.poll_interval, settings.poll_max_interval, self.rng
         )
 
     async def _submit_result(self, job: Job, runtime: ProviderRuntime, response: WireResponse) -> SubmitResult:
@@ -450,90 +526,44 @@ class Engine:
             synchronous = self.runtime(job.provider).adapter.tracking is Tracking.SYNCHRONOUS
             await self.store.record_submit(job_id, attempt.uncertain(detail, synchronous=synchronous))
             return
-        now = self.clock()
-        sending = await self.store.begin_submit(job_id, now + self.submit_lease(self.runtime(job.provider)))
+        sending = await self.store.begin_submit(job_id, self._queue_lease)
         if sending is not None:
             await self._send(sending)
 
     # -- polling -----------------------------------------------------------------------------------
 
-    async def poll(self, job_id: str, attempt: int, *, manual: bool = False, confirming: bool = False) -> Job | None:
-        """Ask the provider about one job and record what it says; schedule the next poll.
-
-        `confirming`: the poll that checks a bare webhook's claim (apiframe) before anything is applied.
-        """
-        kind = WorkKind.CONFIRM if confirming else WorkKind.POLL
-        job = await self.store.get_job(job_id)
-        if job is None:
-            return None
-        runtime = self.providers.get(job.provider)
-        pollable = (
-            runtime is not None and runtime.http is not None and runtime.adapter.tracking is not Tracking.SYNCHRONOUS
-        )
-        if job.provider_task_id is None or not pollable:
-            if manual:
-                raise NotPollable("the job has no task id at the provider to ask about")
-            await self.store.unschedule(job_id, kind)
-            return job
-        assert runtime is not None and runtime.http is not None
-        now = self.clock()
-        if not manual and job.status in FINAL:
-            await self.store.unschedule(job_id, kind)
-            return job
-        if not manual and job.status is Status.TIMED_OUT and now > job.created_at + 2 * self.settings.job_timeout:
-            await self.store.unschedule(job_id, WorkKind.POLL)
-            await self.store.note(job_id, "poll", "stopped", {"reason": "no answer within twice JOBHOOK_JOB_TIMEOUT"})
-            return job
-        next_delay = backoff.delay(attempt, self.settings.poll_interval, self.settings.poll_max_interval, self.rng)
-        detail: dict[str, Any] = {"manual": True} if manual else {"confirming": True} if confirming else {}
-        observation = None
-        try:
-            response = await runtime.http.send(runtime.adapter.poll_request(job.provider_task_id))
-        except (NotSent, Uncertain) as exc:
-            outcome, detail["message"] = "unreachable", str(exc)
-        else:
-            # The next poll counts from the answer: a Retry-After is "after this answer", not after
-            # the moment the request was started (a slow answer would otherwise shorten the wait).
-            now = self.clock()
-            detail["http_status"] = response.status
-            try:
-                answer = runtime.adapter.parse_poll(response)
-            except ProtocolError as exc:
-                outcome, detail["message"] = "unreadable", str(exc)
-            else:
-                if answer.answer is Answer.OK and answer.observation is not None:
-                    observation = answer.observation
-                    outcome = str(observation.status)
-                else:
-                    assert answer.error is not None
-                    outcome = "rate_limited" if response.status == 429 else "error"
-                    detail["provider_code"] = answer.error.provider_code
-                    detail["message"] = answer.error.message
-                    asked = backoff.retry_after(answer.retry_after, now)
-                    if asked is not None:
-                        next_delay = max(next_delay, asked)
-                        self.paused_until[job.provider] = now + asked
-        self.metrics.polls.labels(job.provider, outcome).inc()
-        if outcome in ("rate_limited", "error", "unreachable", "unreadable"):
-            log.warning("poll %s %s: %s %s", job.id, job.provider, outcome, detail.get("message", ""))
-        images = len(observation.images) if observation is not None else 0
-        next_at = now + next_delay
-        applied = await self.store.record_poll(
-            job_id,
-            observation,
-            detail,
-            outcome=outcome,
-            next_poll=(next_at, attempt + 1),
-            cost_if_completed=self.cost(job) if images else None,
-            confirming=confirming,
-        )
-        self._nudge(next_at)
-        return applied.job
-
     async def expire(self, job_id: str) -> None:
         job = await self.store.expire(job_id)
         if job.status in (Status.TIMED_OUT, Status.FAILED):
             log.warning("deadline %s %s: %s", job.id, job.provider, job.status)
+
+    # -- rerouting (SPEC §8) -----------------------------------------------------------------------
+
+    async def reroute(self, job: Job, from_attempt: int | None) -> tuple[Job, bool]:
+        """`POST /v1/jobs/{id}/reroute`: move the job to its next candidate now and send it there, within
+        the request as a new job's first attempt is. `from_attempt`: the attempt to leave (None: the one
+        current when `job` was read). Returns the job and whether it moved (False: that attempt had been
+        left already). RerouteRefused when it cannot be rerouted."""
+        current = job.current_attempt()
+        leaving = from_attempt if from_attempt is not None else (current.seq if current is not None else None)
+        now = self.clock()
+        verdict, moved = await self.store.reroute(job.id, leaving, deadline_at=now + self.settings.job_timeout)
+        if isinstance(verdict, rerouting.Refused):
+            raise RerouteRefused(verdict)
+        if not isinstance(verdict, rerouting.Reroute):
+            return moved, False
+        charge = "both may charge" if verdict.alive else "nothing was sent before"
+        log.warning("reroute %s from %s to %s: %s", job.id, job.provider, moved.provider, charge)
+        self._nudge(now)  # its late polls and its deadline
+        if moved.status is Status.QUEUED:
+            # Claimed in a transaction of its own, as a failover's next attempt is (`_send`): never one
+            # a worker already holds; a synchronous provider's call is left to the work queue.
+            sending = await self.store.begin_submit(job.id, self._request_lease, take_due=True)
+            if sending is not None:
+                return await self._send(sending), True
+            self._nudge(now)  # waiting for a circuit or a budget, or the work queue's to send
+            moved = await self.store.get_job(job.id) or moved
+        return moved, True
 
     # -- the backend's own submissions -------------------------------------------------------------
 

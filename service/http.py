@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import orjson
 from starlette.datastructures import MutableHeaders
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -102,6 +102,40 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_body_asgi(receive: Receive, declared: bytes | None, limit: int) -> bytes:
+    """`read_body` for a pure ASGI handler: the body from `receive`, BodyTooLarge past `limit` bytes
+    (a declared Content-Length over it refuses before any is read), ClientDisconnect as Starlette's
+    `Request.stream()` raises it."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def json_answer(status: int, body: bytes) -> tuple[Message, Message]:
+    """The two ASGI messages of a JSON answer, with the headers `JSONResponse` sends."""
+    headers = [
+        (b"content-length", str(len(body)).encode()),
+        (b"content-type", b"application/json"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
 
 
 def encode_cursor(job_id: str) -> str:

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.domain import budget
 from service.domain.circuit import Circuit, CircuitState
 from service.domain.measure import Measured
 from service.loop import WorkLoop
@@ -57,7 +58,7 @@ class Metrics:
         self.failovers = Counter(
             "jobhook_failovers",
             "Jobs moved to their next candidate provider, by the provider left, the one tried next and why "
-            "(not_sent, rejected, failed)",
+            "(not_sent, rejected, failed; reroute: the backend asked, and both may charge)",
             ["from", "to", "reason"],
             registry=r,
         )
@@ -123,6 +124,8 @@ class Metrics:
         )
         self.group_commit = _GroupCommit()
         r.register(self.group_commit)
+        self.spend = _Spend()
+        r.register(self.spend)
         self.loop_age = Gauge(
             "jobhook_loop_heartbeat_age_seconds", "Seconds since each background loop last woke", ["loop"], registry=r
         )
@@ -165,10 +168,30 @@ class Metrics:
             for each in CircuitState:
                 self.circuit.labels(provider, str(each)).set(1 if each is state else 0)
         self.group_commit.stats = store.write_stats
+        self.spend.by_provider = await store.spend_by_provider()
         now = time.monotonic()
         for name, loop in loops.items():
             self.loop_age.labels(name).set(round(now - loop.heartbeat, 3))
         return generate_latest(self.registry)
+
+
+class _Spend(Collector):
+    """What each provider's kept attempts came to (SPEC §9), from the day figures every replica shares."""
+
+    def __init__(self) -> None:
+        self.by_provider: dict[str, int] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "jobhook_spend_usd",
+            "USD kept for attempts by provider, every UTC day recorded (SPEC §9): an attempt's price counts once "
+            "the provider took it (accepted, uncertain, completed), and counts no more if the task then failed "
+            "(resellers refund failed tasks)",
+            labels=["provider"],
+        )
+        for provider, amount in sorted(self.by_provider.items()):
+            family.add_metric([provider], budget.usd(amount))
+        yield family
 
 
 class _GroupCommit(Collector):

@@ -20,6 +20,7 @@ from service.api import (
     DEFAULT_EVENTS_LIMIT,
     DEFAULT_LIMIT,
     MAX_API_BODY,
+    MAX_ATTEMPT_SEQ,
     MAX_EVENTS_LIMIT,
     MAX_IDEMPOTENCY_KEY,
     MAX_LIMIT,
@@ -155,7 +156,10 @@ GENERATION_FIELDS: dict[str, Schema] = {
         "type": "object",
         "description": f"Passed to the provider as is; at most {MAX_OBJECT_BYTES} bytes of JSON. A key that "
         "jobhook sets itself (a field of this vocabulary, the model, a callback or webhook URL, or the "
-        "provider's name for one of them) is refused with 422 `reserved_option`.",
+        "provider's name for one of them) is refused with 422 `reserved_option`. For the `simulator`, "
+        "`simulate` scripts the task (`fail`, `drop_callback`, `stale_timestamp`, `duplicates`, "
+        "`concurrent_duplicates`, `latency` in seconds, `refuse`: one of aivideoapi's error codes, such as "
+        "`insufficient_credits`); a wrong one is a 422 `invalid_field` naming it.",
     },
 }
 
@@ -172,9 +176,18 @@ SCHEMAS: dict[str, Schema] = {
                         "accepted": {"type": "array", "description": "what the provider accepts for `field`"},
                         "provider_code": {"type": "string", "description": "the provider's own code (502)"},
                         "job_id": {"type": "string", "pattern": JOB_ID_PATTERN},
+                        "scope": {
+                            "type": "string",
+                            "description": "`budget_exceeded`: the cap that refused, `total` or a provider (SPEC §9)",
+                        },
+                        "reset_at": {
+                            "type": "string",
+                            "format": "date-time",
+                            "description": "`budget_exceeded`: when that cap resets (the next UTC midnight)",
+                        },
                         "candidates": {
                             "type": "array",
-                            "description": "`no_provider`: each candidate provider, and why it was left out",
+                            "description": "`no_provider`, `budget_exceeded`: each candidate provider left out, and why",
                             "items": _object(
                                 {
                                     "provider": {"type": "string"},
@@ -186,7 +199,7 @@ SCHEMAS: dict[str, Schema] = {
                             ),
                         },
                     },
-                    optional=("field", "accepted", "provider_code", "job_id", "candidates"),
+                    optional=("field", "accepted", "provider_code", "job_id", "scope", "reset_at", "candidates"),
                 )
             }
         ),
@@ -230,7 +243,9 @@ SCHEMAS: dict[str, Schema] = {
                     "type": "array",
                     "items": _ref("Attempt"),
                     "description": "One per provider tried, oldest first (SPEC §8); `provider` and "
-                    "`provider_task_id` above are the last one's.",
+                    "`provider_task_id` above are the attempt the job follows: the last one, or the one that "
+                    "completed it (an earlier attempt a reroute left may complete it late), or an earlier one "
+                    "still alive that it follows again when the later ones could not take it.",
                 },
                 "callback_url": {
                     "type": "string",
@@ -241,12 +256,17 @@ SCHEMAS: dict[str, Schema] = {
         ),
     },
     "Attempt": {
-        "description": "One provider tried for a job. `state`: `not_sent` (never reached the provider), "
-        "`rejected` (a definite refusal), `accepted`, `uncertain` (sent, outcome unknown), `completed`, "
-        "`failed`; null while the call is in flight. The job moves to its next candidate only from "
-        "`not_sent`, `rejected` or `failed`, never from `accepted`, `uncertain` or a timed-out job.",
+        "description": "One provider tried for a job. `state`: `not_sent` (never reached the provider: no "
+        "connection, or its circuit open, `error.code` `circuit_open` saying until when; also while a "
+        "429/5xx is retried there, `ended_at` null), `rejected` (a definite refusal, or 429/5xx past the "
+        "retries: `error.code` `retries_exhausted`), `accepted`, `uncertain` (sent, outcome unknown), "
+        "`completed`, `failed`; null while the call is in flight. The job moves to its next candidate "
+        "only from `not_sent`, `rejected` or `failed`, never from `accepted`, `uncertain` or a timed-out job, "
+        "unless the backend asks (`POST /v1/jobs/{id}/reroute`): the attempt left then stays `accepted` or "
+        "`uncertain`, and its late result and cost still count.",
         **_object(
             {
+                "seq": {"type": "integer", "minimum": 1, "description": "1 for the first attempt, and so on"},
                 "provider": {"type": "string"},
                 "provider_task_id": _nullable({"type": "string"}),
                 "state": {
@@ -269,7 +289,8 @@ SCHEMAS: dict[str, Schema] = {
                     "measured p50 first; or a fixed list; the simulator only when no other is configured); or "
                     "the candidates in order of preference. With several, an attempt that refused the job, "
                     "was never sent or whose task failed moves the job to the next candidate (SPEC §8); each "
-                    "candidate that cannot take it is left out, and 422 `no_provider` says why when none remains.",
+                    "candidate that cannot take it is left out, and 422 `no_provider` says why when none remains "
+                    "(429 `budget_exceeded` when a daily cap left one out: SPEC §9).",
                     "oneOf": [
                         {
                             "type": "string",
@@ -313,7 +334,20 @@ SCHEMAS: dict[str, Schema] = {
         {
             "id": {"type": "integer"},
             "at": {"type": "string", "format": "date-time"},
-            "type": {"type": "string", "examples": ["submit", "callback", "poll", "notification", "mirror", "circuit"]},
+            "type": {
+                "type": "string",
+                "examples": [
+                    "submit",
+                    "callback",
+                    "poll",
+                    "notification",
+                    "mirror",
+                    "circuit",
+                    "failover",
+                    "fallback",
+                    "conflict",
+                ],
+            },
             "outcome": _nullable({"type": "string"}),
             "detail": {"type": "object"},
         }
@@ -377,6 +411,43 @@ SCHEMAS: dict[str, Schema] = {
             },
         }
     ),
+    "BudgetScope": {
+        "description": "One scope's cap and figures today (UTC), in US dollars: `reserved` is sent with its "
+        "outcome not known yet, `spent` is kept (the provider took it, or may have); a scope's cap refuses "
+        "an attempt whose price would take reserved and spent past it.",
+        **_object(
+            {
+                "scope": {"type": "string", "description": "`total` (every provider together) or a provider"},
+                "cap_usd": _nullable({"type": "number", "minimum": 0, "description": "null: no cap"}),
+                "reserved_usd": {"type": "number"},
+                "spent_usd": {"type": "number"},
+                "remaining_usd": _nullable({"type": "number", "minimum": 0, "description": "null: no cap"}),
+                "exhausted_at": _nullable(
+                    {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "when the cap first refused something today (`budget.exhausted`)",
+                    }
+                ),
+                "priced": {"type": "boolean", "description": "providers: has a price at all"},
+                "note": {"type": "string", "description": "providers: why it cannot be sent under its caps"},
+            },
+            optional=("priced", "note"),
+        ),
+    },
+    "Budget": {
+        "description": "Today's caps and figures (SPEC §9): `JOBHOOK_BUDGET_USD_PER_DAY` (the total) and "
+        "`JOBHOOK_<P>_BUDGET_USD_PER_DAY` (each provider's own); UTC days.",
+        **_object(
+            {
+                "day": {"type": "string", "format": "date", "description": "the UTC day"},
+                "reset_at": {"type": "string", "format": "date-time", "description": "the next UTC midnight"},
+                "retry_after": {"type": "integer", "minimum": 1, "description": "seconds to the reset"},
+                "total": _ref("BudgetScope"),
+                "providers": {"type": "array", "items": _ref("BudgetScope")},
+            }
+        ),
+    },
     "Delivery": {
         "description": "One notification to one destination; times are Unix seconds.",
         **_object(
@@ -451,6 +522,23 @@ def _operation(summary: str, responses: dict[str, Schema], *, tag: str, security
     return operation
 
 
+REROUTE_BODY, REROUTE_READ = _json_body(
+    "Optional: the attempt to leave.",
+    _object(
+        {
+            "from_attempt": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_ATTEMPT_SEQ,
+                "description": "the `seq` of the attempt to leave; when it is no longer the current one, nothing "
+                "changes (200)",
+            }
+        },
+        optional=("from_attempt",),
+    ),
+    max_bytes=MAX_API_BODY,
+)
+REROUTE_BODY["required"] = False
 SUBMISSION_BODY, SUBMISSION_READ = _json_body(
     "The generation to submit (or, with `submit: false`, to track).",
     _ref("Submission"),
@@ -564,7 +652,8 @@ PATHS: dict[str, Schema] = {
                 "422": _refusal(
                     "The submission cannot be sent as it is: `field` names what is wrong, `accepted` what the "
                     "provider takes; `no_provider` lists in `candidates` each provider left out and why (over "
-                    "`max_price_usd`, or its price unknown). Nothing was sent, and no job was made.",
+                    "`max_price_usd`, or its price unknown under it or under a daily budget). Nothing was sent, and "
+                    "no job was made.",
                     "invalid_body",
                     "unknown_field",
                     "missing_field",
@@ -576,6 +665,13 @@ PATHS: dict[str, Schema] = {
                     "unsupported_value",
                     "idempotency_key_reused",
                     "no_provider",
+                ),
+                "429": _refusal(
+                    "No candidate can take the submission within today's budget (SPEC §9): `scope` names the cap "
+                    "(`total` or a provider), `reset_at` when it resets (the next UTC midnight), `candidates` each "
+                    "provider left out and why. Nothing was sent, and no job was made.",
+                    "budget_exceeded",
+                    headers={"Retry-After": _header("seconds to the reset", {"type": "string", "pattern": "^[0-9]+$"})},
                 ),
                 "502": _refusal(
                     "The provider refused the submission (`provider_code` is its own code); the job is failed.",
@@ -720,6 +816,47 @@ PATHS: dict[str, Schema] = {
             tag="jobs",
         ),
     },
+    "/v1/jobs/{job_id}/reroute": {
+        "parameters": [JOB_ID_PARAM],
+        "post": _operation(
+            "Try the job's next candidate provider now (SPEC §8), even though its current attempt was accepted, is"
+            " uncertain, or the job timed out: the attempt left is not cancelled and may still deliver and charge,"
+            " so both may charge (the job's `failover` event of reason `reroute` says so). The first attempt to"
+            " complete completes the job; every attempt's cost is kept and `cost_usd` is their sum. The next"
+            " candidate is sent at once; a job that moves gets a new JOBHOOK_JOB_TIMEOUT. `from_attempt` names"
+            " the attempt to leave (its `seq`; by default the current one when the request is read): a reroute"
+            " whose attempt was left already changes nothing, so a retried request moves the job once.",
+            {
+                "202": _json("The job, moved to its next candidate (and sent there, unless it waits).", _ref("Job")),
+                "200": _json("The job unchanged: the attempt named had been left already.", _ref("Job")),
+                **REROUTE_READ,
+                **UNSAFE_AUTH,
+                **JOB_NOT_FOUND,
+                "409": _refusal(
+                    "Nothing to reroute: the backend submitted the job itself, the job is completed or failed, no"
+                    " candidate provider is left, or the current submission has not answered yet.",
+                    "backend_submitted",
+                    "job_final",
+                    "no_candidate",
+                    "submission_in_flight",
+                ),
+                "422": _refusal(
+                    'The body is not `{"from_attempt": N}` naming one of the job\'s attempts.',
+                    "invalid_body",
+                    "unknown_field",
+                    "invalid_field",
+                ),
+                "502": _refusal(
+                    "Every candidate left refused the job for good and no earlier attempt may still deliver: the"
+                    " job is failed (as `POST /v1/jobs` answers).",
+                    "provider_rejected",
+                ),
+                **STORAGE,
+            },
+            tag="jobs",
+            requestBody=REROUTE_BODY,
+        ),
+    },
     "/v1/jobs/{job_id}/images/{index}": {
         "parameters": [
             JOB_ID_PARAM,
@@ -802,6 +939,13 @@ PATHS: dict[str, Schema] = {
                 **AUTH,
                 **STORAGE,
             },
+            tag="operators",
+        )
+    },
+    "/v1/budget": {
+        "get": _operation(
+            "Today's budget: each cap, what is reserved and spent (UTC day), what is left, and the reset.",
+            {"200": _json("The budget.", _ref("Budget")), **AUTH, **STORAGE},
             tag="operators",
         )
     },
@@ -972,9 +1116,19 @@ SIMULATOR_PATHS: dict[str, Schema] = {
                         }
                     ),
                 ),
-                "400": _simulator_refusal("The request is not one aivideoapi would take.", "invalid_request"),
-                "401": _simulator_refusal("No `sk-` key.", "invalid_api_key"),
-                "404": _simulator_not_found("Unknown model.", "model_not_found"),
+                "400": _simulator_refusal(
+                    "The request is not one aivideoapi would take (or `input.simulate.refuse` says so).",
+                    "invalid_request",
+                ),
+                "401": _simulator_refusal("No `sk-` key (or told to refuse it).", "invalid_api_key"),
+                "402": _simulator_refusal("Told to refuse: out of credits.", "insufficient_credits"),
+                "403": _simulator_refusal("Told to refuse: the caller's IP is not allowed.", "ip_not_allowed"),
+                "404": _simulator_not_found("Unknown model (or told to say so).", "model_not_found"),
+                "429": _simulator_refusal(
+                    "Told to refuse: rate or spend limit.", "rate_limit_exceeded", "spend_limit_exceeded"
+                ),
+                "500": _simulator_refusal("Told to refuse: a server error.", "internal_error"),
+                "503": _simulator_refusal("Told to refuse: the upstream model failed.", "upstream_error"),
             },
             tag="simulator",
             security=SIMULATOR_KEY,

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service.api import job_json, json_body
+from service.domain import budget
 from service.domain.circuit import Circuit
 from service.domain.measure import UNMEASURED
 from service.http import ApiError, JSONResponse
@@ -55,6 +56,15 @@ async def providers(request: Request) -> JSONResponse:
             }
         )
     return JSONResponse({"providers": rows})
+
+
+async def budget_today(request: Request) -> JSONResponse:
+    """SPEC §9: each cap, today's reserved and spent amounts (UTC), what is left, and the reset."""
+    rt = runtime(request)
+    now = rt.engine.clock()
+    figures = await rt.store.budget_figures(budget.day_of(now))
+    priced = {name: bool(each.adapter.prices.per_image) for name, each in rt.engine.providers.items()}
+    return JSONResponse(budget.report(rt.settings.budget, figures, priced, now))
 
 
 async def outbox(request: Request) -> JSONResponse:
@@ -149,6 +159,7 @@ class HeldStream(StreamingResponse):
 
 routes = [
     Route("/v1/providers", providers, methods=["GET"]),
+    Route("/v1/budget", budget_today, methods=["GET"]),
     Route("/v1/outbox", outbox, methods=["GET"]),
     Route("/v1/outbox/resend", resend, methods=["POST"]),
     Route("/v1/stream", stream, methods=["GET"]),

@@ -69,5 +69,7 @@ class Poller(WorkLoop):
             await self.engine.resubmit(due.job_id)
         elif due.kind is WorkKind.MIRROR:
             await self.engine.mirroring.run(due.job_id, due.attempt)
+        elif due.kind is WorkKind.LATE_POLL:
+            await self.engine.polling.poll_late(due.job_id, due.provider, due.attempt)
         else:
-            await self.engine.poll(due.job_id, due.attempt, confirming=due.kind is WorkKind.CONFIRM)
+            await self.engine.polling.poll(due.job_id, due.attempt, confirming=due.kind is WorkKind.CONFIRM)

@@ -2,8 +2,9 @@
 
 It speaks aivideoapi's wire format exactly (PROVIDERS.md §1), so that jobhook's aivideoapi adapter serves
 both and every path of the callback and polling machinery can be exercised without a paid account:
-failures, dropped callbacks, retried and duplicated deliveries, stale timestamps. Rates come from
-`SimulatorSettings`; a task can override them with `input.simulate` (a user's `provider_options`).
+failures, dropped callbacks, retried and duplicated deliveries, stale timestamps, and refusals in
+aivideoapi's own error answers. Rates come from `SimulatorSettings`; a task can override them with
+`input.simulate` (a user's `provider_options`, checked by `service.domain.simulate`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import random
 import re
 import textwrap
@@ -35,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.config import SimulatorSettings
+from service.domain import simulate
 
 logger = logging.getLogger("jobhook.simulator")
 
@@ -48,11 +49,6 @@ SPEEDS = ("TURBO", "BALANCED", "QUALITY")
 FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
 CALLBACK_TIMEOUT = 10.0
 STALE_BY = 3600
-# Caps on per-task overrides, so that one request cannot make the simulator flood or hang.
-MAX_COPIES = 20
-MAX_LATENCY = 3600.0
-_BOOLEAN_OVERRIDES = ("fail", "drop_callback", "stale_timestamp")
-_COUNT_OVERRIDES = ("duplicates", "concurrent_duplicates")
 
 
 class _Refusal(Exception):
@@ -61,6 +57,10 @@ class _Refusal(Exception):
     def __init__(self, status: int, code: str, message: str, kind: str = "invalid_request_error") -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.kind = status, code, message, kind
+
+    @classmethod
+    def of(cls, refusal: simulate.Refusal) -> _Refusal:
+        return cls(refusal.status, refusal.code, refusal.message, refusal.type)
 
 
 @dataclasses.dataclass
@@ -107,7 +107,8 @@ class _Task:
 class Simulator:
     """A fake aivideoapi. `app` is mounted by jobhook, which calls `start`/`aclose` from its lifespan.
 
-    `stats` counts what happened, for tests and the demo: `callbacks_sent` are deliveries answered 2xx,
+    `stats` counts what happened, for tests and the demo: `refused` creations answered with an error
+    because they were told to be (`refuse`), `callbacks_sent` deliveries answered 2xx,
     `callback_attempts_failed` deliveries answered otherwise or not at all (each concurrent copy counts).
     """
 
@@ -127,9 +128,18 @@ class Simulator:
         self.clock = clock
         self.random = random.Random(settings.seed)
         self.stats: dict[str, int] = dict.fromkeys(
-            ("created", "completed", "failed", "callbacks_sent", "callbacks_dropped", "callback_attempts_failed"),
+            (
+                "created",
+                "refused",
+                "completed",
+                "failed",
+                "callbacks_sent",
+                "callbacks_dropped",
+                "callback_attempts_failed",
+            ),
             0,
         )
+        self._account_refusal: simulate.Refusal | None = None
         self._tasks: collections.OrderedDict[str, _Task] = collections.OrderedDict()
         self._client: httpx.AsyncClient | None = None
         self._runners: set[asyncio.Task[None]] = set()  # evicted tasks' runners too, so aclose awaits all
@@ -146,6 +156,18 @@ class Simulator:
         """Open the client that delivers callbacks; a mounted app's own lifespan never runs."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=CALLBACK_TIMEOUT)
+
+    def refuse(self, code: str | None) -> None:
+        """From now on refuse every creation with aivideoapi's error `code` (PROVIDERS.md §1), as the real
+        provider does once an account's credits run out or its key is revoked; None takes them again.
+
+        The account's state, not a task's: `input.simulate.refuse` cannot play it, since jobhook sends a
+        job's `provider_options` to every provider it tries. Set in process (the demo's second simulator);
+        never over HTTP, where anyone reaching jobhook's port could switch it.
+        """
+        if code is not None and code not in simulate.REFUSALS:
+            raise ValueError(f"expected one of {', '.join(simulate.REFUSALS)}, got {code!r}")
+        self._account_refusal = simulate.REFUSALS[code] if code is not None else None
 
     async def aclose(self) -> None:
         """Cancel renders and deliveries still under way (retries can be minutes apart), then close."""
@@ -170,6 +192,11 @@ class Simulator:
             prefix, callback_url = self.callback_prefix, fields["callback_url"]
             if prefix is not None and callback_url is not None and not callback_url_allowed(callback_url, prefix):
                 raise _Refusal(400, "invalid_request", f"callback_url must be {prefix} followed by a callback token")
+            # A valid request, refused as told: by the account's state, else by the task's own script.
+            told = self._account_refusal or simulate.REFUSALS.get(fields["simulate"].get("refuse", ""))
+            if told is not None:
+                self.stats["refused"] += 1
+                raise _Refusal.of(told)
         except _Refusal as refusal:
             return _error(refusal)
         if self._client is None:
@@ -413,30 +440,11 @@ def _choice(data: dict[str, Any], name: str, default: str, allowed: tuple[str, .
 
 
 def _simulate(raw: Any) -> dict[str, Any]:
-    """Per-task overrides; strict, so that a typo in a demo fails loudly instead of doing nothing."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise _Refusal(400, "invalid_request", "input.simulate must be an object")
-    known = (*_BOOLEAN_OVERRIDES, *_COUNT_OVERRIDES, "latency")
-    for key, value in raw.items():
-        field = f"input.simulate.{key}"
-        if key not in known:
-            raise _Refusal(400, "invalid_request", f"{field} is unknown; expected one of {', '.join(known)}")
-        if key in _BOOLEAN_OVERRIDES and not isinstance(value, bool):
-            raise _Refusal(400, "invalid_request", f"{field} must be true or false")
-        if key in _COUNT_OVERRIDES and (
-            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COPIES
-        ):
-            raise _Refusal(400, "invalid_request", f"{field} must be a whole number from 0 to {MAX_COPIES}")
-        if key == "latency" and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not 0 <= value <= MAX_LATENCY
-        ):
-            raise _Refusal(400, "invalid_request", f"{field} must be seconds from 0 to {MAX_LATENCY:g}")
-    return dict(raw)
+    """Per-task overrides, in the provider's 400 when they are wrong (jobhook checks them first: 422)."""
+    try:
+        return simulate.overrides(raw, "input.simulate")
+    except simulate.InvalidOverride as exc:
+        raise _Refusal(400, "invalid_request", exc.message) from None
 
 
 def render(prompt: str, size: str, output_format: str) -> bytes:

@@ -251,11 +251,12 @@ ServiceFactory = Callable[..., contextlib.AbstractAsyncContextManager[Service]]
 def jobhook(tmp_path: Path, database: str) -> ServiceFactory:
     """`async with jobhook(JOBHOOK_X="…") as svc:` runs the real app under uvicorn on loopback.
 
-    Defaults suit tests: a public URL pointing at itself, short poll intervals and grace.
+    Defaults suit tests: a public URL pointing at itself, short poll intervals and grace. `clock`: the
+    app's time (the store's, the engine's, the loops'), for a test that needs another day.
     """
 
     @contextlib.asynccontextmanager
-    async def start(**env: str) -> AsyncIterator[Service]:
+    async def start(*, clock: Callable[[], float] = time.time, **env: str) -> AsyncIterator[Service]:
         sock = free_socket()
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         environ = {
@@ -273,7 +274,7 @@ def jobhook(tmp_path: Path, database: str) -> ServiceFactory:
         environ.update(env)
         environ = {key: value for key, value in environ.items() if value != "<unset>"}
         settings = Settings.from_environ(environ)
-        app = create_app(settings, self_url=url)
+        app = create_app(settings, self_url=url, clock=clock)
         async with (
             serve_asgi(app, sock=sock, http=server_protocol()) as base,
             httpx.AsyncClient(base_url=base, timeout=30) as client,

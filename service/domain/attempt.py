@@ -13,12 +13,20 @@ import enum
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from service.domain import report
 from service.domain.job import Job
 from service.domain.status import JobError, Observation, Status
 from service.domain.work import TRACKING_KINDS, SubmitState, WorkKind
 
 # The job error of a definite refusal: the route answers it 502 (SPEC §3).
 REJECTED_CODE = "provider_rejected"
+# SPEC §8: a job with a candidate left sends a submission that its provider answers 429 or 5xx this many
+# times in all (the first try and its retries, Retry-After respected between them) before the attempt
+# ends `rejected` and the job moves on. Enough to ride out a blip (a deploy, a burst over the rate
+# limit), few enough that a provider in trouble costs the job seconds, not its deadline. A job without
+# a candidate left has nowhere else to go: it retries until its deadline, as a single provider always did.
+TRIES_PER_CANDIDATE = 3
+RETRIES_SPENT_CODE = "retries_exhausted"
 UNCERTAIN_SYNC = JobError(
     "submission_uncertain",
     "the synchronous call was cut before it answered; it was not re-sent to avoid a double charge",
@@ -28,8 +36,8 @@ UNCERTAIN_SYNC = JobError(
 class AttemptState(enum.StrEnum):
     """Where one attempt at one provider stands (SPEC §8's vocabulary)."""
 
-    NOT_SENT = "not_sent"  # the provider has not taken it (no connection, or 429/5xx: retried later)
-    REJECTED = "rejected"  # a definite refusal: nothing was created, nothing is charged
+    NOT_SENT = "not_sent"  # the provider has not taken it (no connection, circuit open, or 429/5xx: retried later)
+    REJECTED = "rejected"  # a definite refusal, or 429/5xx past the retries: nothing is charged
     ACCEPTED = "accepted"  # the provider has it (a task id, or the images already)
     UNCERTAIN = "uncertain"  # sent, outcome unknown: never re-sent, the provider may charge
     COMPLETED = "completed"
@@ -179,7 +187,7 @@ class Settled:
     is only recorded."""
 
 
-Step = Retry | Poll | Wait | Final | NextCandidate | Settled
+Step = Retry | Poll | Wait | Final | NextCandidate | report.FallBack | Settled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +212,7 @@ class SubmitDecision:
     status_detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the `status` event's
     notify: tuple[str, ...] = ()  # notifications to queue with the job, after the change
     credits: Credits = Credits(None, False)
+    error: JobError | None = None  # the attempt's error when the outcome carries none (past the retries)
 
     @property
     def event(self) -> tuple[str, str, Mapping[str, Any]]:
@@ -214,6 +223,21 @@ class SubmitDecision:
     def refused(self) -> bool:
         """A definite refusal: the request that made the job is answered 502 (SPEC §3)."""
         return self.state is AttemptState.REJECTED
+
+    @property
+    def attempt_error(self) -> JobError | None:
+        """What the attempt's record says went wrong (None: nothing did, or nothing is known yet)."""
+        return self.error or self.outcome.error
+
+    @property
+    def past_the_retries(self) -> bool:
+        """A 429/5xx that ended the attempt: its tries at this provider are spent (SPEC §8)."""
+        return self.state is AttemptState.REJECTED and self.outcome.kind is SubmitKind.RETRY
+
+
+def tries(job: Job) -> int:
+    """How many times the job's current attempt has been sent to its provider (this one included)."""
+    return job.attempts[-1].tries if job.attempts else job.submit_attempts
 
 
 def decide(job: Job, outcome: SubmitResult, *, now: float) -> SubmitDecision:
@@ -249,14 +273,26 @@ def decide(job: Job, outcome: SubmitResult, *, now: float) -> SubmitDecision:
         )
     if job.candidates and (kind is SubmitKind.REJECTED or (kind is SubmitKind.RETRY and outcome.unreached)):
         # Failover only from an attempt that cannot have been charged: refused for good, or never
-        # sent. 429/5xx (a RETRY that reached the provider) are retried at the same provider.
+        # sent. 429/5xx (a RETRY that reached the provider) are retried at the same provider…
         state = AttemptState.REJECTED if kind is SubmitKind.REJECTED else AttemptState.NOT_SENT
         return SubmitDecision(outcome, state, NextCandidate(), credits=credits)
+    if job.candidates and kind is SubmitKind.RETRY and tries(job) >= TRIES_PER_CANDIDATE:
+        # …until its tries there are spent: a 429/5xx creates nothing, so the next may be tried.
+        return SubmitDecision(
+            outcome, AttemptState.REJECTED, NextCandidate(), credits=credits, error=retries_spent(job, outcome)
+        )
     if kind in (SubmitKind.REJECTED, SubmitKind.FAILED):
+        state = AttemptState.REJECTED if kind is SubmitKind.REJECTED else AttemptState.UNCERTAIN
+        current = job.current_attempt()
+        back = report.fall_back(job, report.AttemptEnd(current.seq, str(state)) if current else None)
+        if back is not None:
+            # Nothing left to try, but an earlier attempt the backend rerouted away from may still
+            # deliver (SPEC §8): the job follows it again rather than fail.
+            return SubmitDecision(outcome, state, back, submit_state=SubmitState.DONE, credits=credits)
         error = outcome.error or JobError(REJECTED_CODE, "the provider refused the job")
         return SubmitDecision(
             outcome,
-            AttemptState.REJECTED if kind is SubmitKind.REJECTED else AttemptState.UNCERTAIN,
+            state,
             Final(error),
             status=Status.FAILED,
             submit_state=SubmitState.DONE,
@@ -281,6 +317,18 @@ def decide(job: Job, outcome: SubmitResult, *, now: float) -> SubmitDecision:
     )
 
 
+def retries_spent(job: Job, outcome: SubmitResult) -> JobError:
+    """The error of an attempt ended by a 429/5xx past the retries: the last answer's code and message."""
+    code = outcome.detail.get("provider_code")
+    last = outcome.detail.get("message") or (f"HTTP {outcome.detail.get('http_status')}")
+    return JobError(
+        RETRIES_SPENT_CODE,
+        f"{job.provider} could not take the job {tries(job)} times in a row (the last: {last}); "
+        "the next candidate is tried",
+        str(code) if code is not None else None,
+    )
+
+
 def refusal(job: Job) -> JobError | None:
     """The provider's definite refusal of the job's submission, if that is how the job ended: what
     the request that made it (or replays it) is answered 502 with: the error `decide` gave the job
@@ -288,3 +336,17 @@ def refusal(job: Job) -> JobError | None:
     if job.status is Status.FAILED and job.error is not None and job.error.code == REJECTED_CODE:
         return job.error
     return None
+
+
+def attempt_state(outcome: SubmitResult) -> AttemptState:
+    """What a submission's outcome makes of its attempt, whatever the job's status."""
+    if outcome.kind is SubmitKind.ACCEPTED:
+        seen = outcome.observation.status if outcome.observation is not None else None
+        if seen is Status.COMPLETED:
+            return AttemptState.COMPLETED
+        return AttemptState.FAILED if seen is Status.FAILED else AttemptState.ACCEPTED
+    if outcome.kind is SubmitKind.REJECTED:
+        return AttemptState.REJECTED
+    if outcome.kind is SubmitKind.RETRY:
+        return AttemptState.NOT_SENT
+    return AttemptState.UNCERTAIN

@@ -34,6 +34,36 @@ class TokenClaim:
     provider: str
 
 
+class _Signer(itsdangerous.Signer):
+    """itsdangerous' Signer, each key derived once: it derives them again (a hash of the salt and the
+    key) for every signature made and checked."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[str | bytes | None, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        key = self._derived.get(secret_key)
+        if key is None:
+            key = self._derived[secret_key] = super().derive_key(secret_key)
+        return key
+
+
+class _Serializer(itsdangerous.URLSafeSerializer):
+    """itsdangerous' URL-safe serializer with one signer per salt, made once (it makes a new one, and
+    derives its keys anew, for every token it signs or checks)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, signer=_Signer, **kwargs)
+        self._signers: dict[str | bytes | None, itsdangerous.Signer] = {}
+
+    def make_signer(self, salt: str | bytes | None = None) -> itsdangerous.Signer:
+        signer = self._signers.get(salt)
+        if signer is None:
+            signer = self._signers[salt] = super().make_signer(salt)
+        return signer
+
+
 class CallbackTokens:
     """Signs and verifies the token in `/callbacks/{token}`: it binds a job id and a provider.
 
@@ -50,7 +80,7 @@ class CallbackTokens:
         # depends on the token and the keys alone, and the keys never change for this object).
         self.verify = functools.lru_cache(maxsize=VERIFIED_TOKENS)(self._verify)  # type: ignore[method-assign]
         # itsdangerous signs with the last key of its list and verifies with all of them.
-        self._serializer = itsdangerous.URLSafeSerializer(
+        self._serializer = _Serializer(
             list(reversed(ordered)),
             salt=salt,
             signer_kwargs={"digest_method": hashlib.sha256},

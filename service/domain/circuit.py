@@ -3,8 +3,10 @@
 A circuit is `closed` (send), `open` until a time (send nothing), then `half_open`: exactly one job —
 the probe — may try it; its success closes the circuit, its failure opens it again for twice the last
 cooldown (up to a cap). Only failures that are the provider's own count (`verdict`): a key refused, no
-credits, a rate limit, a 5xx, no connection. A request the provider refused for what it asked (400,
-422) says nothing about the provider and leaves the circuit as it is.
+credits, a rate limit past the retries, a 5xx, no connection. A request the provider refused for what
+it asked (400, 422) says nothing about the provider and leaves the circuit as it is. A job whose
+provider is shut moves on to a later candidate that is not (`when_shut`), or waits for the first to
+half-open.
 
 The stored circuit holds `open` with its `until`; `half_open` is read from the clock (`state_at`), so
 that nothing has to wake to half-open a circuit. The probe is claimed with a lease (`probe_until`): a
@@ -16,11 +18,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from service.domain.attempt import SubmitKind, SubmitResult
 from service.domain.job import rfc3339
+from service.domain.status import JobError
+
+# The error of an attempt not sent because its provider's circuit was open (SPEC §8).
+CIRCUIT_OPEN_CODE = "circuit_open"
 
 
 class CircuitState(enum.StrEnum):
@@ -98,6 +104,40 @@ class Blocked:
 Permission = Go | Probe | Blocked
 
 
+# -- a job whose provider is shut, with candidates after it ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PassOver:
+    """A later candidate may be tried now: the current one is recorded `not_sent` with `error` (nothing
+    was sent, nothing is charged) and the job moves on, rather than wait for a circuit (SPEC §8)."""
+
+    error: JobError
+
+
+@dataclasses.dataclass(frozen=True)
+class WaitFor:
+    """Every candidate left is shut: the job waits `queued` until `until`, when the first of them —
+    `provider` — half-opens (or the probe in flight there runs out its lease), and is then tried again."""
+
+    provider: str
+    until: float
+
+
+def when_shut(provider: str, until: float, later: Sequence[tuple[str, Permission]]) -> PassOver | WaitFor:
+    """The job's provider is Blocked until `until`; `later`: its candidates after it, each with what
+    its circuit allows this job now (`may_try`). A job with none left waits, as a single provider does."""
+    if any(not isinstance(permission, Blocked) for _, permission in later):
+        message = f"{provider}'s circuit is open until {rfc3339(until)}: not sent, the next candidate is tried"
+        return PassOver(JobError(CIRCUIT_OPEN_CODE, message))
+    first, first_until = provider, until
+    for name, permission in later:
+        assert isinstance(permission, Blocked)
+        if permission.until < first_until:
+            first, first_until = name, permission.until
+    return WaitFor(first, first_until)
+
+
 def may_try(circuit: Circuit, now: float, job_id: str | None = None) -> Permission:
     """May a job (`job_id`: the probe itself, trying again, is let through) be sent to it now?"""
     state = circuit.state_at(now)
@@ -141,8 +181,9 @@ PROVIDER_STATUSES = frozenset({401, 402, 403, 404, 405, 406, 408, 429})
 _HTTP_CODE = re.compile(r"^http_(\d{3})$")
 
 
-def verdict(outcome: SubmitResult) -> Verdict:
-    """The circuit's reading of one submission outcome (`service.domain.attempt`)."""
+def verdict(outcome: SubmitResult, *, past_the_retries: bool = False) -> Verdict:
+    """The circuit's reading of one submission outcome (`service.domain.attempt`); `past_the_retries`:
+    the outcome, a 429/5xx, ended the attempt (`SubmitDecision.past_the_retries`)."""
     kind = outcome.kind
     if kind is SubmitKind.ACCEPTED:
         return Success()
@@ -150,11 +191,20 @@ def verdict(outcome: SubmitResult) -> Verdict:
         return Neutral()  # sent, no answer: the provider may have taken it
     if outcome.credits_exhausted:
         return Failure("insufficient_credits", credits=True)
-    status = _status(outcome.detail, outcome.error.provider_code if outcome.error is not None else None)
+    # A refusal's code is its error's; a 429/5xx's (retried: no error) is in its detail.
+    code = outcome.error.provider_code if outcome.error is not None else outcome.detail.get("provider_code")
+    status = _status(outcome.detail, str(code) if code is not None else None)
     if kind is SubmitKind.RETRY:
-        # 429/5xx/408, or never reached: each attempt counts (they are retried without end otherwise).
+        # No connection, 5xx, 408: each try counts. Each is the provider's own failure, and a job without
+        # a candidate left retries without end: were only attempts that end counted, jobs naming one
+        # provider would never open the circuit of a provider that is down, and would go on sending to
+        # it. A try past the retries is counted as a try, not once more as the attempt's end.
         if outcome.detail.get("reason") == "not_sent":
             return Failure("not_sent")
+        if status == 429:
+            # The provider pacing its clients, and saying when to come back (Retry-After, respected):
+            # counted only when it ends an attempt past the retries (SPEC §8), once however many tries.
+            return Failure("http_429") if past_the_retries else Neutral()
         return Failure(f"http_{status}" if status is not None else "unavailable")
     if status is not None and (status in PROVIDER_STATUSES or status >= 500):
         return Failure(f"http_{status}")

@@ -19,6 +19,10 @@ def rfc3339(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
+# Attempts that were sent and have not finished: the provider may still deliver, and charge (SPEC §8).
+ALIVE_STATES = frozenset({"accepted", "uncertain"})
+
+
 @dataclasses.dataclass(frozen=True)
 class AttemptRecord:
     """One provider tried for a job (SPEC §8); `state` None: in flight, or not made yet."""
@@ -31,9 +35,16 @@ class AttemptRecord:
     error: JobError | None = None
     cost_usd: float | None = None
     ended_at: float | None = None
+    tries: int = 0  # how many times it was sent to the provider (429/5xx are retried there: SPEC §8)
+
+    @property
+    def alive(self) -> bool:
+        """Sent and not finished: the provider may still deliver it, and charge for it."""
+        return self.state in ALIVE_STATES
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "seq": self.seq,
             "provider": self.provider,
             "provider_task_id": self.provider_task_id,
             "state": self.state,
@@ -96,6 +107,17 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+    def current_attempt(self) -> AttemptRecord | None:
+        """The attempt the job follows: the one at its `provider` (a job tries each provider once).
+        None for a job made before attempts were recorded."""
+        for item in reversed(self.attempts):
+            if item.provider == self.provider:
+                return item
+        return None
+
+    def attempt(self, seq: int) -> AttemptRecord | None:
+        return next((item for item in self.attempts if item.seq == seq), None)
 
     def image_count(self) -> int:
         return max(len(self.images), len(self.media))

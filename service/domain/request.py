@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from service.domain import simulate
 from service.errors import JobhookError
 
 RENDERING_SPEEDS = ("TURBO", "BALANCED", "QUALITY")
@@ -103,6 +104,9 @@ class Capabilities:
     # validated fields, or the model and callback URL): an option under one of these names would
     # override what was checked and priced, so it is refused (see `reserved_option`).
     wire_keys: tuple[str, ...] = ()
+    # The built-in simulator: `provider_options.simulate` is its script (service.domain.simulate),
+    # checked here so that a wrong one is refused before a job is made.
+    simulate: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +239,11 @@ def check(request: GenerationRequest, caps: Capabilities, provider: str) -> None
             "fields (or its own callback URL), and an override could change what is charged; use the request's "
             "fields instead",
         )
+    if caps.simulate:
+        try:
+            simulate.overrides(request.provider_options.get("simulate"), "provider_options.simulate")
+        except simulate.InvalidOverride as exc:
+            raise RequestError(exc.field, "invalid_field", exc.message) from None
     if request.num_images is not None:
         low, high = caps.num_images_range
         if not low <= request.num_images <= high:

@@ -13,7 +13,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from service.domain import pricing, request
+from service.domain import budget, pricing, request
 from service.domain.pricing import PriceTable
 from service.domain.request import Capabilities, GenerationRequest, RequestError
 from service.errors import JobhookError
@@ -31,9 +31,9 @@ class Reason(enum.StrEnum):
     NOT_CONFIGURED = "not_configured"  # no API key
     UNSUPPORTED = "unsupported"  # cannot honour a field or value of the request (request.check)
     CIRCUIT_OPEN = "circuit_open"  # refused or unreachable too often lately (the circuits' slice)
-    OVER_BUDGET = "over_budget"  # its daily budget is spent (SPEC §9's slice)
+    OVER_BUDGET = "over_budget"  # today's budget (its own, or the total) cannot take this request (SPEC §9)
     OVER_MAX_PRICE = "over_max_price"  # this request costs more there than max_price_usd
-    UNKNOWN_PRICE = "unknown_price"  # under max_price_usd, a price jobhook cannot tell is left out
+    UNKNOWN_PRICE = "unknown_price"  # under max_price_usd or a budget, a price jobhook cannot tell is left out
 
 
 class OrderBy(enum.StrEnum):
@@ -77,7 +77,7 @@ class Facts:
     price_usd: float | None = None  # for this request; None: unknown
     latency_p50: float | None = None  # seconds, submission to final; None: not measured yet
     circuit_open: bool = False
-    over_budget: bool = False
+    over_budget: budget.Refusal | None = None  # a daily cap refuses it (SPEC §9): which, and why
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +86,7 @@ class LeftOut:
     reason: Reason
     message: str
     field: str | None = None  # UNSUPPORTED: the request's field the provider cannot honour
+    refusal: budget.Refusal | None = None  # left out by a daily cap: which scope, and its reset (a 429)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"provider": self.provider, "reason": str(self.reason), "message": self.message}
@@ -171,8 +172,11 @@ def _left_out(item: Facts, max_price_usd: float | None) -> LeftOut | None:
         return LeftOut(name, Reason.UNSUPPORTED, item.unsupported.message, item.unsupported.field)
     if item.circuit_open:
         return LeftOut(name, Reason.CIRCUIT_OPEN, f"{name} failed too often lately; its circuit is open")
-    if item.over_budget:
-        return LeftOut(name, Reason.OVER_BUDGET, f"{name}'s budget for today is spent")
+    refusal = item.over_budget
+    if refusal is not None:
+        # A price jobhook cannot tell cannot be held under a cap: left out for that, not for a spent cap.
+        why = Reason.UNKNOWN_PRICE if refusal.why is budget.Why.UNKNOWN_PRICE else Reason.OVER_BUDGET
+        return LeftOut(name, why, refusal.message, refusal=refusal)
     if max_price_usd is None:
         return None
     if item.price_usd is None:

@@ -153,17 +153,26 @@ def _status(current: Status, observation: Observation) -> Decision:
     return Decision(Outcome.UNCHANGED, current, f"{seen} after {current} ignored: a status never moves backwards")
 
 
-def on_deadline(current: Status, *, has_task_id: bool, sending: bool) -> tuple[Status, JobError] | None:
+def on_deadline(
+    current: Status, *, has_task_id: bool, sending: bool, alive_elsewhere: bool = False
+) -> tuple[Status, JobError] | None:
     """What `JOBHOOK_JOB_TIMEOUT` does to a job: None when it is already finished.
 
     A job whose submission was sent without a known outcome ends `failed` with `submission_uncertain`:
     one submitted without a task id (nothing can ever be polled), and one still "sending" (`sending`:
     its call was in flight, or cut by a crash, when the deadline came — the provider may have it and
     may charge for it). A job never sent, or refused, ends `submission_failed`; any other unfinished
-    job becomes `timed_out`.
+    job becomes `timed_out`. So does any unfinished job with an earlier attempt still alive
+    (`alive_elsewhere`: the backend rerouted away from an attempt that may still deliver, SPEC §8):
+    failing it would be premature, and a late result from that attempt may still complete it.
     """
     if current in FINISHED:
         return None
+    if alive_elsewhere:
+        return Status.TIMED_OUT, JobError(
+            "timed_out",
+            "no final status within JOBHOOK_JOB_TIMEOUT; an earlier attempt may still deliver",
+        )
     if current is Status.SUBMITTED and not has_task_id:
         return Status.FAILED, JobError(
             "submission_uncertain",

@@ -18,9 +18,13 @@ class WorkKind(enum.StrEnum):
     CONFIRM = "confirm"  # the poll that checks a bare webhook's claim before it is applied
     DEADLINE = "deadline"  # JOBHOOK_JOB_TIMEOUT has come
     MIRROR = "mirror"  # fetch a completed job's images
+    # Ask a provider about an attempt the job no longer follows but which may still deliver (SPEC §8: a
+    # reroute left it alive, or another attempt finished the job first). One row per job, in the lane of
+    # the provider it asks next; it goes round the job's such attempts, one poll each time.
+    LATE_POLL = "late_poll"
 
 
-# The due work that follows a job until it is final; mirroring outlives it.
+# The due work that follows a job until it is final; mirroring and late polls outlive it.
 TRACKING_KINDS: tuple[WorkKind, ...] = (WorkKind.SUBMIT, WorkKind.POLL, WorkKind.DEADLINE, WorkKind.CONFIRM)
 
 

@@ -20,7 +20,8 @@ PROVIDER_EVENTS = (
     "provider.circuit_opened",
     "provider.circuit_closed",
 )
-EVENT_TYPES = JOB_EVENTS + PROVIDER_EVENTS
+BUDGET_EVENTS = ("budget.exhausted",)  # SPEC §9: `detail` is scope, cap, spent, reserved, reset_at
+EVENT_TYPES = JOB_EVENTS + PROVIDER_EVENTS + BUDGET_EVENTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +199,11 @@ def label(key: str) -> str:
 
 
 def provider_title(n: Notification) -> str:
-    """The heading for a provider event, without an emoji."""
+    """The heading for a provider (or budget) event, without an emoji."""
     provider = provider_of(n)
+    if n.type == "budget.exhausted":
+        scope = n.detail.get("scope")
+        return "Daily budget spent: all providers" if scope == "total" else f"Daily budget spent: {provider}"
     titles = {
         "provider.callbacks_degraded": f"Callbacks degraded: {provider}",
         "provider.callbacks_recovered": f"Callbacks recovered: {provider}",
@@ -236,7 +240,19 @@ def provider_summary(n: Notification) -> str:
         return _circuit_opened(provider, detail)
     if n.type == "provider.circuit_closed":
         return f"{provider} took a job again: its circuit is closed, and the jobs that waited for it are sent."
+    if n.type == "budget.exhausted":
+        return _budget_exhausted(provider, detail)
     return f"{n.type} for {provider}."
+
+
+def _budget_exhausted(provider: str, detail: Mapping[str, Any]) -> str:
+    whose = "The daily budget of all providers" if detail.get("scope") == "total" else f"{provider}'s daily budget"
+    cap, spent, reset = detail.get("cap"), detail.get("spent"), detail.get("reset_at")
+    figures = f" (${format_value(cap)}; ${format_value(spent)} spent)" if cap is not None and spent is not None else ""
+    return (
+        f"{whose}{figures} refused a job today. jobhook sends nothing it cannot hold under the cap until it "
+        f"resets{f' at {reset}' if reset else ''}: new submissions are answered 429, queued jobs wait."
+    )
 
 
 def _circuit_opened(provider: str, detail: Mapping[str, Any]) -> str:

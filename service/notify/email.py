@@ -53,7 +53,8 @@ def subject(n: Notification) -> str:
         prompt = shorten(one_line(prompt_of(n)), SUBJECT_PROMPT_MAX)
         text = f"[jobhook] {job_status(n)}: {prompt}" if prompt else f"[jobhook] {job_status(n)}"
     else:
-        text = f"[jobhook] {n.type}: {provider_of(n)}"
+        about = n.detail.get("scope") if n.type.startswith("budget.") else provider_of(n)
+        text = f"[jobhook] {n.type}: {about}"
     return shorten(one_line(text), 250)
 
 

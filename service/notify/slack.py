@@ -56,6 +56,7 @@ _PROVIDER_EMOJI = {
     "provider.credits_low": "💳",
     "provider.circuit_opened": "⛔",
     "provider.circuit_closed": "✅",
+    "budget.exhausted": "💸",
 }
 
 

@@ -41,12 +41,14 @@ PRICES = PriceTable.of(PRICES_USD, DEFAULT_SPEED)
 
 
 class AivideoapiAdapter:
-    capabilities = CAPABILITIES
     tracking = Tracking.CALLBACK
 
-    def __init__(self, name: str = "aivideoapi", prices: PriceTable = PRICES) -> None:
+    def __init__(
+        self, name: str = "aivideoapi", prices: PriceTable = PRICES, capabilities: Capabilities = CAPABILITIES
+    ) -> None:
         self.name = name
         self.prices = prices
+        self.capabilities = capabilities
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {api_key}"}

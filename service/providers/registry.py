@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from service.config import Settings, shown_url
@@ -15,6 +16,8 @@ from service.providers.segmind import SegmindAdapter
 
 # The built-in simulator charges nothing, whatever the tier: routing by price may pick it at no cost.
 SIMULATOR_PRICES = PriceTable.flat(0.0)
+# aivideoapi's, and its `provider_options.simulate` checked by jobhook (a 422 rather than its 400).
+SIMULATOR_CAPABILITIES = dataclasses.replace(aivideoapi.CAPABILITIES, simulate=True)
 
 
 def adapters(settings: Settings | None = None) -> dict[str, Adapter]:
@@ -33,9 +36,21 @@ def adapters(settings: Settings | None = None) -> dict[str, Adapter]:
     }
 
 
-def simulator_adapter() -> Adapter:
-    """The built-in simulator speaks aivideoapi's protocol under its own name, for free."""
-    return AivideoapiAdapter(name="simulator", prices=SIMULATOR_PRICES)
+def simulator_adapter(settings: Settings | None = None) -> Adapter:
+    """The built-in simulator speaks aivideoapi's protocol under its own name, for free (unless
+    JOBHOOK_SIMULATOR_PRICES says what its jobs are to cost, to try budgets without an account)."""
+    return AivideoapiAdapter(name="simulator", prices=simulator_prices(settings), capabilities=SIMULATOR_CAPABILITIES)
+
+
+def simulator_prices(settings: Settings | None = None) -> PriceTable:
+    return SIMULATOR_PRICES.with_override(settings.simulator.prices if settings is not None else None)
+
+
+def price_tables(settings: Settings) -> dict[str, PriceTable]:
+    """Every provider's price table, the simulator's too: what an attempt reserves of a budget (SPEC §9)."""
+    tables = {name: adapter.prices for name, adapter in adapters(settings).items()}
+    tables["simulator"] = simulator_prices(settings)
+    return tables
 
 
 def describe(settings: Settings) -> list[dict[str, Any]]:
@@ -69,7 +84,7 @@ def describe(settings: Settings) -> list[dict[str, Any]]:
             "api_key": simulator[settings.simulator.enabled],
             "base_url": "<this jobhook>/simulator",
             "tracking": "callback" if settings.public_url else "polling (no JOBHOOK_PUBLIC_URL)",
-            **_prices(SIMULATOR_PRICES),
+            **_prices(simulator_prices(settings)),
         }
     )
     return rows

@@ -5,13 +5,18 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from service.domain.budget import Policy as BudgetPolicy
 from service.domain.circuit import CircuitPolicy
 from service.domain.job import Candidate, Job
 from service.domain.status import Decision, Source
 from service.domain.work import WorkKind
+
+# A submission to this provider, sent now, is "sending" until then; None: the caller will not send to
+# it, so the work queue does (a synchronous provider's call, which may take minutes, is never a request's).
+LeaseFor = Callable[[str], float | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,15 @@ class Applied:
     decision: Decision | None
 
 
+@dataclasses.dataclass(frozen=True)
+class LatePoll:
+    """A late poll (SPEC §8: of an attempt the job no longer follows): the lane its row ran in, and the
+    oldest start an attempt may have to be polled still (late polls give up on older ones)."""
+
+    lane: str
+    since: float
+
+
 class ReceiptKind(enum.StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
@@ -76,6 +90,10 @@ class OutboxPolicy:
     circuits: CircuitPolicy = dataclasses.field(
         default_factory=CircuitPolicy
     )  # when a provider's circuit opens (SPEC §8)
+    # JOBHOOK_POLL_INTERVAL: when an attempt the job follows again (or follows late) is first polled.
+    poll_interval: float = 5.0
+    # The daily caps and the prices an attempt reserves (SPEC §9).
+    budget: BudgetPolicy = dataclasses.field(default_factory=BudgetPolicy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +154,7 @@ __all__ = [
     "CallbackResult",
     "Due",
     "JobNotFound",
+    "LatePoll",
     "NewJob",
     "OutboxPolicy",
     "OutboxRow",

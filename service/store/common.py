@@ -9,14 +9,14 @@ engine's `_write`, which returns only after COMMIT. Reads go through the engine'
 from __future__ import annotations
 
 import abc
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from service.domain import attempt, measure
+from service.domain import attempt, budget, measure, report
 from service.domain import circuit as circuits
+from service.domain import reroute as rerouting
 from service.domain import status as status_machine
 from service.domain.attempt import SubmitResult
 from service.domain.job import AttemptRecord, Event, Job, rfc3339
@@ -28,12 +28,16 @@ from service.store.base import (
     Applied,
     CallbackResult,
     Due,
+    LatePoll,
+    LeaseFor,
     NewJob,
     OutboxPolicy,
     ReceiptKind,
     TaskIdConflict,
     WriterStats,
 )
+from service.store.budget_queries import BudgetQueries
+from service.store.budget_queries import exhausted as ledger_exhausted
 from service.store.outbox_queries import OutboxQueries
 from service.store.purge_queries import PurgeQueries
 from service.store.session_queries import SessionQueries
@@ -67,7 +71,41 @@ MEASURE_SQL = (
 )
 
 
-class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
+def claim(tx: Tx, job: Job, lease_for: LeaseFor) -> Job | None:
+    """Mark the queued job "sending" at its provider, or at the first of its candidates that its circuit
+    lets it try now (SPEC §8); None when it is not sent now.
+
+    A provider whose circuit is open (no probe for this job) is passed over while a later candidate's
+    is not: its attempt ends `not_sent` with an error saying until when, and the job moves on. When
+    every one left is shut, the job waits `queued` for the first to half-open (a single provider waits
+    for its own). A provider `lease_for` gives no lease is left to the work queue, due now."""
+    while True:
+        lease_until = lease_for(job.provider)
+        if lease_until is None:
+            tx.schedule(job.id, WorkKind.SUBMIT, job.provider, tx.now, 0)
+            tx.wake(tx.now)
+            return None
+        permission = tx.permit(job.id, job.provider, job.request, lease_until)
+        if isinstance(permission, budget.Refusal):
+            # A daily cap refuses it (SPEC §9): nothing is sent; the job waits for the reset.
+            tx.budget_wait(job.id, job.provider, permission)
+            return None
+        if not isinstance(permission, circuits.Blocked):
+            tx.mark_sending(job.id, job.provider, lease_until)
+            return tx.job(job.id)
+        later = [
+            (item.provider, circuits.may_try(tx.circuit(item.provider), tx.now, job.id)) for item in job.candidates
+        ]
+        step = circuits.when_shut(job.provider, permission.until, later)
+        if isinstance(step, circuits.WaitFor):
+            tx.circuit_wait(job.id, step.provider, step.until, lane=job.provider)
+            return None
+        tx.end_attempt(job.id, str(attempt.AttemptState.NOT_SENT), error=dumps(step.error.to_json()))
+        tx.failover(job, circuits.CIRCUIT_OPEN_CODE, wake=False)
+        job = tx.job(job.id)
+
+
+class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC):
     """jobhook's state; one subclass per engine provides the connections and the schema."""
 
     dialect: Dialect
@@ -159,6 +197,10 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 )
             else:
                 log.info("circuit of %s closed", provider)
+        for refusal in tx.exhausted:
+            log.warning(
+                "budget of %s spent for %s: %s", refusal.scope, budget.day_of(refusal.reset_at - 1), refusal.message
+            )
         for provider, degraded in tx.health.items():
             (self.degraded.add if degraded else self.degraded.discard)(provider)
         if tx.wake_at is not None:
@@ -197,20 +239,30 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    async def create_job(self, new: NewJob) -> tuple[Job, bool]:
-        """Insert a job, or return the one with the same idempotency key (created = False)."""
+    async def create_job(self, new: NewJob, lease_for_all: LeaseFor | None = None) -> tuple[Job, bool]:
+        """Insert a job, or return the one with the same idempotency key (created = False).
 
-        def write(tx: Tx) -> tuple[Job, bool]:
+        A job jobhook sends at once (`new.submit_lease_until`) is marked "sending"; when its provider's
+        circuit is open, it goes to a later candidate whose circuit is not (`claim`, with
+        `lease_for_all`: by default every provider's lease is the first's), or waits.
+
+        Raises budget.OverBudget when a daily cap refuses the job's first attempt (SPEC §9): no job is
+        made and nothing is sent (the cap's first refusal of the day is recorded, and told)."""
+
+        def write(tx: Tx) -> tuple[Job, bool] | budget.Refusal:
             if new.idempotency_key is not None:
                 row = tx.one("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
                 if row is not None:
                     return job_from_row(row), False
             sending = new.submit_lease_until is not None
-            waiting = None  # the provider's circuit is open: the job is not sent before this (SPEC §8)
+            shut = False  # the provider's circuit is open: the job is not sent there now (SPEC §8)
             if new.submit_lease_until is not None:
-                permission = tx.may_send(new.provider, new.id, new.submit_lease_until)
+                permission = tx.permit(new.id, new.provider, new.request, new.submit_lease_until, new_attempt=True)
+                if isinstance(permission, budget.Refusal):
+                    ledger_exhausted(tx, permission)
+                    return permission
                 if isinstance(permission, circuits.Blocked):
-                    sending, waiting = False, permission.until
+                    sending, shut = False, True
             tx.execute(
                 "INSERT INTO jobs (id, provider, status, request, metadata, callback_url_registered, "
                 "submitted_by_backend, submit_state, submit_attempts, idempotency_key, request_hash, "
@@ -233,7 +285,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     new.max_price_usd,
                 ),
             )
-            tx.start_attempt(new.id, new.provider)
+            tx.start_attempt(new.id, new.provider, tries=1 if sending else 0)
             tx.schedule(new.id, WorkKind.DEADLINE, Lane.INTERNAL, new.deadline_at, 0)
             if new.submit_lease_until is not None and sending:
                 tx.schedule(new.id, WorkKind.SUBMIT, new.provider, new.submit_lease_until, 0)
@@ -249,38 +301,42 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                     **({"candidates": [item.provider for item in new.candidates]} if new.candidates else {}),
                 },
             )
-            if waiting is not None:
-                tx.circuit_wait(new.id, new.provider, waiting)
+            if shut:
+                lease_for = lease_for_all or (lambda provider: new.submit_lease_until)
+                claim(tx, tx.job(new.id), lease_for)
             return tx.job(new.id), True
 
-        return await self._write(write)
+        made = await self._write(write)
+        if isinstance(made, budget.Refusal):
+            raise budget.OverBudget(made)
+        return made
 
-    async def begin_submit(self, job_id: str, lease_until: float) -> Job | None:
-        """Mark a queued job's next attempt as in flight; None if it is no longer to be sent."""
+    async def begin_submit(self, job_id: str, lease_for: LeaseFor, *, take_due: bool = False) -> Job | None:
+        """Mark a queued job's next attempt as in flight (`claim`: at the first of its candidates whose
+        circuit lets it); None if it is not to be sent now (waiting for a circuit, left to the work queue,
+        settled, or already in flight).
+
+        `lease_for(provider)`: the lease of a submission to that provider, or None if the caller will not
+        send to it (then the work queue does). `take_due`: the caller is not the work queue holding the
+        job's 'submit' row, so the row must be due and held by nobody: the request that failed the job
+        over claims its next attempt so, and never one that a worker is already sending."""
 
         def write(tx: Tx) -> Job | None:
             job = tx.job(job_id)
             if job.status is not Status.QUEUED or job.submit_state is SubmitState.SENDING or job.submitted_by_backend:
                 return None
-            permission = tx.may_send(job.provider, job_id, lease_until)
-            if isinstance(permission, circuits.Blocked):
-                tx.circuit_wait(job_id, job.provider, permission.until)
+            if take_due and not tx.take_due(job_id, WorkKind.SUBMIT):
                 return None
-            tx.execute(
-                "UPDATE jobs SET submit_state = ?, submit_attempts = submit_attempts + 1, updated_at = ? WHERE id = ?",
-                (SubmitState.SENDING, tx.now, job_id),
-            )
-            tx.schedule(job_id, WorkKind.SUBMIT, job.provider, lease_until, 0)
-            tx.changed.add(job_id)
-            return tx.job(job_id)
+            return claim(tx, job, lease_for)
 
         return await self._write(write)
 
-    async def record_submit(self, job_id: str, result: SubmitResult, *, next_lease: float | None = None) -> Job:
+    async def record_submit(self, job_id: str, result: SubmitResult, *, claim_next: bool = False) -> Job:
         """Write the outcome of a submission attempt as `attempt.decide` decides it (SPEC §3).
 
-        `next_lease`: should the job fail over, its next attempt is sent by the caller at once, with a
-        lease until then (the job comes back "sending" at its new provider)."""
+        Should the job fail over, its next attempt is due now, not claimed (SPEC §8): `claim_next`, the
+        caller claims it at once itself (`begin_submit(take_due=True)`), so the work queue is not woken
+        for it; a crash before that leaves it due, for the work queue after a restart."""
 
         def write(tx: Tx) -> Job:
             job = tx.job(job_id)
@@ -288,17 +344,34 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             tx.event(job_id, *decision.event)
             tx.credits(job.provider, decision.credits.remaining, decision.credits.exhausted)
             # Every answer tells of the provider's health, one to a job already settled too.
-            tx.circuit_outcome(job_id, job.provider, circuits.verdict(result))
+            verdict = circuits.verdict(result, past_the_retries=decision.past_the_retries)
+            tx.circuit_outcome(job_id, job.provider, verdict)
             if isinstance(decision.step, attempt.Settled):
-                return job
-            self._write_attempt(tx, job, decision, next_lease)
+                self._write_unfollowed(tx, job, result)
+                return tx.job(job_id)  # as the answer left it (a late answer is written on its attempt)
+            self._write_attempt(tx, job, decision, wake_next=not claim_next)
             return tx.job(job_id)
 
         return await self._write(write)
 
-    def _write_attempt(
-        self, tx: Tx, job: Job, decision: attempt.SubmitDecision, next_lease: float | None = None
-    ) -> None:
+    def _write_unfollowed(self, tx: Tx, job: Job, result: SubmitResult) -> None:
+        """An answer for an attempt the job stopped following while it was in flight (an earlier one
+        completed the job, SPEC §8): written on the attempt, which is followed late if it may deliver."""
+        state = str(attempt.attempt_state(result))
+        late = report.unfollowed_answer(job, state, task_id=result.task_id, cost_usd=result.cost_usd)
+        if late is None:
+            return
+        end = late.end
+        error = dumps(result.error.to_json()) if result.error is not None else None
+        fields: dict[str, Any] = {"provider_task_id": late.task_id, "error": error}
+        if end.cost_usd is not None:
+            fields["cost_usd"] = end.cost_usd
+        tx.end_attempt(job.id, end.state, ended=late.ended, seq=end.seq, **fields)
+        if late.cost_usd is not None:
+            tx.update(job.id, cost_usd=late.cost_usd)
+        tx.late_polls(job.id, late.late_polls)
+
+    def _write_attempt(self, tx: Tx, job: Job, decision: attempt.SubmitDecision, *, wake_next: bool = True) -> None:
         """Write a decision that changes the job: its fields, its history (cause before consequence),
         what the answer already says of the task (the status machine's), then the next due work."""
         step, result = decision.step, decision.outcome
@@ -323,9 +396,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             state = decision.state
             ended = state in (attempt.AttemptState.REJECTED, attempt.AttemptState.COMPLETED)
             # A not_sent attempt that is retried at the same provider goes on; one left for the next
-            # candidate ends here.
-            ended = ended or isinstance(step, attempt.NextCandidate)
-            error = result.error.to_json() if result.error is not None else None
+            # candidate, or for an earlier attempt the job follows again, ends here.
+            ended = ended or isinstance(step, attempt.NextCandidate | report.FallBack)
+            error = decision.attempt_error.to_json() if decision.attempt_error is not None else None
             tx.end_attempt(
                 job.id,
                 str(state),
@@ -334,12 +407,15 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 error=dumps(error) if error is not None else None,
             )
         if isinstance(step, attempt.NextCandidate):
-            tx.failover(tx.job(job.id), str(decision.state), next_lease)
+            tx.failover(tx.job(job.id), str(decision.state), wake=wake_next)
+            return
+        if isinstance(step, report.FallBack):
+            tx.fall_back(tx.job(job.id), step)
             return
         if result.media:
             tx.update(job.id, media=dumps([media.to_json() for media in result.media]))
         if result.observation is not None:
-            tx.apply(tx.job(job.id), result.observation, Source.SUBMIT, result.cost_usd)
+            tx.apply(tx.job(job.id), report.Report(result.observation, Source.SUBMIT, cost_usd=result.cost_usd))
         for type_ in decision.notify:
             tx.notify(type_, job=tx.job(job.id))
         if isinstance(step, attempt.Retry):
@@ -359,10 +435,14 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         next_poll: tuple[float, int] | None,
         cost_if_completed: float | None = None,
         confirming: bool = False,
+        seq: int | None = None,
+        late: LatePoll | None = None,
     ) -> Applied:
         """Write one poll: what it saw (if anything), and when to poll next unless the job finished.
 
         `confirming`: the poll that checks a bare webhook's claim; what it confirms is the callback's.
+        `seq`: the attempt asked about (None: the job's current one). `late`: a late poll (of an attempt
+        the job no longer follows), whose row goes on to the next such attempt, if any (SPEC §8).
         """
 
         def write(tx: Tx) -> Applied:
@@ -372,12 +452,18 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 tx.unschedule(job_id, WorkKind.CONFIRM)
             if observation is not None:
                 source = Source.CALLBACK if confirming else Source.POLL
-                decision = tx.apply(job, observation, source, cost_if_completed, record=("poll", outcome, detail))
+                seen = report.Report(observation, source, seq, cost_if_completed)
+                decision = tx.apply(job, seen, record=("poll", outcome, detail)).machine
                 job = tx.job(job_id)
             else:
                 tx.event(job_id, "poll", outcome, detail)
-            if job.status in FINAL:
+            current = job.current_attempt()
+            if late is not None:
+                self._next_late_poll(tx, job, seq, late, next_poll)
+            elif job.status in FINAL:
                 tx.unschedule(job_id)
+            elif seq is not None and current is not None and current.seq != seq:
+                pass  # the job moved on while this poll was out: its new attempt is polled on its own terms
             elif next_poll is not None:
                 tx.schedule(job_id, WorkKind.POLL, job.provider, next_poll[0], next_poll[1])
             else:
@@ -396,45 +482,57 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         bind_task_id: str | None,
         cost_if_completed: float | None,
         poll_if_bound: float | None = None,
+        seq: int | None = None,
         seen: Job | None = None,
     ) -> CallbackResult:
         """Write one genuine delivery: bind the task id if new, then apply it once per event key.
 
-        `seen`: the job as the caller read it, given only when the delivery is for its current attempt;
-        an engine may then write the plain case in fewer round trips if the job is unchanged since
-        (PostgreSQL: service.store.pg_callback). This transaction is the rule for every case."""
+        `seq`: the attempt the delivery is about (None: the job's current one); an earlier attempt's
+        results still count (SPEC §8: a reroute left it alive). `seen`: the job as the caller read it,
+        given only when the delivery is for its current attempt; an engine may then write the plain case
+        in fewer round trips if the job is unchanged since (PostgreSQL: service.store.pg_callback). This
+        transaction is the rule for every case."""
 
         def write(tx: Tx) -> CallbackResult:
             job = tx.job(job_id)
-            if self._bind_from_callback(tx, job, bind_task_id):
+            if self._bind_from_callback(tx, job, bind_task_id, seq):
                 job = tx.job(job_id)
-                if poll_if_bound is not None and not job.finished:
-                    tx.schedule(job_id, WorkKind.POLL, job.provider, poll_if_bound, 0)
+                if poll_if_bound is not None:
+                    self._poll_bound(tx, job, seq, poll_if_bound)
             if not tx.first_receipt(job_id, event_key, detail):
                 return CallbackResult(ReceiptKind.DUPLICATE, job, None)
-            tx.callback_came(job.provider)
+            target = job.attempt(seq) if seq is not None else None
+            tx.callback_came(target.provider if target is not None else job.provider)
             decision = tx.apply(
                 job,
-                observation,
-                Source.CALLBACK,
-                cost_if_completed,
+                report.Report(observation, Source.CALLBACK, seq, cost_if_completed),
                 record=("callback", "accepted", {**detail, "event": event_key}),
             )
-            return CallbackResult(ReceiptKind.ACCEPTED, tx.job(job_id), decision)
+            return CallbackResult(ReceiptKind.ACCEPTED, tx.job(job_id), decision.machine)
 
         return await self._write(write)
 
     async def record_claim(
-        self, job_id: str, event_key: str, detail: Mapping[str, Any], *, bind_task_id: str | None
+        self,
+        job_id: str,
+        event_key: str,
+        detail: Mapping[str, Any],
+        *,
+        bind_task_id: str | None,
+        seq: int | None = None,
     ) -> ReceiptKind:
         """A bare webhook (no headers to check): keep its receipt and schedule the poll that confirms it.
 
         Nothing is applied from the claim itself; the confirming poll, due now, applies what it sees.
+        `seq`: the attempt it is about; one the job no longer follows is confirmed by its late poll, now.
         """
 
         def write(tx: Tx) -> ReceiptKind:
             job = tx.job(job_id)
-            self._bind_from_callback(tx, job, bind_task_id)
+            self._bind_from_callback(tx, job, bind_task_id, seq)
+            target = job.attempt(seq) if seq is not None else None
+            if target is not None and not report.attempt_is_current(job, seq):
+                return self._claim_late(tx, job, target, event_key, detail)
             if not tx.first_receipt(job_id, event_key, detail):
                 if not job.finished:
                     # An earlier copy's claim may have been refuted by its poll, and this one be true now:
@@ -482,14 +580,67 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
 
         return await self._write(write)
 
-    def _bind_from_callback(self, tx: Tx, job: Job, task_id: str | None) -> bool:
-        """A genuine callback names its task: bind the job to it if it has none yet (True if bound)."""
+    def _bind_from_callback(self, tx: Tx, job: Job, task_id: str | None, seq: int | None = None) -> bool:
+        """A genuine callback names its task: bind the job (or the earlier attempt `seq` it is about) to
+        it if it has none yet (True if bound)."""
+        target = job.attempt(seq) if seq is not None else None
+        if target is not None and not report.attempt_is_current(job, seq):
+            # An earlier attempt, sent without a known outcome: its callback binds the attempt alone.
+            if task_id is None or target.provider_task_id == task_id:
+                return False
+            if target.provider_task_id is not None:
+                raise TaskIdConflict(task_id)
+            state = str(attempt.AttemptState.ACCEPTED) if target.alive else target.state or "accepted"
+            tx.end_attempt(job.id, state, ended=False, seq=target.seq, provider_task_id=task_id)
+            detail = {"provider_task_id": task_id, "by": "callback", "attempt": target.seq, "provider": target.provider}
+            tx.event(job.id, "bound", None, detail)
+            return True
         if task_id is None or job.provider_task_id == task_id:
             return False
         if job.provider_task_id is not None:
             raise TaskIdConflict(task_id)
         self._bind(tx, job, task_id, by="callback")
         return True
+
+    def _poll_bound(self, tx: Tx, job: Job, seq: int | None, at: float) -> None:
+        """A callback bound a task id: poll it from `at` (an earlier attempt's, by late polls)."""
+        if report.attempt_is_current(job, seq):
+            if not job.finished:
+                tx.schedule(job.id, WorkKind.POLL, job.provider, at, 0)
+            return
+        target = job.attempt(seq) if seq is not None else None
+        if target is not None and target.alive:
+            tx.schedule(job.id, WorkKind.LATE_POLL, target.provider, at, 0, replace=False)
+            tx.wake_at = at if tx.wake_at is None else min(tx.wake_at, at)
+
+    def _claim_late(
+        self, tx: Tx, job: Job, target: AttemptRecord, event_key: str, detail: Mapping[str, Any]
+    ) -> ReceiptKind:
+        """A bare webhook about an attempt the job no longer follows: its late poll confirms it, now."""
+        first = tx.first_receipt(job.id, event_key, detail)
+        if target.alive and (first or target.provider_task_id is not None):
+            tx.unschedule(job.id, WorkKind.LATE_POLL)
+            tx.schedule(job.id, WorkKind.LATE_POLL, target.provider, tx.now, 0)
+            tx.wake_at = tx.now if tx.wake_at is None else min(tx.wake_at, tx.now)
+        if not first:
+            return ReceiptKind.DUPLICATE
+        tx.callback_came(target.provider)
+        tx.event(job.id, "callback", "accepted", {**detail, "event": event_key, "effect": "confirming"})
+        return ReceiptKind.ACCEPTED
+
+    def _next_late_poll(
+        self, tx: Tx, job: Job, seq: int | None, late: LatePoll, next_poll: tuple[float, int] | None
+    ) -> None:
+        """After a late poll of attempt `seq`: the row goes on to the next attempt to follow late, in its
+        provider's lane, or goes when none is left (SPEC §8)."""
+        following = report.next_late_target(job, seq, since=late.since) if next_poll is not None else None
+        if following is None:
+            tx.unschedule(job.id, WorkKind.LATE_POLL)
+            return
+        assert next_poll is not None
+        if following.provider != late.lane:
+            tx.unschedule(job.id, WorkKind.LATE_POLL)
+        tx.schedule(job.id, WorkKind.LATE_POLL, following.provider, next_poll[0], next_poll[1])
 
     def _bind(self, tx: Tx, job: Job, task_id: str, *, by: str) -> None:
         other = tx.one(
@@ -504,7 +655,9 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         if job.status is Status.QUEUED:
             fields["status"] = "submitted"
         tx.update(job.id, **fields)
-        tx.end_attempt(job.id, str(attempt.AttemptState.ACCEPTED), ended=False, provider_task_id=task_id)
+        current = job.current_attempt()
+        seq = current.seq if current is not None else None
+        tx.end_attempt(job.id, str(attempt.AttemptState.ACCEPTED), ended=False, seq=seq, provider_task_id=task_id)
         tx.event(job.id, "bound", None, {"provider_task_id": task_id, "by": by})
         if job.status is Status.QUEUED:
             tx.event(job.id, "status", "submitted", {"from": "queued", "by": by})
@@ -536,6 +689,7 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
                 job.status,
                 has_task_id=job.provider_task_id is not None,
                 sending=job.submit_state is SubmitState.SENDING,
+                alive_elsewhere=report.alive_elsewhere(job) is not None,
             )
             if verdict is None:
                 return job
@@ -544,12 +698,42 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             if job.submit_state is SubmitState.SENDING:
                 fields["submit_state"] = SubmitState.UNCERTAIN  # settled: nothing waits for this call's answer any more
             tx.update(job_id, **fields)
+            if job.submit_state is SubmitState.SENDING:
+                # Sent, and no answer will be waited for: the provider may charge (its price is kept).
+                tx.end_attempt(job_id, str(attempt.AttemptState.UNCERTAIN), ended=False)
             tx.event(job_id, "status", str(new_status), {"from": str(job.status), "by": "deadline"})
             if new_status in FINAL:
                 tx.unschedule(job_id)
             expired = tx.job(job_id)
             tx.notify(f"job.{new_status}", job=expired)
             return expired
+
+        return await self._write(write)
+
+    async def reroute(
+        self, job_id: str, from_attempt: int | None, *, deadline_at: float
+    ) -> tuple[rerouting.Verdict, Job]:
+        """`POST /v1/jobs/{id}/reroute` (SPEC §8): move the job to its next candidate now, as
+        `service.domain.reroute` decides, leaving attempt `from_attempt` (None: the current one). The
+        attempt left stays alive if it may still deliver (followed by late polls when it has a task id);
+        the job gets a new deadline, `deadline_at`, and its next submission is due now."""
+
+        def write(tx: Tx) -> tuple[rerouting.Verdict, Job]:
+            job = tx.job(job_id)
+            verdict = rerouting.decide(job, from_attempt)
+            if not isinstance(verdict, rerouting.Reroute):
+                return verdict, job
+            left = verdict.left
+            if verdict.ends_left and left is not None:
+                tx.end_attempt(job_id, "not_sent", seq=left.seq)
+            # The caller claims the next attempt at once itself (`begin_submit(take_due=True)`), so the
+            # work queue is not woken for it; a crash before that leaves it due, sent after a restart.
+            tx.failover(job, rerouting.REASON, wake=False, note=verdict.detail(job.provider))
+            if job.status is Status.TIMED_OUT:
+                tx.update(job_id, finished_at=None, resolved_by=None)  # unfinished again, at its new provider
+            tx.schedule(job_id, WorkKind.DEADLINE, Lane.INTERNAL, deadline_at, 0)
+            tx.late_polls(job_id, verdict.late_polls)
+            return verdict, tx.job(job_id)
 
         return await self._write(write)
 
@@ -634,7 +818,12 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
         if not rows:
             return None
         attempts = await self._lookup_one(ATTEMPTS_SQL, (job_id,))
-        return dataclasses.replace(job_from_row(rows[0]), attempts=tuple(attempt_from_row(row) for row in attempts))
+        return job_from_row(rows[0], tuple(attempt_from_row(row) for row in attempts))
+
+    async def job_by_idempotency_key(self, key: str) -> Job | None:
+        """The job an Idempotency-Key made, if any (its attempts left out)."""
+        rows = await self._read("SELECT * FROM jobs WHERE idempotency_key = ?", (key,))
+        return job_from_row(rows[0]) if rows else None
 
     async def list_jobs(
         self, *, status: str | None, provider: str | None, before_id: str | None, limit: int
@@ -650,15 +839,14 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, abc.ABC):
             params.append(before_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._read(f"SELECT * FROM jobs {where} ORDER BY id DESC LIMIT ?", (*params, limit))
-        jobs = [job_from_row(row) for row in rows]
-        if not jobs:
-            return jobs
-        marks = ", ".join("?" for _ in jobs)
+        if not rows:
+            return []
+        marks = ", ".join("?" for _ in rows)
         found: dict[str, list[AttemptRecord]] = {}
         sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY job_id, seq"
-        for row in await self._read(sql, [job.id for job in jobs]):
+        for row in await self._read(sql, [row["id"] for row in rows]):
             found.setdefault(row["job_id"], []).append(attempt_from_row(row))
-        return [dataclasses.replace(job, attempts=tuple(found.get(job.id, ()))) for job in jobs]
+        return [job_from_row(row, tuple(found.get(row["id"], ()))) for row in rows]
 
     async def events(self, job_id: str, *, after_id: int = 0, limit: int | None = None) -> list[Event]:
         """The job's history, oldest first: from the event after `after_id` (keyset pagination), at

@@ -78,19 +78,23 @@ def plan(
     current = seen.attempts[-1] if seen.attempts else None
     if current is not None and (current.provider, current.provider_task_id) != (seen.provider, seen.provider_task_id):
         return None  # not plainly the current attempt
+    if any(item.alive or item.cost_usd is not None for item in seen.attempts[:-1]):
+        # An earlier attempt may still deliver, or has a cost: the job's cost is a sum, its late polls
+        # may change (SPEC §8, service.domain.report): the general transaction decides.
+        return None
     decision = status_machine.apply(seen.status, observation, asked=status_machine.images_asked(seen.request))
     if not decision.applied:
         return None
     new = decision.status
-    if new is Status.FAILED and seen.candidates and seen.status is not Status.TIMED_OUT:
-        return None  # the job fails over to its next candidate
+    if new is Status.FAILED:
+        # A failure fails over, falls back to an earlier attempt, or releases the attempt's budget
+        # reservation (SPEC §8, §9): the general transaction writes each of those.
+        return None
     tx = Tx(_NoConnection(), now, dialect=dialect, mirror_images=mirror_images, policy=policy)
     source = str(Source.CALLBACK)
     final = new in FINAL
-    error = None
-    if new is Status.FAILED:
-        error = JobError.from_json((observation.error or _provider_failed()).to_json())
-    error_text = dumps(error.to_json()) if error is not None else None
+    error: JobError | None = None  # the plain case never fails the job (above)
+    error_text = None
     events: list[tuple[str, str, str]] = [
         ("callback", "accepted", dumps({**detail, "event": event_key, "effect": str(decision.outcome)}))
     ]
@@ -109,7 +113,7 @@ def plan(
         status=new,
         updated_at=now,
         images=tuple(decision.images) if decision.images else seen.images,
-        error=error if new is Status.FAILED else (None if new is Status.COMPLETED else seen.error),
+        error=None if new is Status.COMPLETED else seen.error,
         cost_usd=cost_if_completed if new is Status.COMPLETED else seen.cost_usd,
         finished_at=now if final else seen.finished_at,
         resolved_by=source if final else seen.resolved_by,

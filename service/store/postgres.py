@@ -420,6 +420,7 @@ class PostgresStore(Store):
         bind_task_id: str | None,
         cost_if_completed: float | None,
         poll_if_bound: float | None = None,
+        seq: int | None = None,
         seen: Job | None = None,
     ) -> CallbackResult:
         """The plain case (and a repeat) in one round trip when it can be; the general transaction
@@ -440,6 +441,7 @@ class PostgresStore(Store):
             bind_task_id=bind_task_id,
             cost_if_completed=cost_if_completed,
             poll_if_bound=poll_if_bound,
+            seq=seq,
         )
 
     async def _callback_in_one(

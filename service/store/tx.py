@@ -16,13 +16,13 @@ from typing import Any, Protocol
 
 import orjson
 
+from service.domain import budget, history, report
 from service.domain import circuit as circuits
-from service.domain import history
-from service.domain import status as status_machine
 from service.domain.job import AttemptRecord, Candidate, Job, rfc3339
-from service.domain.status import FINAL, JobError, Observation, Outcome, Source, Status
+from service.domain.status import FINAL, JobError, Source, Status
 from service.domain.work import TRACKING_KINDS, Lane, SubmitState, WorkKind
 from service.ids import new_message_id
+from service.store import budget_queries as ledger
 from service.store.base import JobNotFound, OutboxPolicy
 
 REFUSED_LOG_SIZE = 1000
@@ -79,6 +79,7 @@ def loads(text: str | None) -> Any:
 
 
 def job_from_row(row: Row, attempts: tuple[AttemptRecord, ...] = (), version: int | None = None) -> Job:
+    """The job of a `jobs` row, with its attempts (read apart: ATTEMPTS_SQL) and its row version."""
     return Job(
         id=row["id"],
         provider=row["provider"],
@@ -118,6 +119,7 @@ def attempt_from_row(row: Row) -> AttemptRecord:
         error=JobError.from_json(loads(row["error"])),
         cost_usd=row["cost_usd"],
         ended_at=row["ended_at"],
+        tries=row["tries"],
     )
 
 
@@ -146,6 +148,9 @@ class Tx:
         # of each failover.
         self.attempt_ends: list[tuple[str, str]] = []
         self.failovers: list[tuple[str, str, str]] = []
+        # Prices reserved in this transaction for attempts it starts after (`permit`), by job (SPEC §9).
+        self.holds: dict[str, ledger.Hold] = {}
+        self.exhausted: list[budget.Refusal] = []  # caps that refused for the first time today, logged after commit
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Cursor:
         return self.db.execute(sql, tuple(params))
@@ -159,39 +164,54 @@ class Tx:
         if row is None:
             raise JobNotFound(job_id)
         attempts = tuple(attempt_from_row(item) for item in self.execute(ATTEMPTS_SQL, (job_id,)).fetchall())
-        return dataclasses.replace(job_from_row(row), attempts=attempts)
+        return job_from_row(row, attempts)
 
     # -- attempts (SPEC §8) ------------------------------------------------------------------------
 
-    def start_attempt(self, job_id: str, provider: str) -> None:
-        """A new attempt, at `provider`, the job's current one from now on."""
+    def start_attempt(self, job_id: str, provider: str, *, tries: int = 0) -> None:
+        """A new attempt, at `provider`, the job's current one from now on; `tries`: sent that often
+        already (a new job marked "sending" in the same transaction: once). It holds the price `permit`
+        reserved for the job in this transaction, if any."""
         self.execute(
-            "INSERT INTO attempts (job_id, seq, provider, started_at) "
-            "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM attempts WHERE job_id = ?), ?, ?)",
-            (job_id, job_id, provider, self.now),
+            "INSERT INTO attempts (job_id, seq, provider, started_at, tries) "
+            "VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM attempts WHERE job_id = ?), ?, ?, ?)",
+            (job_id, job_id, provider, self.now, tries),
         )
+        held = self.holds.pop(job_id, None)
+        if held is not None:
+            ledger.hold(self, job_id, held)
 
-    def end_attempt(self, job_id: str, state: str, *, ended: bool = True, **fields: Any) -> None:
-        """Write the current attempt's state (and `fields`: provider_task_id, error, cost_usd);
-        `ended`: it is over (rejected, completed, failed…), so its end time is now."""
+    def end_attempt(
+        self, job_id: str, state: str, *, ended: bool = True, seq: int | None = None, **fields: Any
+    ) -> None:
+        """Write an attempt's state (and `fields`: provider_task_id, error, cost_usd): attempt `seq`, by
+        default the latest one (the one being submitted); `ended`: it is over (rejected, completed,
+        failed…), so its end time is now."""
         fields["state"] = state
         if ended:
             fields["ended_at"] = self.now
         assignments = ", ".join(f"{name} = ?" for name in fields)
+        which = "?" if seq is not None else "(SELECT MAX(seq) FROM attempts WHERE job_id = ?)"
         rows = self.execute(
-            f"UPDATE attempts SET {assignments} WHERE job_id = ? "
-            "AND seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?) RETURNING provider",
-            (*fields.values(), job_id, job_id),
+            f"UPDATE attempts SET {assignments} WHERE job_id = ? AND seq = {which} "
+            "RETURNING job_id, seq, provider, budget_micros, budget_day, budget_shard, budget_held",
+            (*fields.values(), job_id, seq if seq is not None else job_id),
         ).fetchall()
+        for row in rows:
+            if row["budget_held"] is not None:  # kept or released with the state (SPEC §9)
+                ledger.settle(self, row, state)
         if ended:
-            self.attempt_ends.extend((row[0], state) for row in rows)
+            self.attempt_ends.extend((row["provider"], state) for row in rows)
 
-    def failover(self, job: Job, reason: str, lease_until: float | None = None) -> None:
-        """Move the job to its next candidate (SPEC §8): only ever called when the current attempt
-        ended not_sent, rejected or failed, so the provider it leaves holds nothing it may charge for.
-        The job is queued again at the new provider with a new attempt. `lease_until`: the caller sends
-        it at once, so it is marked "sending" here, in this transaction, as a new job is (unless the
-        provider's circuit is open: then it waits); otherwise its submission is due now."""
+    def failover(self, job: Job, reason: str, *, wake: bool = True, note: Mapping[str, Any] | None = None) -> None:
+        """Move the job to its next candidate (SPEC §8): called when the current attempt ended not_sent,
+        rejected or failed, so the provider it leaves holds nothing it may charge for, or when the
+        backend asks for it anyway (a reroute: `service.domain.reroute`).
+        The job is queued again at the new provider with a new attempt, its submission due now; nothing
+        here marks it "sending": it is claimed (`Store.begin_submit`, its own transaction) by whoever
+        sends it, so that a crash after this commit leaves it due, and sent once after a restart.
+        `wake=False`: the caller claims it at once itself, so the work queue is not woken for it. `note`:
+        more for the `failover` event to say (a reroute says whether both providers may charge)."""
         following, rest = job.candidates[0], job.candidates[1:]
         self.failovers.append((job.provider, following.provider, reason))
         self.unschedule(job.id, WorkKind.SUBMIT, WorkKind.POLL, WorkKind.CONFIRM)
@@ -205,27 +225,43 @@ class Tx:
         }
         if job.status is not Status.QUEUED:
             fields["status"] = str(Status.QUEUED)
-        waiting = None
-        if lease_until is not None:
-            permission = self.may_send(following.provider, job.id, lease_until)
-            if isinstance(permission, circuits.Blocked):
-                waiting = permission.until
-            else:
-                fields["submit_state"] = SubmitState.SENDING
         self.update(job.id, **fields)
-        self.event(job.id, "failover", reason, {"from": job.provider, "to": following.provider, "reason": reason})
+        detail = {"from": job.provider, "to": following.provider, "reason": reason, **(note or {})}
+        self.event(job.id, "failover", reason, detail)
         if job.status is not Status.QUEUED:
             self.event(job.id, "status", str(Status.QUEUED), {"from": str(job.status), "by": "failover"})
         self.start_attempt(job.id, following.provider)
-        if waiting is not None:
-            self.circuit_wait(job.id, following.provider, waiting)
-            return
-        if fields["submit_state"] is SubmitState.SENDING:
-            self.execute("UPDATE jobs SET submit_attempts = submit_attempts + 1 WHERE id = ?", (job.id,))
-            self.schedule(job.id, WorkKind.SUBMIT, following.provider, lease_until or self.now, 0)
-            return
         self.schedule(job.id, WorkKind.SUBMIT, following.provider, self.now, 0)
-        self.wake_at = self.now if self.wake_at is None else min(self.wake_at, self.now)
+        if wake:
+            self.wake(self.now)
+
+    def mark_sending(self, job_id: str, provider: str, lease_until: float) -> None:
+        """The job's submission is about to go to `provider`: "sending" until `lease_until` (its
+        'submit' row is the lease), one more try of its current attempt."""
+        self.execute(
+            "UPDATE jobs SET submit_state = ?, submit_attempts = submit_attempts + 1, updated_at = ? WHERE id = ?",
+            (SubmitState.SENDING, self.now, job_id),
+        )
+        self.execute(
+            "UPDATE attempts SET tries = tries + 1 WHERE job_id = ? "
+            "AND seq = (SELECT MAX(seq) FROM attempts WHERE job_id = ?)",
+            (job_id, job_id),
+        )
+        self.schedule(job_id, WorkKind.SUBMIT, provider, lease_until, 0)
+        self.changed.add(job_id)
+
+    def take_due(self, job_id: str, kind: WorkKind) -> bool:
+        """Is the job's `kind` row due now and held by nobody (a worker that claims a row pushes its
+        due time past now)? One conditional write, so of two asking at once one gets it."""
+        taken = self.execute(
+            "UPDATE due SET due_at = due_at WHERE job_id = ? AND kind = ? AND due_at <= ?",
+            (job_id, str(kind), self.now),
+        ).rowcount
+        return bool(taken == 1)
+
+    def wake(self, at: float) -> None:
+        """Tell the work queue, after commit, that work is due at `at`."""
+        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
 
     def event(
         self, job_id: str, type_: str, outcome: str | None, detail: Mapping[str, Any], *, wake: bool = True
@@ -479,89 +515,175 @@ class Tx:
             "(SELECT id FROM jobs WHERE provider = ? AND status = 'queued' AND submit_state IS NULL)",
             (at, provider, str(WorkKind.SUBMIT), at, provider),
         )
-        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
+        self.wake(at)
 
-    def circuit_wait(self, job_id: str, provider: str, until: float) -> None:
+    def circuit_wait(self, job_id: str, provider: str, until: float, *, lane: str | None = None) -> None:
         """The job is not sent while the provider's circuit is open: its submission is due at `until`
-        (the job's deadline still ends it first if that comes sooner)."""
-        self.schedule(job_id, WorkKind.SUBMIT, provider, until, 0)
+        (the job's deadline still ends it first if that comes sooner). `lane`: the job's own provider,
+        when it waits for a later candidate's circuit (every one it has left is open)."""
+        self.schedule(job_id, WorkKind.SUBMIT, lane or provider, until, 0)
         message = f"circuit open until {rfc3339(until)}"
         self.event(job_id, "circuit", "waiting", {"provider": provider, "until": rfc3339(until), "message": message})
+
+    def fall_back(self, job: Job, step: report.FallBack) -> None:
+        """The job's current attempt ended with no candidate left, but an earlier one may still deliver:
+        the job follows that one again (SPEC §8), and is polled there if it has a task id."""
+        to = step.to
+        fields: dict[str, Any] = {
+            "provider": to.provider,
+            "provider_task_id": to.provider_task_id,
+            "submit_state": SubmitState.UNCERTAIN if to.state == "uncertain" else SubmitState.DONE,
+            "error": None,
+        }
+        if step.status is not None:
+            fields["status"] = str(step.status)
+        self.unschedule(job.id, WorkKind.SUBMIT, WorkKind.POLL, WorkKind.CONFIRM)
+        self.update(job.id, **fields)
+        message = (
+            f"nothing is left to try after {job.provider}; the job follows attempt {to.seq} at {to.provider} "
+            f"again ({to.state}), which may still deliver"
+        )
+        detail = {"from": job.provider, "to": to.provider, "attempt": to.seq, "message": message}
+        self.event(job.id, "fallback", to.provider, detail)
+        if step.status is not None:
+            self.event(job.id, "status", str(step.status), {"from": str(job.status), "by": "fallback"})
+        if to.provider_task_id:
+            self.schedule(job.id, WorkKind.POLL, to.provider, self.now + self.policy.poll_interval, 0)
+        self.late_polls(job.id, step.late_polls)
+
+    def late_polls(self, job_id: str, change: report.LatePolls | None) -> None:
+        """Start (in the lane of the provider to ask first) or stop the job's late polls."""
+        if change is None:
+            return
+        if change.lane is None:
+            self.unschedule(job_id, WorkKind.LATE_POLL)
+            return
+        at = self.now + self.policy.poll_interval
+        self.schedule(job_id, WorkKind.LATE_POLL, change.lane, at, 0, replace=False)
+        self.wake_at = at if self.wake_at is None else min(self.wake_at, at)
+
+    # -- budgets (SPEC §9) ---------------------------------------------------------------------------
+
+    def permit(
+        self, job_id: str, provider: str, request: Mapping[str, Any], lease_until: float, *, new_attempt: bool = False
+    ) -> circuits.Permission | budget.Refusal:
+        """May the job's attempt go to `provider` now? Its circuit first (`may_send`), then the daily
+        caps: the attempt's price is reserved here, in the transaction that marks it sending, so that
+        no number of concurrent submissions passes a cap. The job's current attempt holds it, or
+        (`new_attempt`) the one `start_attempt` makes next in this transaction. Refused by a cap: a
+        probe claimed on the way is given back, and nothing is reserved."""
+        permission = self.may_send(provider, job_id, lease_until)
+        if isinstance(permission, circuits.Blocked):
+            return permission
+        held = ledger.reserve(self, job_id, provider, request)
+        if isinstance(held, budget.Refusal):
+            if isinstance(permission, circuits.Probe):
+                self.execute(
+                    "UPDATE provider_circuits SET probe_job = NULL, probe_until = NULL WHERE provider = ? AND probe_job = ?",
+                    (provider, job_id),
+                )
+            return held
+        if held is not None:
+            if new_attempt:
+                self.holds[job_id] = held
+            else:
+                ledger.hold(self, job_id, held)
+        return permission
+
+    def hold_off(self, job_id: str, provider: str, why: circuits.Blocked | budget.Refusal) -> None:
+        """The job is not sent now (`permit` said why): it waits for the circuit, or for the budget."""
+        if isinstance(why, circuits.Blocked):
+            self.circuit_wait(job_id, provider, why.until)
+        else:
+            self.budget_wait(job_id, provider, why)
+
+    def budget_wait(self, job_id: str, provider: str, refusal: budget.Refusal) -> None:
+        """A cap refuses the job's attempt: its submission is due at the cap's reset (the next UTC
+        midnight; its deadline still ends it first if that comes sooner), and the job's events say why."""
+        self.schedule(job_id, WorkKind.SUBMIT, provider, refusal.reset_at, 0)
+        detail = {**refusal.detail(), "provider": provider, "message": refusal.message}
+        self.event(job_id, "budget", "waiting", detail)
+        ledger.exhausted(self, refusal)
 
     def apply(
         self,
         job: Job,
-        observation: Observation,
-        source: Source,
-        cost_if_completed: float | None,
+        seen: report.Report,
         *,
         record: tuple[str, str | None, Mapping[str, Any]] | None = None,
-    ) -> status_machine.Decision:
-        """Run the status machine on `job` and write what it decides (SPEC §2).
+    ) -> report.Decision:
+        """Write what a provider's report on one of the job's attempts does, as the domain decides it
+        (service.domain.report; SPEC §2, §8).
 
-        `record` is the event that brought the observation (type, outcome, detail); it is written
-        first, with the decision's effect, so that a job's history reads cause before consequence.
+        `record` is the event that brought the report (type, outcome, detail); it is written first, with
+        the decision's effect, so that a job's history reads cause before consequence.
         """
-        decision = status_machine.apply(job.status, observation, asked=status_machine.images_asked(job.request))
+        decision = report.decide(job, seen)
+        step, source = decision.step, str(seen.source)
         if record is not None:
             type_, outcome, detail = record
-            self.event(job.id, type_, outcome, {**detail, "effect": str(decision.outcome)})
-        if (
-            decision.applied
-            and decision.status is Status.FAILED
-            and job.candidates
-            and job.status is not Status.TIMED_OUT
-        ):
+            self.event(job.id, type_, outcome, {**detail, "effect": decision.effect})
+        end = decision.attempt
+        if end is not None:
+            error = dumps(end.error.to_json()) if end.error is not None else None
+            self.end_attempt(job.id, end.state, seq=end.seq, cost_usd=end.cost_usd, error=error)
+        if isinstance(step, report.NextCandidate):
             # The provider failed the task (resellers refund failed tasks): the next candidate is tried.
-            error = observation.error or JobError("provider_failed", "the provider reported the job failed")
-            self.end_attempt(job.id, "failed", error=dumps(error.to_json()))
             self.failover(job, "failed")
             return decision
-        if decision.applied and decision.status in (Status.COMPLETED, Status.FAILED):
-            error = observation.error or JobError("provider_failed", "the provider reported the job failed")
-            self.end_attempt(
-                job.id,
-                str(decision.status),
-                cost_usd=cost_if_completed if decision.status is Status.COMPLETED else None,
-                error=dumps(error.to_json()) if decision.status is Status.FAILED else None,
-            )
-        if decision.applied:
-            fields: dict[str, Any] = {"status": str(decision.status)}
-            if decision.images:
-                fields["images"] = dumps(list(decision.images))
-            if decision.status is Status.FAILED:
-                error = observation.error or JobError("provider_failed", "the provider reported the job failed")
-                fields["error"] = dumps(error.to_json())
-            elif decision.status is Status.COMPLETED:
-                fields["error"] = None
-                fields["cost_usd"] = cost_if_completed
-            if decision.status in FINAL:
-                fields["finished_at"] = self.now
-                fields["resolved_by"] = str(source)
-            if job.submitted_at is None:
-                fields["submitted_at"] = self.now
-            self.update(job.id, **fields)
-            self.event(job.id, "status", str(decision.status), {"from": str(job.status), "by": str(source)})
-            if decision.ignored:
-                kept = len(decision.images)
-                detail = {"offered": kept + decision.ignored, "kept": kept, "ignored": decision.ignored}
-                self.event(job.id, "images", "ignored", {**detail, "by": str(source)})
-            if decision.status in FINAL:
-                self.unschedule(job.id)
-                if self.wants(f"job.{decision.status}"):
-                    self.notify(f"job.{decision.status}", job=self.job(job.id))
-                if source is Source.POLL and job.callback_url_registered:
-                    self.finished_by_polling(job.provider)
-            if decision.status is Status.COMPLETED and decision.images and self.mirror_images:
-                self.schedule(job.id, WorkKind.MIRROR, Lane.MIRROR, self.now, 0)
-        elif decision.outcome is Outcome.CONFLICT:
-            self.event(
-                job.id,
-                "conflict",
-                str(observation.status),
-                {"kept": str(job.status), "reported": str(observation.status), "by": str(source)},
-            )
+        if isinstance(step, report.FallBack):
+            self.fall_back(job, step)
+            return decision
+        if isinstance(step, report.Advance | report.Complete | report.Fail):
+            self._finish(job, decision, step, source)
+        elif decision.cost_changed:
+            self.update(job.id, cost_usd=decision.cost_usd)
+        if decision.conflict is not None:
+            self.event(job.id, "conflict", str(seen.observation.status), decision.conflict)
+        if decision.abandon is not None:
+            self.end_attempt(job.id, "not_sent", seq=decision.abandon)
+        self.late_polls(job.id, decision.late_polls)
         return decision
+
+    def _finish(
+        self, job: Job, decision: report.Decision, step: report.Advance | report.Complete | report.Fail, source: str
+    ) -> None:
+        """Write the job's move forward: progress, or its final status."""
+        status = step.status if isinstance(step, report.Advance) else None
+        fields: dict[str, Any] = {}
+        if isinstance(step, report.Complete):
+            status = Status.COMPLETED
+            if step.images:
+                fields["images"] = dumps(list(step.images))
+            fields.update(error=None, cost_usd=decision.cost_usd)
+            if step.follow is not None:  # an earlier attempt delivered first: the job is its now
+                fields.update(provider=step.follow.provider, provider_task_id=step.follow.provider_task_id)
+        elif isinstance(step, report.Fail):
+            status = Status.FAILED
+            fields["error"] = dumps(step.error.to_json())
+        assert status is not None
+        fields["status"] = str(status)
+        if status in FINAL:
+            fields["finished_at"] = self.now
+            fields["resolved_by"] = source
+        if job.submitted_at is None:
+            fields["submitted_at"] = self.now
+        self.update(job.id, **fields)
+        self.event(job.id, "status", str(status), {"from": str(job.status), "by": source})
+        machine = decision.machine
+        if machine.ignored:
+            kept = len(machine.images)
+            detail = {"offered": kept + machine.ignored, "kept": kept, "ignored": machine.ignored}
+            self.event(job.id, "images", "ignored", {**detail, "by": source})
+        if status in FINAL:
+            self.unschedule(job.id)
+            if self.wants(f"job.{status}"):
+                self.notify(f"job.{status}", job=self.job(job.id))
+            followed = not (isinstance(step, report.Complete) and step.follow is not None)
+            if source == Source.POLL and job.callback_url_registered and followed:
+                self.finished_by_polling(job.provider)
+        if isinstance(step, report.Complete) and step.images and self.mirror_images:
+            self.schedule(job.id, WorkKind.MIRROR, Lane.MIRROR, self.now, 0)
 
 
 def circuit_from_row(row: Row) -> circuits.Circuit:

@@ -214,6 +214,31 @@ async def test_providers_show_the_prices_set_for_them(jobhook: ServiceFactory, d
         await expect(aivideoapi).to_have_attribute("title", "as published")
 
 
+async def test_providers_show_todays_budget(jobhook: ServiceFactory, dashboard: DashboardFactory) -> None:
+    """SPEC §9: the cap, what is spent and left, when the total refused work, and when it resets."""
+    env = {"JOBHOOK_BUDGET_USD_PER_DAY": "0.50", "JOBHOOK_SIMULATOR_PRICES": "0.25"}
+    async with jobhook(**env) as svc:
+        for n in range(2):
+            await finished(svc, prompt=f"paid {n}")
+        await svc.submit(expect=429, provider="simulator", prompt="one too many")
+        async with dashboard(svc) as tab:
+            page = tab.page
+            await page.goto("/dashboard/providers")
+            total = page.locator('#budget [data-scope="total"]')
+            await expect(total).to_have_attribute("data-state", "exhausted")
+            await expect(total.locator(".budget-spent")).to_have_text("$0.50 spent · $0.00 reserved")
+            await expect(total.locator(".budget-left")).to_have_text("of $0.50 · $0.00 left")
+            await expect(total).to_contain_text("refused work since")
+            simulator = page.locator('#budget [data-scope="simulator"]')
+            await expect(simulator).to_have_attribute("data-state", "no cap")
+            await expect(simulator.locator(".budget-spent")).to_have_text("$0.50 spent · $0.00 reserved")
+            await expect(page.locator('#budget [data-scope="aivideoapi"]')).to_have_count(0)  # nothing to show
+            await expect(page.locator("#budget-reset")).to_contain_text("resets ")
+            await expect(page.locator("#budget")).not_to_contain_text("null")
+            await expect(page.locator("#budget")).not_to_contain_text("No cap is set")
+            await expect(page.locator('[data-provider="simulator"] .price')).to_have_text("any tier $0.25 (set)")
+
+
 async def test_outbox_shows_a_dead_delivery_and_resends_it(
     jobhook: ServiceFactory, dashboard: DashboardFactory
 ) -> None:

@@ -196,6 +196,10 @@ class FakeAivideoapi(FakeProvider[TaskScript]):
         self.callback_retry_delays = tuple(callback_retry_delays)
         self.callback_timeout = callback_timeout
         self.create_delay = create_delay  # between creating a task and answering: an answer a crash can lose
+        # When set, a creation's answer waits for it (after the task is made): a submission held in flight.
+        self.create_gate: asyncio.Event | None = None
+        # Set: each task query's answer is read from the task after the gate opens (held in flight).
+        self.query_gate: asyncio.Event | None = None
         self.api_key_prefix = api_key_prefix
         self.reject_unknown_fields = reject_unknown_fields
         self.create_responses: list[Forced] = []
@@ -263,6 +267,8 @@ class FakeAivideoapi(FakeProvider[TaskScript]):
             return await self._no_answer(request, hang=forced == "hang")
         if self.create_delay > 0:
             await asyncio.sleep(self.create_delay)
+        if self.create_gate is not None:
+            await self.create_gate.wait()
         record.status = 200
         return JSONResponse({"code": 200, "msg": "success", "data": {"taskId": task.id}})
 
@@ -278,6 +284,8 @@ class FakeAivideoapi(FakeProvider[TaskScript]):
             return self._trickle()
         if forced is not None:
             return await self._no_answer(request, hang=forced == "hang")
+        if self.query_gate is not None:
+            await self.query_gate.wait()
         task = self.tasks.get(task_id)
         if task is None:
             record.status = 404

@@ -39,24 +39,30 @@ class ForcedResponse:
     body: dict[str, Any] | str
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds between the request's arrival (when it is recorded) and this answer
+    # Answered only once the test sets it: the test holds the answer while it arranges something else
+    # (the request is recorded on arrival, so the test can wait for that first).
+    gate: asyncio.Event | None = None
 
     def to_response(self) -> Response:
         if isinstance(self.body, str):
             response: Response = PlainTextResponse(self.body, self.status, headers=self.headers)
         else:
             response = JSONResponse(self.body, self.status, headers=self.headers)
-        return _Late(response, self.delay) if self.delay else response
+        return _Late(response, self.delay, self.gate) if self.delay or self.gate else response
 
 
 class _Late(Response):
-    """`inner`, sent `delay` seconds late: a slow answer."""
+    """`inner`, sent once `gate` is set (if any), then `delay` seconds late: a slow or held answer."""
 
-    def __init__(self, inner: Response, delay: float) -> None:
+    def __init__(self, inner: Response, delay: float, gate: asyncio.Event | None = None) -> None:
         super().__init__(inner.body, inner.status_code)
         self.raw_headers = inner.raw_headers
         self.delay = delay
+        self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
         await asyncio.sleep(self.delay)
         await super().__call__(scope, receive, send)
 

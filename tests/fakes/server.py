@@ -22,7 +22,13 @@ def free_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 @contextlib.asynccontextmanager
 async def serve_asgi(
-    app: Any, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None, http: Any = "auto"
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    sock: socket.socket | None = None,
+    http: Any = "auto",
+    root_path: str = "",
 ) -> AsyncIterator[str]:
     """Serve `app` (lifespan included) and yield its base URL, e.g. "http://127.0.0.1:41234".
 
@@ -31,7 +37,7 @@ async def serve_asgi(
     """
     sock = sock or free_socket(host, port)
     host, actual_port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, http=http)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, http=http, root_path=root_path)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

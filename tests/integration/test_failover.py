@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import Service, ServiceFactory, eventually
 from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse, TaskScript
-from tests.fakes.apiframe import FakeApiframe, forced_error
+from tests.fakes.apiframe import FakeApiframe, JobScript, forced_error
 from tests.fakes.server import free_socket
 
 pytestmark = pytest.mark.timeout(120)
@@ -210,3 +210,40 @@ async def test_a_provider_whose_circuit_is_open_is_tried_last_without_a_request(
         done = await finished(svc, second["id"])
         assert attempts(done) == [("apiframe", "completed")], done
         assert (len(aivideoapi.creates), len(apiframe.creates)) == (1, 2)
+
+
+async def test_a_poll_of_the_attempt_left_answered_after_the_failover_does_not_touch_the_next(
+    jobhook: ServiceFactory, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
+) -> None:
+    """A poll of aivideoapi's task is in flight when its callback fails the task and the job moves to
+    apiframe; the poll's late "failed" is about the attempt left, not the job's new one."""
+    aivideoapi.default_script = TaskScript(outcome="never")
+    apiframe.default_script = JobScript(outcome="never")
+    aivideoapi.query_gate = asyncio.Event()
+    async with jobhook(**env_for(aivideoapi.base_url, apiframe)) as svc:
+        job = await svc.submit(provider=BOTH, prompt="a poll out during the failover")
+        await eventually(lambda: aivideoapi.queries)  # past the grace: a poll is held in flight
+        task = aivideoapi.fail(job["provider_task_id"])
+        await aivideoapi.wait_final(task.id)
+        moved = await _moved_to_apiframe(svc, job["id"])
+        aivideoapi.query_gate.set()  # the held poll now answers "failed"
+        await eventually(lambda: all(record.status is not None for record in aivideoapi.queries))
+        await asyncio.sleep(0.5)  # time for a wrongful write of that answer to be made
+        after = await svc.job(job["id"])
+        assert moved["status"] in ("submitted", "processing")
+        assert (after["status"], after["provider"]) in (("submitted", "apiframe"), ("processing", "apiframe")), after
+        assert attempts(after) == [("aivideoapi", "failed"), ("apiframe", "accepted")]
+        apiframe.complete(after["provider_task_id"])
+        done = await finished(svc, job["id"])
+        assert (done["status"], done["provider"]) == ("completed", "apiframe")
+
+
+async def _moved_to_apiframe(svc: Service, job_id: str) -> dict[str, Any]:
+    """The job once it follows apiframe's accepted task."""
+
+    async def probe() -> dict[str, Any] | None:
+        job = await svc.job(job_id)
+        return job if job["provider"] == "apiframe" and job["provider_task_id"] else None
+
+    result: dict[str, Any] = await eventually(probe, timeout=30)
+    return result

@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 
 from service.config import SimulatorSettings
 from service.simulator import Simulator
+from tests.conftest import eventually
 from tests.fakes.server import serve_asgi
 
 AUTH = {"Authorization": "Bearer sk-test"}
@@ -173,6 +174,11 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
     ("float copies", generation(simulate={"concurrent_duplicates": 1.5}), "input.simulate.concurrent_duplicates"),
     ("latency not a number", generation(simulate={"latency": "1s"}), "input.simulate.latency"),
     ("negative latency", generation(simulate={"latency": -1}), "input.simulate.latency"),
+    ("refuse: no such code", generation(simulate={"refuse": "out_of_credits"}), "input.simulate.refuse"),
+    ("refuse: not for a creation", generation(simulate={"refuse": "task_not_found"}), "input.simulate.refuse"),
+    ("refuse: a status", generation(simulate={"refuse": 402}), "input.simulate.refuse"),
+    ("refuse: a list", generation(simulate={"refuse": ["insufficient_credits"]}), "input.simulate.refuse"),
+    ("refuse: null", generation(simulate={"refuse": None}), "input.simulate.refuse"),
 ]
 
 
@@ -196,6 +202,62 @@ async def test_invalid_requests_are_refused_naming_the_field() -> None:
             assert field in error["message"], (case, error)
             assert set(error) == {"code", "message", "type"}, case
     assert simulator.stats["created"] == 0
+
+
+# aivideoapi's error reference (PROVIDERS.md §1, seed 002): the status, the code, the type, for each
+# refusal of a creation; the message is the seed's own where it gives one.
+REFUSALS = [
+    (400, "invalid_request", "invalid_request_error", None),
+    (401, "invalid_api_key", "authentication_error", None),
+    (402, "insufficient_credits", "billing_error", "Your credit balance is too low. Please top up."),
+    (403, "ip_not_allowed", "permission_error", None),
+    (404, "model_not_found", "invalid_request_error", None),
+    (429, "rate_limit_exceeded", "rate_limit_error", None),
+    (429, "spend_limit_exceeded", "billing_error", None),
+    (500, "internal_error", "api_error", None),
+    (503, "upstream_error", "upstream_error", None),
+]
+
+
+async def test_a_task_told_to_refuse_is_refused_as_aivideoapi_refuses_and_never_made() -> None:
+    async with running() as (simulator, base), httpx.AsyncClient() as client:
+        answers = [
+            await client.post(f"{base}/v1/images/generations", json=generation(simulate={"refuse": code}), headers=AUTH)
+            for _, code, _, _ in REFUSALS
+        ]
+        accepted = await create(client, base, generation(simulate={"latency": 0}))
+    for (status, code, kind, message), answer in zip(REFUSALS, answers, strict=True):
+        assert answer.status_code == status, (code, answer.text)
+        assert answer.headers["content-type"] == "application/json"
+        error = answer.json()["error"]
+        assert set(answer.json()) == {"error"} and set(error) == {"code", "message", "type"}, code
+        assert (error["code"], error["type"]) == (code, kind)
+        assert error["message"].strip() and error["message"] == (message or error["message"]), code
+    assert accepted  # only the task not told to refuse was made
+    assert simulator.stats["refused"] == len(REFUSALS) and simulator.stats["created"] == 1
+
+
+async def test_a_refusing_account_refuses_every_creation_until_it_takes_them_again() -> None:
+    async with running() as (simulator, base), httpx.AsyncClient() as client:
+        simulator.refuse("insufficient_credits")
+        broke = [
+            await client.post(f"{base}/v1/images/generations", json=generation(f"p{n}"), headers=AUTH) for n in range(2)
+        ]
+        simulator.refuse("invalid_api_key")
+        revoked = await client.post(f"{base}/v1/images/generations", json=generation(), headers=AUTH)
+        # A request that is not valid is refused for that first, whatever the account's state.
+        invalid = await client.post(f"{base}/v1/images/generations", json=generation(size="2:1"), headers=AUTH)
+        simulator.refuse(None)
+        task_id = await create(client, base, generation())
+        final = await poll_final(client, base, task_id)
+    assert [answer.status_code for answer in broke] == [402, 402]
+    assert {answer.json()["error"]["code"] for answer in broke} == {"insufficient_credits"}
+    assert revoked.status_code == 401 and revoked.json()["error"]["type"] == "authentication_error"
+    assert invalid.status_code == 400 and invalid.json()["error"]["code"] == "invalid_request"
+    assert final["status"] == "completed"
+    assert simulator.stats["refused"] == 3 and simulator.stats["created"] == 1
+    with pytest.raises(ValueError, match="insufficient_credits"):
+        simulator.refuse("out_of_credits")
 
 
 async def test_an_unknown_model_is_not_found() -> None:
@@ -470,3 +532,65 @@ async def test_mounted_simulator_only_calls_back_to_jobhook(jobhook: Any) -> Non
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "invalid_request"
         assert "callback_url" in response.json()["error"]["message"]
+
+
+# What jobhook makes of each refusal, read by its aivideoapi adapter as the real provider's would be.
+REJECTED = ["invalid_request", "invalid_api_key", "insufficient_credits", "ip_not_allowed", "model_not_found"]
+RETRIED = {"rate_limit_exceeded": 429, "spend_limit_exceeded": 429, "internal_error": 500, "upstream_error": 503}
+
+
+def told_to(code: str, prompt: str = "a refused poster") -> dict[str, Any]:
+    return {"provider": "simulator", "prompt": prompt, "provider_options": {"simulate": {"refuse": code}}}
+
+
+async def test_jobhook_reads_each_refusal_of_the_simulator_as_aivideoapis(jobhook: Any) -> None:
+    """A definite refusal fails the job at once (502, the provider's code kept); 429 and 5xx are retried."""
+    # Circuits aside: this test is about how each answer is read, not about how many make a provider shut.
+    async with jobhook(JOBHOOK_ROUTE_BREAKER_FAILURES="100") as svc:
+        for code in REJECTED:
+            response = await svc.client.post("/v1/jobs", json=told_to(code))
+            assert response.status_code == 502, (code, response.text)
+            error = response.json()["error"]
+            assert (error["code"], error["provider_code"]) == ("provider_rejected", code)
+            job = await svc.job(error["job_id"])
+            assert job["status"] == "failed" and job["error"]["provider_code"] == code
+            assert [(item["provider"], item["state"]) for item in job["attempts"]] == [("simulator", "rejected")]
+        for code, status in RETRIED.items():
+            job = await svc.submit(**told_to(code))
+            assert job["status"] == "queued" and job["provider_task_id"] is None, job
+
+            async def retried(job_id: str = job["id"]) -> list[dict[str, Any]]:
+                events = await svc.events(job_id)
+                return [event["detail"] for event in events if (event["type"], event["outcome"]) == ("submit", "retry")]
+
+            [first, *_] = await eventually(retried)
+            assert (first["http_status"], first["provider_code"]) == (status, code)
+            assert (await svc.job(job["id"]))["status"] == "queued"
+
+
+WRONG_SCRIPTS: list[tuple[Any, str]] = [
+    ({"refuse": "out_of_credits"}, "provider_options.simulate.refuse"),
+    ({"refuse": 402}, "provider_options.simulate.refuse"),
+    ({"fail": "yes"}, "provider_options.simulate.fail"),
+    ({"fial": True}, "provider_options.simulate.fial"),
+    ({"latency": 1e9}, "provider_options.simulate.latency"),
+    ("refuse", "provider_options.simulate"),
+]
+
+
+async def test_a_wrong_simulate_is_refused_422_naming_the_field_and_no_job_is_made(jobhook: Any) -> None:
+    async with jobhook() as svc:
+        for script, field in WRONG_SCRIPTS:
+            body = {"provider": "simulator", "prompt": "x", "provider_options": {"simulate": script}}
+            response = await svc.client.post("/v1/jobs", json=body)
+            assert response.status_code == 422, (script, response.text)
+            error = response.json()["error"]
+            assert (error["code"], error["field"]) == ("invalid_field", field), script
+            assert error["message"].startswith(field), error
+        # Among candidates, the simulator cannot take such a job: left out, and said why.
+        body = {"provider": ["simulator"], "prompt": "x", "provider_options": {"simulate": {"refuse": "nope"}}}
+        response = await svc.client.post("/v1/jobs", json=body)
+        assert response.status_code == 422, response.text
+        [candidate] = response.json()["error"]["candidates"]
+        assert (candidate["provider"], candidate["field"]) == ("simulator", "provider_options.simulate.refuse")
+        assert (await svc.client.get("/v1/jobs")).json()["jobs"] == []

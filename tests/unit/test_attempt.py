@@ -9,7 +9,7 @@ import pytest
 
 from service.domain import attempt
 from service.domain.attempt import AttemptState, SubmitKind, SubmitResult
-from service.domain.job import Candidate, Job
+from service.domain.job import AttemptRecord, Candidate, Job
 from service.domain.status import JobError, Observation, Status
 from service.domain.work import TRACKING_KINDS, SubmitState, WorkKind
 
@@ -316,3 +316,114 @@ def test_a_job_decided_already_never_fails_over(status: Status) -> None:
     decided = dataclasses.replace(job(status), candidates=NEXT)
     decision = attempt.decide(decided, attempt.rejected({}, REFUSED, http_status=402), now=NOW)
     assert isinstance(decision.step, attempt.Settled)
+
+
+# -- 429/5xx past the retries (SPEC §8): a job with a candidate left moves on after its tries ----------
+
+
+def at_try(tries: int, *, candidates: tuple[Candidate, ...] = NEXT) -> Job:
+    """A queued job whose current attempt (at aivideoapi) has been sent `tries` times."""
+    return dataclasses.replace(
+        job(), candidates=candidates, attempts=(AttemptRecord(1, "aivideoapi", NOW - 10, tries=tries),)
+    )
+
+
+BUSY = attempt.retry(
+    {"http_status": 429, "provider_code": "rate_limited", "message": "slow down"}, now=NOW, backoff=2.0, asked=30.0
+)
+DOWN = attempt.retry({"http_status": 503, "provider_code": "http_503", "message": "HTTP 503"}, now=NOW, backoff=2.0)
+RETRIES: list[tuple[str, Job, SubmitResult, AttemptState, type]] = [
+    (
+        "429 at the first try: retried there, after its Retry-After",
+        at_try(1),
+        BUSY,
+        AttemptState.NOT_SENT,
+        attempt.Retry,
+    ),
+    ("503 at the first try: retried there", at_try(1), DOWN, AttemptState.NOT_SENT, attempt.Retry),
+    (
+        "429 at the try before the last: retried there",
+        at_try(attempt.TRIES_PER_CANDIDATE - 1),
+        BUSY,
+        AttemptState.NOT_SENT,
+        attempt.Retry,
+    ),
+    (
+        "429 at the last try: rejected, the next candidate",
+        at_try(attempt.TRIES_PER_CANDIDATE),
+        BUSY,
+        AttemptState.REJECTED,
+        attempt.NextCandidate,
+    ),
+    (
+        "503 at the last try: rejected, the next candidate",
+        at_try(attempt.TRIES_PER_CANDIDATE),
+        DOWN,
+        AttemptState.REJECTED,
+        attempt.NextCandidate,
+    ),
+    (
+        "past the last (a try counted twice by a crash): the same",
+        at_try(9),
+        DOWN,
+        AttemptState.REJECTED,
+        attempt.NextCandidate,
+    ),
+    (
+        "no candidate left: retried until the deadline",
+        at_try(9, candidates=()),
+        BUSY,
+        AttemptState.NOT_SENT,
+        attempt.Retry,
+    ),
+    ("no candidate left, a 503: the same", at_try(50, candidates=()), DOWN, AttemptState.NOT_SENT, attempt.Retry),
+    (
+        "no connection at the first try: moves on at once (nothing was sent)",
+        at_try(1),
+        attempt.not_sent("connection refused", now=NOW, backoff=2.0),
+        AttemptState.NOT_SENT,
+        attempt.NextCandidate,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("at", "outcome", "state", "step"), [row[1:] for row in RETRIES], ids=[row[0] for row in RETRIES]
+)
+def test_429_and_5xx_past_the_retries(at: Job, outcome: SubmitResult, state: AttemptState, step: type) -> None:
+    decision = attempt.decide(at, outcome, now=NOW)
+    assert (decision.state, type(decision.step)) == (state, step)
+    past = state is AttemptState.REJECTED
+    assert decision.past_the_retries is past
+    # Nothing changes the job itself: it is queued still (at this provider, or at the next).
+    assert (decision.status, decision.submit_state, decision.notify) == (None, None, ())
+    if step is attempt.Retry:
+        assert decision.step == attempt.Retry(outcome.retry_at or NOW)
+    if past:
+        assert decision.attempt_error == JobError(
+            "retries_exhausted",
+            f"aivideoapi could not take the job {attempt.tries(at)} times in a row (the last: "
+            f"{outcome.detail['message']}); the next candidate is tried",
+            outcome.detail["provider_code"],
+        )
+
+
+def test_a_retry_respects_retry_after_until_the_last_try() -> None:
+    """Retry-After is waited out between tries at the same provider; the next candidate is another."""
+    decision = attempt.decide(at_try(1), BUSY, now=NOW)
+    assert decision.step == attempt.Retry(NOW + 30.0)
+
+
+def test_the_tries_are_the_current_attempts() -> None:
+    """After a failover the tries count again from the new provider's first."""
+    moved = dataclasses.replace(
+        at_try(attempt.TRIES_PER_CANDIDATE),
+        attempts=(
+            AttemptRecord(1, "aivideoapi", NOW - 10, state="rejected", tries=attempt.TRIES_PER_CANDIDATE),
+            AttemptRecord(2, "apiframe", NOW - 5, tries=1),
+        ),
+    )
+    assert attempt.tries(moved) == 1
+    assert isinstance(attempt.decide(moved, DOWN, now=NOW).step, attempt.Retry)
+    # A job made before attempts were recorded: its submissions are its tries.
+    assert attempt.tries(dataclasses.replace(job(), submit_attempts=4)) == 4

@@ -24,29 +24,49 @@ def retried(status: int) -> attempt.SubmitResult:
     return attempt.retry({"http_status": status}, now=NOW, backoff=5.0)
 
 
-VERDICTS: list[tuple[str, attempt.SubmitResult, circuit.Verdict]] = [
-    ("accepted", attempt.accepted({}, task_id="t1"), circuit.Success()),
-    ("401: the key", refused(401, "invalid_api_key"), circuit.Failure("http_401")),
-    ("402: credits", refused(402, "insufficient_credits"), circuit.Failure("insufficient_credits", credits=True)),
-    ("403", refused(403, "forbidden"), circuit.Failure("http_403")),
-    ("segmind's 406", refused(406, "insufficient_credits"), circuit.Failure("insufficient_credits", credits=True)),
-    ("404: the endpoint", refused(404, "not_found"), circuit.Failure("http_404")),
-    ("400: the request itself", refused(400, "invalid_request"), circuit.Neutral()),
-    ("422: the request itself", refused(422, "http_422"), circuit.Neutral()),
-    ("409", refused(409, "conflict"), circuit.Neutral()),
-    ("200 carrying code 401", refused(200, "http_401"), circuit.Failure("http_401")),
-    ("429, retried", retried(429), circuit.Failure("http_429")),
-    ("503, retried", retried(503), circuit.Failure("http_503")),
-    ("no connection", attempt.not_sent("refused", now=NOW, backoff=5.0), circuit.Failure("not_sent")),
-    ("no answer: uncertain", attempt.uncertain({}, synchronous=False), circuit.Neutral()),
-    ("a synchronous call cut", attempt.uncertain({}, synchronous=True), circuit.Neutral()),
-    ("unreadable 2xx", attempt.unreadable({}, "bad json", synchronous=False), circuit.Neutral()),
+# (name, outcome, past the retries: it ended the attempt, the verdict)
+VERDICTS: list[tuple[str, attempt.SubmitResult, bool, circuit.Verdict]] = [
+    ("accepted", attempt.accepted({}, task_id="t1"), False, circuit.Success()),
+    ("401: the key", refused(401, "invalid_api_key"), False, circuit.Failure("http_401")),
+    (
+        "402: credits",
+        refused(402, "insufficient_credits"),
+        False,
+        circuit.Failure("insufficient_credits", credits=True),
+    ),
+    ("403", refused(403, "forbidden"), False, circuit.Failure("http_403")),
+    (
+        "segmind's 406",
+        refused(406, "insufficient_credits"),
+        False,
+        circuit.Failure("insufficient_credits", credits=True),
+    ),
+    ("404: the endpoint", refused(404, "not_found"), False, circuit.Failure("http_404")),
+    ("400: the request itself", refused(400, "invalid_request"), False, circuit.Neutral()),
+    ("422: the request itself", refused(422, "http_422"), False, circuit.Neutral()),
+    ("409", refused(409, "conflict"), False, circuit.Neutral()),
+    ("200 carrying code 401", refused(200, "http_401"), False, circuit.Failure("http_401")),
+    ("429, to be retried: the provider pacing us", retried(429), False, circuit.Neutral()),
+    ("429 past the retries: ends the attempt", retried(429), True, circuit.Failure("http_429")),
+    ("503, to be retried: each try counts", retried(503), False, circuit.Failure("http_503")),
+    ("503 past the retries: counted once, as a try", retried(503), True, circuit.Failure("http_503")),
+    ("408, to be retried", retried(408), False, circuit.Failure("http_408")),
+    (
+        "429 in a 200's body code",
+        attempt.retry({"http_status": 200, "provider_code": "http_429"}, now=NOW, backoff=5.0),
+        False,
+        circuit.Neutral(),
+    ),
+    ("no connection", attempt.not_sent("refused", now=NOW, backoff=5.0), False, circuit.Failure("not_sent")),
+    ("no answer: uncertain", attempt.uncertain({}, synchronous=False), False, circuit.Neutral()),
+    ("a synchronous call cut", attempt.uncertain({}, synchronous=True), False, circuit.Neutral()),
+    ("unreadable 2xx", attempt.unreadable({}, "bad json", synchronous=False), False, circuit.Neutral()),
 ]
 
 
-@pytest.mark.parametrize(("outcome", "expected"), [v[1:] for v in VERDICTS], ids=[v[0] for v in VERDICTS])
-def test_verdict(outcome: attempt.SubmitResult, expected: circuit.Verdict) -> None:
-    assert circuit.verdict(outcome) == expected
+@pytest.mark.parametrize(("outcome", "past", "expected"), [v[1:] for v in VERDICTS], ids=[v[0] for v in VERDICTS])
+def test_verdict(outcome: attempt.SubmitResult, past: bool, expected: circuit.Verdict) -> None:
+    assert circuit.verdict(outcome, past_the_retries=past) == expected
 
 
 CLOSED = Circuit("aivideoapi")
@@ -245,3 +265,66 @@ def test_settings_errors_are_one_line_naming_the_variable(env: dict[str, str], m
         Settings.from_environ(env)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
+
+
+# -- a job whose provider is shut, with candidates after it (SPEC §8) -----------------------------------
+
+SHUT: list[tuple[str, float, list[tuple[str, circuit.Permission]], type, str | None, float | None]] = [
+    ("no candidate left: waits for its own", NOW + 30, [], circuit.WaitFor, "aivideoapi", NOW + 30),
+    ("the next is closed: passed over", NOW + 30, [("apiframe", Go())], circuit.PassOver, None, None),
+    ("the next may probe: passed over", NOW + 30, [("apiframe", Probe())], circuit.PassOver, None, None),
+    (
+        "the next is shut, the one after is not: passed over (and the next too, in turn)",
+        NOW + 30,
+        [("apiframe", Blocked(NOW + 5)), ("apiinone", Go())],
+        circuit.PassOver,
+        None,
+        None,
+    ),
+    (
+        "every one shut: waits for the first to half-open, a later one",
+        NOW + 30,
+        [("apiframe", Blocked(NOW + 50)), ("apiinone", Blocked(NOW + 10))],
+        circuit.WaitFor,
+        "apiinone",
+        NOW + 10,
+    ),
+    (
+        "every one shut: its own half-opens first",
+        NOW + 5,
+        [("apiframe", Blocked(NOW + 50))],
+        circuit.WaitFor,
+        "aivideoapi",
+        NOW + 5,
+    ),
+    (
+        "every one shut, two at the same time: the first in order",
+        NOW + 30,
+        [("apiframe", Blocked(NOW + 10)), ("apiinone", Blocked(NOW + 10))],
+        circuit.WaitFor,
+        "apiframe",
+        NOW + 10,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("until", "later", "step", "provider", "wait_until"), [row[1:] for row in SHUT], ids=[row[0] for row in SHUT]
+)
+def test_when_shut(
+    until: float,
+    later: list[tuple[str, circuit.Permission]],
+    step: type,
+    provider: str | None,
+    wait_until: float | None,
+) -> None:
+    decided = circuit.when_shut("aivideoapi", until, later)
+    assert type(decided) is step
+    if isinstance(decided, circuit.WaitFor):
+        assert (decided.provider, decided.until) == (provider, wait_until)
+    else:
+        assert isinstance(decided, circuit.PassOver)
+        assert decided.error.code == "circuit_open"
+        assert decided.error.message == (
+            "aivideoapi's circuit is open until 1970-01-01T02:47:10.000Z: not sent, the next candidate is tried"
+        )

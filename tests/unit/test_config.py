@@ -677,8 +677,9 @@ def test_shown_url_without_a_scheme() -> None:
         ("JOBHOOK_SEGMIND_BASEURL", "did you mean JOBHOOK_SEGMIND_BASE_URL?"),
         ("JOBHOOK_API_TOKEN", "did you mean JOBHOOK_API_TOKENS?"),
         ("JOBHOOK_SIMULATOR_LATENCE", "did you mean JOBHOOK_SIMULATOR_LATENCY?"),
-        # Not read by this version: a cap it would not enforce must not pass silently.
-        ("JOBHOOK_BUDGET_USD_PER_DAY", "unknown setting JOBHOOK_BUDGET_USD_PER_DAY is ignored"),
+        # A misspelt cap must not pass silently: it would not be enforced.
+        ("JOBHOOK_BUDGET_USD_PER_DAYS", "did you mean JOBHOOK_BUDGET_USD_PER_DAY?"),
+        ("JOBHOOK_APIFRAME_BUDGET_PER_DAY", "did you mean JOBHOOK_APIFRAME_BUDGET_USD_PER_DAY?"),
         ("JOBHOOK_FOO", "unknown setting JOBHOOK_FOO is ignored"),
     ],
 )
@@ -754,3 +755,46 @@ def test_prices_settings_are_known() -> None:
     assert setting_warnings(env) == []
     [line] = setting_warnings({"JOBHOOK_APIFRAME_PRICE": "0.1"})
     assert line.endswith("did you mean JOBHOOK_APIFRAME_PRICES?")
+
+
+# -- JOBHOOK_BUDGET_USD_PER_DAY, JOBHOOK_<P>_BUDGET_USD_PER_DAY (SPEC §9) -----------------------------------
+
+
+def test_no_budget_by_default() -> None:
+    assert not settings().budget
+    assert settings().budget.scopes("aivideoapi") == ()
+
+
+@pytest.mark.parametrize("provider", [*PROVIDER_NAMES, "simulator"])
+def test_the_total_and_each_provider_take_a_daily_cap(provider: str) -> None:
+    caps = settings(
+        JOBHOOK_BUDGET_USD_PER_DAY="25", **{f"JOBHOOK_{provider.upper()}_BUDGET_USD_PER_DAY": "0.50"}
+    ).budget
+    assert caps.total == 25_000_000
+    assert dict(caps.providers) == {provider: 500_000}
+    assert caps.scopes(provider) == (("total", 25_000_000), (provider, 500_000))
+    assert settings(JOBHOOK_BUDGET_USD_PER_DAY=" ").budget.total is None  # empty: as if unset
+    assert settings(JOBHOOK_BUDGET_USD_PER_DAY="0").budget.total == 0  # nothing that costs is sent
+
+
+@pytest.mark.parametrize("variable", ["JOBHOOK_BUDGET_USD_PER_DAY", "JOBHOOK_SEGMIND_BUDGET_USD_PER_DAY",
+                                      "JOBHOOK_SIMULATOR_BUDGET_USD_PER_DAY"])  # fmt: skip
+@pytest.mark.parametrize("value", ["ten", "-1", "nan", "2e6"])
+def test_a_wrong_cap_stops_with_one_line_naming_the_variable(variable: str, value: str) -> None:
+    error = error_for(**{variable: value})
+    assert_names(error, variable)
+    assert "expected US dollars per UTC day" in error.message
+
+
+def test_the_simulator_takes_prices_to_try_budgets_with() -> None:
+    assert settings().simulator.prices is None
+    assert settings(JOBHOOK_SIMULATOR_PRICES="0.25").simulator.prices == dict.fromkeys(
+        ("TURBO", "BALANCED", "QUALITY"), 0.25
+    )
+    assert_names(error_for(JOBHOOK_SIMULATOR_PRICES="cheap"), "JOBHOOK_SIMULATOR_PRICES")
+
+
+def test_budget_settings_are_known() -> None:
+    env = {f"JOBHOOK_{provider.upper()}_BUDGET_USD_PER_DAY": "1" for provider in PROVIDER_NAMES}
+    env.update(JOBHOOK_BUDGET_USD_PER_DAY="1", JOBHOOK_SIMULATOR_BUDGET_USD_PER_DAY="1", JOBHOOK_SIMULATOR_PRICES="0.1")
+    assert setting_warnings(env) == []

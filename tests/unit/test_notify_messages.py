@@ -3,6 +3,7 @@ email parsed back from its bytes, the webhook body's exact shape."""
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import email.utils
@@ -30,6 +31,7 @@ from service.notify.base import (
     shorten,
 )
 from service.notify.email import build_message as build_email
+from service.notify.email import subject as email_subject
 
 CREATED = 1795338876.5  # 2026-11-22T09:14:36.500Z
 LONG_PROMPT = ("a lighthouse on a cliff at dusk, volumetric fog " * 220)[:10_000]
@@ -77,6 +79,13 @@ PROVIDER_DETAIL: dict[str, dict[str, Any]] = {
         "probe_failed": False,
     },
     "provider.circuit_closed": {"opened_at": "2026-12-04T13:00:00.000Z", "reason": "http_401"},
+    "budget.exhausted": {
+        "scope": "segmind",
+        "cap": 5.0,
+        "spent": 4.95,
+        "reserved": 0.0,
+        "reset_at": "2026-12-05T00:00:00.000Z",
+    },
 }
 
 
@@ -201,6 +210,7 @@ def test_slack_blocks_validate_with_slack_sdk(type_: str, with_image: bool, prom
         ("provider.credits_low", "💳 Credits low: segmind"),
         ("provider.circuit_opened", "⛔ Circuit open: segmind"),
         ("provider.circuit_closed", "✅ Circuit closed: segmind"),
+        ("budget.exhausted", "💸 Daily budget spent: segmind"),
     ],
 )
 def test_slack_header_per_event(type_: str, header: str) -> None:
@@ -229,6 +239,21 @@ def test_circuit_opened_says_why_and_until_when(detail: dict[str, Any], summary:
     assert provider_summary(notification("provider.circuit_opened", detail=detail)) == summary
     closed = provider_summary(notification("provider.circuit_closed"))
     assert closed == "segmind took a job again: its circuit is closed, and the jobs that waited for it are sent."
+
+
+def test_budget_exhausted_says_which_cap_and_when_it_resets() -> None:
+    """SPEC §9: a provider's cap, or all providers' (`scope` total: the event names no provider)."""
+    own = notification("budget.exhausted")
+    assert provider_summary(own) == (
+        "segmind's daily budget ($5; $4.95 spent) refused a job today. jobhook sends nothing it cannot hold"
+        " under the cap until it resets at 2026-12-05T00:00:00.000Z: new submissions are answered 429, queued"
+        " jobs wait."
+    )
+    total = dataclasses.replace(own, provider=None, detail={**own.detail, "scope": "total"})
+    assert slack.header_text(total) == "💸 Daily budget spent: all providers"
+    assert provider_summary(total).startswith("The daily budget of all providers ($5; $4.95 spent) refused")
+    assert email_subject(total) == "[jobhook] budget.exhausted: total"
+    assert webhook_notify.event_data(total) == {"provider": None, **own.detail, "scope": "total"}
 
 
 def test_slack_completed_fields_prompt_image_and_context() -> None:

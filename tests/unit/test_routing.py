@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from service.domain import routing
+from service.domain import budget, routing
 from service.domain.pricing import PriceTable
 from service.domain.request import GenerationRequest, RequestError
 from service.domain.routing import Facts, LeftOut, Order, OrderBy, Reason
 from service.providers import apiframe, segmind
 
 UNSUPPORTED = RequestError("seed", "unsupported_field", "aivideoapi cannot honour seed; leave it out")
+NOON = 1_780_574_400.0  # 2026-06-04T12:00:00Z
+SPENT = budget.check(budget.Caps.of(providers={"broke": 100}), {}, "broke", 10_000, NOON)
+UNPRICED = budget.check(budget.Caps.of(total=1_000_000), {}, "unpriced", None, NOON)
 
 FACTS = {
     item.provider: item
@@ -23,7 +26,8 @@ FACTS = {
         Facts("off", False, price_usd=0.01),
         Facts("noseed", True, unsupported=UNSUPPORTED, price_usd=0.01),
         Facts("open", True, price_usd=0.01, circuit_open=True),
-        Facts("broke", True, price_usd=0.01, over_budget=True),
+        Facts("broke", True, price_usd=0.01, over_budget=SPENT),
+        Facts("unpriced", True, price_usd=None, over_budget=UNPRICED),
         Facts("twin", True, price_usd=0.06, latency_p50=22.0),  # ties apiframe on both
     )
 }
@@ -44,6 +48,15 @@ REAL = ("aivideoapi", "apiframe", "segmind", "apiinone")
         (["noseed"], 0.001, Order(), [], [("noseed", Reason.UNSUPPORTED)]),
         (["open"], None, Order(), [], [("open", Reason.CIRCUIT_OPEN)]),
         (["broke"], None, Order(), [], [("broke", Reason.OVER_BUDGET)]),
+        # Under a daily cap, a price jobhook cannot tell is left out for that (SPEC §9).
+        (["unpriced"], None, Order(), [], [("unpriced", Reason.UNKNOWN_PRICE)]),
+        (
+            ["broke", "open", "apiframe"],
+            None,
+            Order(),
+            ["apiframe"],
+            [("broke", Reason.OVER_BUDGET), ("open", Reason.CIRCUIT_OPEN)],
+        ),
         # A list, in the order given; those left out keep the given order too.
         (
             ["apiinone", "segmind", "apiframe", "aivideoapi"],

@@ -139,7 +139,7 @@ function label(word) {
 const TONES = {
   good: ["accepted", "completed", "delivered", "done", "applied", "ok", "recovered", "closed"],
   warn: ["duplicate", "queued", "retry", "resent", "pending", "timed_out", "stopped", "degraded", "low", "uncertain", "summary", "half_open", "waiting"],
-  bad: ["refused", "dead", "failed", "error", "rejected", "conflict", "open", "opened"],
+  bad: ["refused", "dead", "failed", "error", "rejected", "conflict", "open", "opened", "exhausted"],
   info: ["submitted", "processing", "sending"],
 };
 
@@ -582,6 +582,8 @@ function describe(event) {
       return { title: "Image copy", text: parts.join(" · ") };
     case "conflict":
       return { title: "Conflict", text: `${label(d.reported ?? "?")} reported after ${label(d.kept ?? "?")}; the first stands` };
+    case "budget":
+      return { title: "Budget", text: d.message || `waiting for the ${d.scope ?? ""} budget to reset at ${stamp(d.reset_at)}` };
     default:
       for (const [key, value] of Object.entries(d).slice(0, 4)) {
         if (value !== null && typeof value !== "object") add(`${label(key)}: ${value}`);
@@ -768,11 +770,44 @@ function priceText(p) {
   return p.prices_overridden ? `${shown} (set)` : shown;
 }
 
-/** Providers: callback health, credits left, jobs and cost today. */
+/** Today's budget (SPEC §9): each cap, what is spent and reserved, what is left, when it resets. */
+function budgetPanel(report) {
+  const scopes = [report.total, ...report.providers].filter(
+    (s) => s.scope === "total" || s.cap_usd !== null || s.spent_usd > 0 || s.reserved_usd > 0,
+  );
+  const capped = scopes.some((s) => s.cap_usd !== null);
+  const tiles = scopes.map((s) => {
+    const state = s.cap_usd === null ? "no cap" : s.exhausted_at ? "exhausted" : "ok";
+    const used = s.spent_usd + s.reserved_usd;
+    return h(
+      "div",
+      { class: "budget-scope", dataset: { scope: s.scope, state } },
+      h("div", { class: "budget-head" }, h("strong", null, s.scope === "total" ? "All providers" : s.scope), badge(state)),
+      h("div", { class: "budget-spent" }, `${money(s.spent_usd)} spent · ${money(s.reserved_usd)} reserved`),
+      s.cap_usd === null
+        ? null
+        : [
+            h("progress", { max: String(Math.max(s.cap_usd, 0.000001)), value: String(Math.min(used, s.cap_usd)), title: `${money(used)} of ${money(s.cap_usd)}` }),
+            h("div", { class: "budget-left" }, `of ${money(s.cap_usd)} · ${money(s.remaining_usd)} left`),
+          ],
+      s.exhausted_at ? h("div", { class: "muted small" }, `refused work since ${stamp(s.exhausted_at)}`) : null,
+      s.note ? h("div", { class: "muted small" }, s.note) : null,
+    );
+  });
+  const reset = `resets ${stamp(report.reset_at)} (in ${span(report.retry_after)})`;
+  return [
+    h("div", { class: "provider-head" }, h("h2", null, "Budget today"), h("span", { class: "muted small", id: "budget-reset" }, reset)),
+    capped ? null : h("p", { class: "muted small" }, "No cap is set (JOBHOOK_BUDGET_USD_PER_DAY, JOBHOOK_<P>_BUDGET_USD_PER_DAY): spend is counted all the same."),
+    h("div", { class: "budget-scopes" }, tiles),
+  ].filter(Boolean);
+}
+
+/** Providers: today's budget, callback health, credits left, jobs and cost today. */
 function providersPage() {
   const grid = h("div", { class: "providers", id: "providers" });
+  const spend = h("section", { class: "card budget", id: "budget" });
   const problem = h("div");
-  viewRoot.append(pageHeader("Providers", h("span", { class: "muted" }, "today is UTC")), problem, grid);
+  viewRoot.append(pageHeader("Providers", h("span", { class: "muted" }, "today is UTC")), problem, spend, grid);
 
   function card(p) {
     const credits = p.credits === null || p.credits === undefined ? "—" : String(p.credits);
@@ -839,8 +874,10 @@ function providersPage() {
 
   async function load() {
     try {
-      const data = await api("/v1/providers");
+      const [data, report] = await Promise.all([api("/v1/providers"), api("/v1/budget")]);
       clear(problem);
+      clear(spend);
+      spend.append(...budgetPanel(report));
       clear(grid);
       const sorted = [...data.providers].sort((a, b) => Number(b.configured) - Number(a.configured));
       for (const p of sorted) grid.append(card(p));
