@@ -37,13 +37,13 @@ from typing import Any, TypeVar
 
 import orjson
 
-from service.domain.job import AttemptRecord, Job
-from service.domain.status import JobError, Observation
+from service.domain.job import Job
+from service.domain.status import Observation
 from service.errors import SchemaTooNew, StorageError
 from service.store import pg_callback
 from service.store.base import CallbackResult, OutboxPolicy, ReceiptKind, WriterStats, redact_url
 from service.store.common import Store
-from service.store.tx import Dialect, Row, Tx, job_from_row, loads
+from service.store.tx import Dialect, Row, Tx, attempt_from_row, job_from_row, loads
 
 log = logging.getLogger("jobhook.store")
 
@@ -68,8 +68,9 @@ BOUNDED_JOBS = 1024
 MIGRATION_LOCK = 0x6A6F62686F6F6B  # pg_advisory_xact_lock key: "jobhook"
 # A job, its attempts and its row version (`xmin`, which every write to the row changes) in one statement.
 JOB_SQL = (
-    "SELECT j.*, j.xmin::text::bigint AS row_version, (SELECT json_agg(json_build_array(a.seq, a.provider, "
-    "a.started_at, a.provider_task_id, a.state, a.error, a.cost_usd, a.ended_at) ORDER BY a.seq) "
+    # Each attempt as its whole row (to_json: every column by name), read by the same attempt_from_row as
+    # the general path's, so that a column added to attempts is never left out of one of the two reads.
+    "SELECT j.*, j.xmin::text::bigint AS row_version, (SELECT json_agg(to_json(a) ORDER BY a.seq) "
     "FROM attempts a WHERE a.job_id = j.id)::text AS attempt_rows FROM jobs j WHERE j.id = %s"
 )
 
@@ -395,19 +396,7 @@ class PostgresStore(Store):
         if values is None:
             return None
         row = PgRow(values, self._job_index)
-        attempts = tuple(
-            AttemptRecord(
-                seq=seq,
-                provider=provider,
-                started_at=started_at,
-                provider_task_id=task_id,
-                state=state,
-                error=JobError.from_json(loads(error)),
-                cost_usd=cost,
-                ended_at=ended_at,
-            )
-            for seq, provider, started_at, task_id, state, error, cost, ended_at in loads(row["attempt_rows"]) or ()
-        )
+        attempts = tuple(attempt_from_row(item) for item in loads(row["attempt_rows"]) or ())
         return job_from_row(row, attempts, row["row_version"])
 
     async def record_callback(
