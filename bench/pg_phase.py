@@ -6,6 +6,10 @@ directory with PostgreSQL's own durability defaults (fsync on, synchronous_commi
 replicas the connections and the request file are dealt out to them (three generators at once, each
 with its own part, a third repeats each): req/s is the sum, the latency the worst of the three. After each run every replica is killed with SIGKILL and the database
 must hold every delivery answered 2xx.
+
+Per callback (bench/pg_roundtrips.py): round trips (pg_stat_statements), CPU of the replicas and of
+PostgreSQL, and one replica's ingest against SQLite's with the same load in the same run; with
+`--pg-general`, one replica more with every callback through the general transaction (the before).
 """
 
 from __future__ import annotations
@@ -18,12 +22,28 @@ from pathlib import Path
 from typing import Any
 
 import loadgen
+import pg_roundtrips
 import procs
 
 sys.path.insert(0, str(procs.REPO))
 from tests.postgres import PostgresServer, missing_reason
 
-TABLES = ("jobs", "job_events", "due")  # what the seeded SQLite database holds that the run needs
+TABLES = ("jobs", "attempts", "job_events", "due")  # what the seeded SQLite database holds that the run needs
+
+
+def add_attempts(db: Path) -> None:
+    """Each seeded job's one attempt, accepted with its task id, as `POST /v1/jobs` leaves it (the
+    seed makes none; a callback that completes a job ends its attempt too)."""
+    lite = sqlite3.connect(db)
+    try:
+        with lite:
+            lite.execute(
+                "INSERT INTO attempts (job_id, seq, provider, provider_task_id, state, started_at) "
+                "SELECT id, 1, provider, provider_task_id, 'accepted', created_at FROM jobs "
+                "WHERE NOT EXISTS (SELECT 1 FROM attempts WHERE attempts.job_id = jobs.id)"
+            )
+    finally:
+        lite.close()
 
 
 def copy_to_postgresql(source: Path, url: str) -> None:
@@ -64,7 +84,20 @@ def postgres_cpu_seconds(postmaster: int) -> float:
 def check(url: str, answered: int, in_flight: int) -> dict[str, Any]:
     import psycopg
 
+    with psycopg.connect(url, autocommit=True) as pg:
+        # A replica killed with SIGKILL leaves its last statements running in the server (a COMMIT, a
+        # callback's function call): they finish, and commit, after the kill. Wait for them, then read
+        # in one snapshot, so that the counts below are of one state of the database.
+        deadline = time.monotonic() + 30
+        while (
+            time.monotonic() < deadline
+            and pg.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND pid != pg_backend_pid()"
+            ).fetchone()[0]
+        ):
+            time.sleep(0.05)
     with psycopg.connect(url) as pg:
+        pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         by_outcome = dict(
             pg.execute("SELECT outcome, COUNT(*) FROM job_events WHERE type = 'callback' GROUP BY outcome").fetchall()
         )
@@ -103,14 +136,23 @@ def split_requests(requests: Path, count: int) -> list[Path]:
     ]
 
 
-def run_replicas(bench: Any, server: PostgresServer, seeded_db: Path, requests: Path, count: int) -> dict[str, Any]:
+def run_replicas(
+    bench: Any,
+    server: PostgresServer,
+    seeded_db: Path,
+    requests: Path,
+    count: int,
+    settings: dict[str, str] | None = None,
+    label: str = "",
+) -> dict[str, Any]:
     s = bench.sizes
-    name = f"replicas{count}"
+    name = f"replicas{count}{label}"
     server.admin(f'CREATE DATABASE "{name}"')
     url = server.url(name)
     procs.migrate(url, bench.workdir / "migrate.log")
     copy_to_postgresql(seeded_db, url)
-    replicas = [bench.jobhook(f"jobhook-pg{count}-{n}", url) for n in range(count)]
+    pg_roundtrips.enable(url)
+    replicas = [bench.jobhook(f"jobhook-pg{count}{label}-{n}", url, extra=settings) for n in range(count)]
     shares = [s.callback_connections // count + (1 if n < s.callback_connections % count else 0) for n in range(count)]
     files = split_requests(requests, count)
     results: list[dict[str, Any]] = [{} for _ in replicas]
@@ -133,6 +175,7 @@ def run_replicas(bench: Any, server: PostgresServer, seeded_db: Path, requests: 
         "machine": procs.machine_busy_seconds(),
     }
     profiler = bench.start_profiler(replicas[0]) if count == 1 else None  # --profile: the lone replica
+    pg_roundtrips.reset(url)
     started = time.monotonic()
     threads = [threading.Thread(target=load, args=(n,)) for n in range(count)]
     for thread in threads:
@@ -145,6 +188,7 @@ def run_replicas(bench: Any, server: PostgresServer, seeded_db: Path, requests: 
         "postgresql": postgres_cpu_seconds(server.pid) - cpu_before["postgresql"],
         "machine": procs.machine_busy_seconds() - cpu_before["machine"],
     }
+    statements = pg_roundtrips.statements(url)
     profiled: dict[str, Any] = {}
     bench.finish_profiler(profiler, profiled)
     for replica in replicas:
@@ -166,6 +210,8 @@ def run_replicas(bench: Any, server: PostgresServer, seeded_db: Path, requests: 
         "errors": [r["errors"] for r in results],
         "cpu_percent": {key: round(100 * value / seconds, 1) for key, value in cpu.items()},
         "durability": check(url, answered, in_flight),
+        "statements": statements,
+        "per_callback": pg_roundtrips.per_callback(answered, cpu, statements["calls"]),
         **profiled,
     }
     server.admin(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -178,12 +224,15 @@ def phase(bench: Any) -> dict[str, Any]:
         return {"skipped": reason}
     s = bench.sizes
     db, requests, _ = bench.callback_load("postgresql")
+    add_attempts(db)
     out: dict[str, Any] = {"connections": s.callback_connections, "seconds": s.callback_seconds}
     bench.step("postgresql: the bare app")
     bare = bench.bare("bare-pg")
     out["bare"] = bench.load(bare, requests, connections=s.callback_connections, seconds=s.callback_seconds)
     bench.stop(bare)
-    server = PostgresServer(durable=True)
+    bench.step("postgresql: SQLite with the same load (the reference of this run)")
+    out["sqlite"] = pg_roundtrips.sqlite_reference(bench, db, requests)
+    server = PostgresServer(durable=True, options=pg_roundtrips.SERVER_OPTIONS)
     server.start()
     try:
         out["postgresql"] = _version(server)
@@ -191,10 +240,22 @@ def phase(bench: Any) -> dict[str, Any]:
             bench.step(f"postgresql: {count} replica{'s' if count > 1 else ''} on one database")
             out[f"replicas_{count}"] = run_replicas(bench, server, db, requests, count)
             out[f"replicas_{count}"]["ratio"] = _ratio(out[f"replicas_{count}"]["rps"], out["bare"]["rps"])
+            if count == 1 and getattr(bench.args, "pg_general", False):
+                # Next to the one-replica run (the requests' X-Timestamp ages: 300 s is the tolerance).
+                bench.step("postgresql: 1 replica, every callback through the general transaction")
+                general = {"JOBHOOK_POSTGRESQL_FAST_PATH": "false"}
+                out["replicas_1_general"] = run_replicas(bench, server, db, requests, 1, general, "general")
+                out["replicas_1_general"]["ratio"] = _ratio(out["replicas_1_general"]["rps"], out["bare"]["rps"])
+                out["general_to_sqlite"] = _ratio(out["replicas_1_general"]["rps"], out["sqlite"]["rps"])
     finally:
         server.stop()
     out["three_to_one"] = _ratio(out["replicas_3"]["rps"], out["replicas_1"]["rps"])
+    out["one_to_sqlite"] = _ratio(out["replicas_1"]["rps"], out["sqlite"]["rps"])
     return out
+
+
+def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
+    return [] if "skipped" in r else pg_roundtrips.verdicts(r)
 
 
 def _version(server: PostgresServer) -> str:
@@ -218,12 +279,16 @@ def print_phase(r: dict[str, Any]) -> None:
     print(
         f"  {'bare app':26} {bare['rps']:>9,.0f} req/s  p50 {bare['latency_ms']['p50']:.1f} ms  p99 {bare['latency_ms']['p99']:.1f} ms"
     )
-    for count in (1, 3):
-        run = r[f"replicas_{count}"]
+    for key in ("replicas_1", "replicas_3", "replicas_1_general"):
+        if key not in r:
+            continue
+        run = r[key]
+        count = run["replicas"]
         cpu = run["cpu_percent"]
+        title = f"jobhook × {count}" + (", general" if key.endswith("general") else "")
         non_2xx = {code: n for code, n in run["statuses"].items() if not code.startswith("2")}
         print(
-            f"  {f'jobhook × {count}':26} {run['rps']:>9,.0f} req/s  p50 {run['latency_ms']['p50']:.1f} ms  "
+            f"  {title:26} {run['rps']:>9,.0f} req/s  p50 {run['latency_ms']['p50']:.1f} ms  "
             f"p99 {run['latency_ms']['p99']:.1f} ms  ratio {run['ratio']}×  CPU: jobhook {cpu['replicas']:.0f} %, "
             f"PostgreSQL {cpu['postgresql']:.0f} %, machine {cpu['machine']:.0f} %"
         )
@@ -234,3 +299,4 @@ def print_phase(r: dict[str, Any]) -> None:
             f"{durable['in_db_duplicate']:,} duplicate in the database); non-2xx answers: {non_2xx or 'none'}"
         )
     print(f"  three replicas / one: {r['three_to_one']}× (latency: the worst replica's)")
+    pg_roundtrips.print_figures(r)

@@ -131,7 +131,9 @@ class Bench:
         with contextlib.suppress(ValueError):
             self.running.remove(proc)
 
-    def jobhook(self, name: str, db: Path | str, provider_url: str | None = None) -> Proc:
+    def jobhook(
+        self, name: str, db: Path | str, provider_url: str | None = None, extra: dict[str, str] | None = None
+    ) -> Proc:
         """`jobhook serve` with the settings the README recommends for production (a public URL for
         callbacks, API tokens, a secret, the provider's key; the simulator off), SQLite FULL; image
         mirroring off (the bench's image URLs lead nowhere) and no notification destinations."""
@@ -143,6 +145,7 @@ class Bench:
             # The provider is a local fake; where none is needed, a closed local port (nothing leaves 127.0.0.1).
             "JOBHOOK_AIVIDEOAPI_BASE_URL": provider_url or f"http://{procs.HOST}:9",
             "JOBHOOK_SQLITE_SYNCHRONOUS": self.args.sqlite_synchronous,
+            **(extra or {}),
         }
         return self.start(procs.start_jobhook(self.workdir, name, db, port, settings))
 
@@ -1007,6 +1010,8 @@ def verdicts(phases: dict[str, Any], synchronous: str = "FULL") -> list[dict[str
             f"< {TARGETS['idle_cpu_percent']:g} %",
             idle is not None and idle < TARGETS["idle_cpu_percent"],
         )
+    if "postgresql" in phases:
+        out += pg_phase.verdicts(phases["postgresql"])
     if "api" in phases:
         r = phases["api"]
         for key, run in r["jobhook"].items():
@@ -1069,6 +1074,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=("FULL", "NORMAL", "EXTRA"),
         default="FULL",
         help="a diagnostic only: what fsync per commit costs (the targets are judged with FULL, the default)",
+    )
+    parser.add_argument(
+        "--pg-general",
+        action="store_true",
+        help="postgresql: also one replica with JOBHOOK_POSTGRESQL_FAST_PATH=false (every callback through the general transaction)",
     )
     parser.add_argument("--profile", metavar="PY_SPY", help="record the callback phase's jobhook with this py-spy")
     parser.add_argument(

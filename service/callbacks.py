@@ -127,6 +127,8 @@ class CallbackIntake:
                 if target.current
                 else now + self.settings.poll_interval,
                 seq=target.seq,
+                # The delivery is for the job's current attempt: an engine may write the plain case faster.
+                seen=job if target.current else None,
             )
         except TaskIdConflict:
             refusal = verify.Refusal(409, "task_id_conflict", "this task id belongs to another job")

@@ -143,6 +143,8 @@ class Settings:
     # Networks images may be mirrored from although they are not public (JOBHOOK_MIRROR_ALLOW_NETWORKS).
     mirror_allow_networks: tuple[addresses.IPNetwork, ...] = ()
     sqlite_synchronous: str = "FULL"
+    # JOBHOOK_POSTGRESQL_FAST_PATH: the plain callback in one round trip (service.store.pg_callback).
+    postgresql_fast_path: bool = True
     log_format: str = "text"
     simulator: SimulatorSettings = SimulatorSettings()
     slack_webhook_url: Secret | None = None  # the URL is the credential
@@ -214,6 +216,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "JOBHOOK_MIRROR_IMAGES",
     "JOBHOOK_MIRROR_ALLOW_NETWORKS",
     "JOBHOOK_SQLITE_SYNCHRONOUS",
+    "JOBHOOK_POSTGRESQL_FAST_PATH",
     "JOBHOOK_LOG_FORMAT",
     "JOBHOOK_SIMULATOR",
     "JOBHOOK_SIMULATOR_LATENCY",
@@ -528,6 +531,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         mirror_images=boolean("JOBHOOK_MIRROR_IMAGES", True),
         mirror_allow_networks=mirror_allow_networks,
         sqlite_synchronous=choice("JOBHOOK_SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA"), upper=True),
+        postgresql_fast_path=boolean("JOBHOOK_POSTGRESQL_FAST_PATH", True),
         log_format=choice("JOBHOOK_LOG_FORMAT", "text", ("text", "json")),
         simulator=SimulatorSettings(
             enabled=simulator_enabled(),

@@ -47,6 +47,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = [
     "service/store/postgres.py",
+    "service/store/pg_callback.py",
     "service/store/tx.py",
     "service/store/common.py",
     "service/store/outbox_queries.py",

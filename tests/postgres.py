@@ -55,8 +55,9 @@ def missing_reason() -> str | None:
 class PostgresServer:
     """One cluster for the whole test session; a fresh database for each test."""
 
-    def __init__(self, *, durable: bool = False) -> None:
-        """`durable`: PostgreSQL's own defaults (fsync, synchronous_commit), as the bench wants."""
+    def __init__(self, *, durable: bool = False, options: str = "") -> None:
+        """`durable`: PostgreSQL's own defaults (fsync, synchronous_commit), as the bench wants;
+        `options`: more `-c name=value` for the server (the bench loads pg_stat_statements)."""
         bin_dir = binaries()
         assert bin_dir is not None, missing_reason()
         self.bin = bin_dir
@@ -64,6 +65,7 @@ class PostgresServer:
         self.data = self.root / "data"
         self.port = 0
         self.durable = durable
+        self.options = options
         self._names = itertools.count(1)
         self._as: list[str] = []
         if os.geteuid() == 0:
@@ -85,6 +87,8 @@ class PostgresServer:
         )
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        if self.options:
+            options += f" {self.options}"
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
             "-o", options, "-w", "-t", "30", "start",

@@ -100,6 +100,9 @@ class Job:
     candidates: tuple[Candidate, ...] = ()
     max_price_usd: float | None = None
     attempts: tuple[AttemptRecord, ...] = ()
+    # Which version of the stored job this is, when the store can tell (PostgreSQL's row version):
+    # a write planned from this record may be checked against it. Opaque; not part of the job.
+    version: int | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def finished(self) -> bool:

@@ -483,11 +483,15 @@ class Store(OutboxQueries, PurgeQueries, SessionQueries, BudgetQueries, abc.ABC)
         cost_if_completed: float | None,
         poll_if_bound: float | None = None,
         seq: int | None = None,
+        seen: Job | None = None,
     ) -> CallbackResult:
         """Write one genuine delivery: bind the task id if new, then apply it once per event key.
 
         `seq`: the attempt the delivery is about (None: the job's current one); an earlier attempt's
-        results still count (SPEC §8: a reroute left it alive)."""
+        results still count (SPEC §8: a reroute left it alive). `seen`: the job as the caller read it,
+        given only when the delivery is for its current attempt; an engine may then write the plain case
+        in fewer round trips if the job is unchanged since (PostgreSQL: service.store.pg_callback). This
+        transaction is the rule for every case."""
 
         def write(tx: Tx) -> CallbackResult:
             job = tx.job(job_id)

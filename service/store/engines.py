@@ -21,7 +21,13 @@ def make_store(
     if settings.database_url is not None:
         from service.store.postgres import PostgresStore
 
-        return PostgresStore(settings.database_url, clock=clock, mirror_images=mirror_images, policy=policy)
+        return PostgresStore(
+            settings.database_url,
+            clock=clock,
+            mirror_images=mirror_images,
+            policy=policy,
+            fast_callbacks=settings.postgresql_fast_path,
+        )
     from service.store.sqlite import SQLiteStore
 
     return SQLiteStore(

@@ -14,11 +14,16 @@ this module adds is where they run and what holds them together across processes
 - Every commit that changed jobs, queued notifications or a provider's health says so with
   `pg_notify` (delivered on COMMIT); each replica LISTENs, so that `?wait=N`, the dashboard's stream
   and the outbox worker wake on any replica's change, and provider health is shared.
+- The hot path runs from the event loop on a second, asynchronous pool, one prepared statement each:
+  a job's read (the job, its attempts and its row version at once), and the plain callback, written
+  by one server-side function call (service.store.pg_callback; any other callback takes the general
+  transaction above).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import functools
@@ -27,28 +32,47 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
 
+from service.domain.job import Job
+from service.domain.status import Observation
 from service.errors import SchemaTooNew, StorageError
-from service.store.base import OutboxPolicy, WriterStats, redact_url
+from service.store import pg_callback
+from service.store.base import CallbackResult, OutboxPolicy, ReceiptKind, WriterStats, redact_url
 from service.store.common import Store
-from service.store.tx import Dialect, Row, Tx
+from service.store.tx import Dialect, Row, Tx, attempt_from_row, job_from_row, loads
 
 log = logging.getLogger("jobhook.store")
 
 T = TypeVar("T")
 CHANNEL = "jobhook_changes"
 POOL_SIZE = 10
+# The event loop's pool (the hot path): a connection is held from a callback's call to its COMMIT's
+# flush, so at most this many callbacks share a WAL flush (PostgreSQL's group commit). 20 carried ~40 %
+# more callbacks than 10 where a flush took milliseconds (bench/README.md); a replica then holds up to
+# 20 + POOL_SIZE + 1 (LISTEN) connections, the second pool growing only as the general path needs it.
+LOOP_POOL_SIZE = 20
 # How long a write waits for a row or table lock another session holds before it gives up (and the
 # request is answered 503, to be retried): replicas hold row locks for milliseconds, so a wait this
 # long means something else holds the database (a migration, an operator's LOCK, a stuck session).
 LOCK_TIMEOUT = 10.0
 RETRIES = 5  # a write that lost a race (constraint, deadlock, serialization) is run this many times at most
 NOTIFY_IDS = 200  # job ids per notification (a payload holds at most 8,000 bytes)
+# Jobs remembered as past their bound of refused and duplicate deliveries: their callbacks go straight
+# to the general transaction (which counts them on the summary event), without a call that would
+# only answer 'bounded'. A hint for speed only: what is written is decided in the database.
+BOUNDED_JOBS = 1024
 MIGRATION_LOCK = 0x6A6F62686F6F6B  # pg_advisory_xact_lock key: "jobhook"
+# A job, its attempts and its row version (`xmin`, which every write to the row changes) in one statement.
+JOB_SQL = (
+    # Each attempt as its whole row (to_json: every column by name), read by the same attempt_from_row as
+    # the general path's, so that a column added to attempts is never left out of one of the two reads.
+    "SELECT j.*, j.xmin::text::bigint AS row_version, (SELECT json_agg(to_json(a) ORDER BY a.seq) "
+    "FROM attempts a WHERE a.job_id = j.id)::text AS attempt_rows FROM jobs j WHERE j.id = %s"
+)
 
 
 def _dialect() -> Dialect:
@@ -131,14 +155,26 @@ class PostgresStore(Store):
         policy: OutboxPolicy | None = None,
         pool_size: int = POOL_SIZE,
         lock_timeout: float = LOCK_TIMEOUT,
+        fast_callbacks: bool = True,
+        loop_pool_size: int = LOOP_POOL_SIZE,
     ) -> None:
+        """`fast_callbacks`: the plain callback in one round trip (JOBHOOK_POSTGRESQL_FAST_PATH); off,
+        every callback takes the general transaction."""
         super().__init__(clock=clock, mirror_images=mirror_images, policy=policy)
         self.dialect = _dialect()
         self.url = url
         self.replica = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._pool_size = pool_size
+        self._loop_pool_size = loop_pool_size
         self._lock_timeout = lock_timeout
         self._pool: Any = None
+        self._loop_pool: Any = None  # psycopg's AsyncConnectionPool: the hot path, from the event loop
+        self.fast_callbacks = fast_callbacks
+        self._job_index: dict[str, int] = {}  # JOB_SQL's column → position (its description, once)
+        # How genuine callbacks were written: "accepted" and "duplicate" in one round trip, "general"
+        # by the general transaction (for the bench and the tests).
+        self.callback_paths: collections.Counter[str] = collections.Counter()
+        self._bounded: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="jobhook-pg")
         self._listener: asyncio.Task[None] | None = None
         self._stats = WriterStats()
@@ -176,6 +212,17 @@ class PostgresStore(Store):
                 await self.migrate()
             elif await self.schema_version() == 0:
                 return  # an empty database: the caller's version check says what to do
+            loop_pool = psycopg_pool.AsyncConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=self._loop_pool_size,
+                kwargs={"autocommit": True, "row_factory": _row_factory},
+                configure=self._configure_async,
+                open=False,
+                name="jobhook-loop",
+            )
+            await loop_pool.open(wait=True, timeout=10)
+            self._loop_pool = loop_pool
             rows = await self._read("SELECT provider FROM provider_state WHERE degraded = 1")
             self.degraded = {row[0] for row in rows}
             self._listener = asyncio.get_running_loop().create_task(self._listen(), name="jobhook-pg-listen")
@@ -193,6 +240,10 @@ class PostgresStore(Store):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
             self._listener = None
+        if self._loop_pool is not None:
+            loop_pool, self._loop_pool = self._loop_pool, None
+            with contextlib.suppress(Exception):
+                await loop_pool.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             with contextlib.suppress(Exception):
@@ -202,6 +253,9 @@ class PostgresStore(Store):
     def _configure(self, connection: Any) -> None:
         """Each new connection of the pool: bounded lock waits."""
         connection.execute(f"SET lock_timeout = {int(self._lock_timeout * 1000)}")
+
+    async def _configure_async(self, connection: Any) -> None:
+        await connection.execute(f"SET lock_timeout = {int(self._lock_timeout * 1000)}")
 
     @property
     def write_stats(self) -> WriterStats:
@@ -318,6 +372,148 @@ class PostgresStore(Store):
             return await self._in_thread(read)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise StorageError(f"read failed: {exc}") from exc
+
+    # -- the hot path ------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> Job | None:
+        """The job with its attempts, and its row version (`Job.version`), in one statement."""
+        import psycopg
+        import psycopg_pool
+        from psycopg.rows import tuple_row
+
+        if self._loop_pool is None:
+            return await super().get_job(job_id)
+        try:
+            async with self._loop_pool.connection(timeout=30) as connection:
+                cursor = connection.cursor(row_factory=tuple_row)
+                await cursor.execute(JOB_SQL, (job_id,), prepare=True)
+                values = await cursor.fetchone()
+                if values is not None and len(values) != len(self._job_index):
+                    # Rows as tuples, named once: a description per read costs more than the read.
+                    self._job_index = {column.name: n for n, column in enumerate(cursor.description or ())}
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StorageError(f"read failed: {exc}") from exc
+        if values is None:
+            return None
+        row = PgRow(values, self._job_index)
+        attempts = tuple(attempt_from_row(item) for item in loads(row["attempt_rows"]) or ())
+        return job_from_row(row, attempts, row["row_version"])
+
+    async def record_callback(
+        self,
+        job_id: str,
+        event_key: str,
+        observation: Observation,
+        detail: Mapping[str, Any],
+        *,
+        bind_task_id: str | None,
+        cost_if_completed: float | None,
+        poll_if_bound: float | None = None,
+        seq: int | None = None,
+        seen: Job | None = None,
+    ) -> CallbackResult:
+        """The plain case (and a repeat) in one round trip when it can be; the general transaction
+        otherwise (service.store.pg_callback says which is which)."""
+        fast = self.fast_callbacks and self._loop_pool is not None and bind_task_id is None
+        fast = fast and job_id not in self._bounded
+        if fast and seen is not None and seen.id == job_id:
+            taken = await self._callback_in_one(seen, event_key, observation, detail, cost_if_completed)
+            if taken is not None:
+                self.callback_paths[str(taken.kind)] += 1
+                return taken
+        self.callback_paths["general"] += 1
+        return await super().record_callback(
+            job_id,
+            event_key,
+            observation,
+            detail,
+            bind_task_id=bind_task_id,
+            cost_if_completed=cost_if_completed,
+            poll_if_bound=poll_if_bound,
+            seq=seq,
+        )
+
+    async def _callback_in_one(
+        self,
+        seen: Job,
+        event_key: str,
+        observation: Observation,
+        detail: Mapping[str, Any],
+        cost_if_completed: float | None,
+    ) -> CallbackResult | None:
+        """One call of `jobhook_callback`: the result once committed, or None when it wrote nothing
+        and the general transaction is to write the delivery."""
+        import psycopg
+        import psycopg_pool
+
+        now = self._clock()
+        planned = pg_callback.plan(
+            seen,
+            event_key,
+            observation,
+            detail,
+            cost_if_completed,
+            now=now,
+            dialect=self.dialect,
+            policy=self.policy,
+            mirror_images=self.mirror_images,
+        )
+        announcement = None
+        if planned is not None:
+            announcement = _announcements(self.replica, planned.tx)[0]  # one job: one payload
+        params = pg_callback.parameters(
+            seen.id,
+            event_key,
+            detail,
+            now=now,
+            version=seen.version,
+            provider=seen.provider,
+            planned=planned,
+            channel=CHANNEL,
+            announcement=announcement,
+        )
+        started = time.perf_counter()
+        call = asyncio.ensure_future(self._fetch_value(pg_callback.CALL_SQL, params))
+
+        def committed(done: asyncio.Future[str]) -> None:
+            # Even if the caller was cancelled meanwhile: a committed change is announced.
+            if done.cancelled() or done.exception() is not None or done.result() in ("fallback", "bounded"):
+                return
+            self._stats.commits += 1
+            self._stats.writes += 1
+            self._stats.write_seconds += time.perf_counter() - started
+            if done.result() == "accepted" and planned is not None:
+                self._committed(planned.tx)
+
+        call.add_done_callback(committed)
+        try:
+            outcome = await asyncio.shield(call)
+        except (
+            psycopg.errors.SerializationFailure,
+            psycopg.errors.DeadlockDetected,
+            psycopg.errors.UniqueViolation,
+        ):
+            return None  # lost a race after writing, rolled back: the general transaction decides
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise StorageError(f"write failed: {exc}") from exc
+        if outcome == "accepted" and planned is not None:
+            return CallbackResult(ReceiptKind.ACCEPTED, planned.job, planned.decision)
+        if outcome == "duplicate":
+            return CallbackResult(ReceiptKind.DUPLICATE, seen, None)
+        if outcome == "bounded":
+            self._bounded[seen.id] = None
+            while len(self._bounded) > BOUNDED_JOBS:
+                self._bounded.popitem(last=False)
+        return None
+
+    async def _fetch_value(self, sql: str, params: tuple[Any, ...]) -> Any:
+        from psycopg.rows import tuple_row
+
+        async with self._loop_pool.connection(timeout=30) as connection:
+            cursor = connection.cursor(row_factory=tuple_row)
+            await cursor.execute(sql, params, prepare=True)
+            row = await cursor.fetchone()
+            return row[0] if row is not None else None
 
     # -- the other replicas ------------------------------------------------------------------------
 

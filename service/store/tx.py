@@ -78,8 +78,8 @@ def loads(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-def job_from_row(row: Row, attempts: tuple[AttemptRecord, ...] = ()) -> Job:
-    """The job of a `jobs` row, with its attempts (read apart: ATTEMPTS_SQL)."""
+def job_from_row(row: Row, attempts: tuple[AttemptRecord, ...] = (), version: int | None = None) -> Job:
+    """The job of a `jobs` row, with its attempts (read apart: ATTEMPTS_SQL) and its row version."""
     return Job(
         id=row["id"],
         provider=row["provider"],
@@ -105,6 +105,7 @@ def job_from_row(row: Row, attempts: tuple[AttemptRecord, ...] = ()) -> Job:
         candidates=tuple(Candidate.from_json(item) for item in loads(row["candidates"]) or ()),
         max_price_usd=row["max_price_usd"],
         attempts=attempts,
+        version=version,
     )
 
 

@@ -313,6 +313,12 @@ def test_bad_booleans(value: str) -> None:
     assert_names(error_for(JOBHOOK_SIMULATOR=value), "JOBHOOK_SIMULATOR")
 
 
+def test_the_postgresql_fast_path_is_on_unless_turned_off() -> None:
+    assert settings().postgresql_fast_path is True
+    assert settings(JOBHOOK_POSTGRESQL_FAST_PATH="false").postgresql_fast_path is False
+    assert_names(error_for(JOBHOOK_POSTGRESQL_FAST_PATH="sometimes"), "JOBHOOK_POSTGRESQL_FAST_PATH")
+
+
 RATE_VARIABLES = ["JOBHOOK_SIMULATOR_FAILURE_RATE", "JOBHOOK_SIMULATOR_DROP_RATE", "JOBHOOK_SIMULATOR_DUPLICATE_RATE"]
 
 
