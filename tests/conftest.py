@@ -17,9 +17,11 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
+from service.domain.job import Candidate
 from service.http import server_protocol
+from service.ids import new_job_id
 from service.runtime import Runtime
-from service.store.base import OutboxPolicy
+from service.store.base import NewJob, OutboxPolicy
 from service.store.common import Store
 from service.store.engines import make_store
 from tests.fakes.server import free_socket, serve_asgi
@@ -298,6 +300,24 @@ async def replica_stores(
     finally:
         for store in opened:
             await store.close()
+
+
+def new_stored_job(provider: str = "aivideoapi", *candidates: str, lease: float = 60.0) -> NewJob:
+    """A job for `Store.create_job` that jobhook sends at once (its lease `lease` seconds from now), to
+    `provider` and then `candidates`: what the store tests of replicas make by the dozen."""
+    return NewJob(
+        id=new_job_id(),
+        provider=provider,
+        request={"prompt": "x"},
+        metadata=None,
+        callback_url_registered=False,
+        submitted_by_backend=False,
+        idempotency_key=None,
+        request_hash="h",
+        deadline_at=time.time() + 600,
+        submit_lease_until=time.time() + lease,
+        candidates=tuple(Candidate(name) for name in candidates),
+    )
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

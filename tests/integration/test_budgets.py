@@ -25,10 +25,9 @@ from service.domain import budget
 from service.domain.budget import Caps, Policy
 from service.domain.pricing import PriceTable
 from service.domain.work import SubmitState, WorkKind
-from service.ids import new_job_id
-from service.store.base import NewJob, OutboxPolicy
+from service.store.base import OutboxPolicy
 from service.store.common import Store
-from tests.conftest import Service, ServiceFactory, eventually, replica_stores
+from tests.conftest import Service, ServiceFactory, eventually, new_stored_job, replica_stores
 from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse, TaskScript
 from tests.fakes.apiframe import FakeApiframe
 from tests.fakes.segmind import FakeSegmind
@@ -420,21 +419,6 @@ async def stores(database: str) -> AsyncIterator[list[Store]]:
         yield opened
 
 
-def new_job() -> NewJob:
-    return NewJob(
-        id=new_job_id(),
-        provider="aivideoapi",
-        request={"prompt": "x"},
-        metadata=None,
-        callback_url_registered=False,
-        submitted_by_backend=False,
-        idempotency_key=None,
-        request_hash="h",
-        deadline_at=time.time() + 600,
-        submit_lease_until=time.time() + 60,
-    )
-
-
 async def test_of_many_jobs_made_at_once_on_several_stores_the_reservations_never_pass_the_cap(
     stores: list[Store],
 ) -> None:
@@ -442,7 +426,7 @@ async def test_of_many_jobs_made_at_once_on_several_stores_the_reservations_neve
 
     async def create(n: int) -> str:
         try:
-            job, _ = await stores[n % 3].create_job(new_job())
+            job, _ = await stores[n % 3].create_job(new_stored_job())
         except budget.OverBudget as exc:
             assert exc.refusal.scope == "total"
             return "refused"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,10 +20,9 @@ from service.domain import attempt
 from service.domain.circuit import CircuitPolicy, CircuitState
 from service.domain.status import JobError
 from service.domain.work import SubmitState
-from service.ids import new_job_id
-from service.store.base import NewJob, OutboxPolicy
+from service.store.base import OutboxPolicy
 from service.store.common import Store
-from tests.conftest import Service, ServiceFactory, eventually, replica_stores
+from tests.conftest import Service, ServiceFactory, eventually, new_stored_job, replica_stores
 from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse
 from tests.fakes.segmind import FakeSegmind
 from tests.fakes.server import free_socket
@@ -226,33 +224,18 @@ async def stores(database: str) -> AsyncIterator[list[Store]]:
         yield opened
 
 
-def new_job() -> NewJob:
-    return NewJob(
-        id=new_job_id(),
-        provider="aivideoapi",
-        request={"prompt": "x"},
-        metadata=None,
-        callback_url_registered=False,
-        submitted_by_backend=False,
-        idempotency_key=None,
-        request_hash="h",
-        deadline_at=time.time() + 600,
-        submit_lease_until=time.time() + 60,
-    )
-
-
 async def test_of_many_jobs_created_at_once_on_several_stores_one_claims_the_probe(stores: list[Store]) -> None:
     """The probe is claimed in the job's own transaction, and by one of them only, whichever process."""
     refusal = attempt.rejected(
         {"http_status": 401}, JobError("provider_rejected", "bad key", "invalid_api_key"), http_status=401
     )
     for _ in range(3):
-        job, _ = await stores[0].create_job(new_job())
+        job, _ = await stores[0].create_job(new_stored_job())
         await stores[0].record_submit(job.id, refusal)
     [shut] = (await stores[1].provider_circuits()).values()
     assert shut.state is CircuitState.OPEN
     await asyncio.sleep(0.1)  # past the cooldown: half-open
-    created = await asyncio.gather(*(stores[n % 3].create_job(new_job()) for n in range(30)))
+    created = await asyncio.gather(*(stores[n % 3].create_job(new_stored_job()) for n in range(30)))
     sending = [job for job, _ in created if job.submit_state is SubmitState.SENDING]
     assert len(sending) == 1
     [probing] = (await stores[2].provider_circuits()).values()

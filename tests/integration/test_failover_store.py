@@ -16,10 +16,9 @@ from service.domain.circuit import CircuitPolicy
 from service.domain.job import Candidate, Job
 from service.domain.status import JobError, Status
 from service.domain.work import SubmitState, WorkKind
-from service.ids import new_job_id
 from service.store.base import NewJob, OutboxPolicy
 from service.store.common import Store
-from tests.conftest import replica_stores
+from tests.conftest import new_stored_job, replica_stores
 
 LEASE = 60.0
 REFUSED = JobError("provider_rejected", "no credits", "insufficient_credits")
@@ -43,19 +42,7 @@ def lease(provider: str) -> float:
 
 
 def new_job(provider: str, *candidates: str) -> NewJob:
-    return NewJob(
-        id=new_job_id(),
-        provider=provider,
-        request={"prompt": "x"},
-        metadata=None,
-        callback_url_registered=False,
-        submitted_by_backend=False,
-        idempotency_key=None,
-        request_hash="h",
-        deadline_at=time.time() + 600,
-        submit_lease_until=time.time() + LEASE,
-        candidates=tuple(Candidate(name) for name in candidates),
-    )
+    return new_stored_job(provider, *candidates, lease=LEASE)
 
 
 def states(job: Job) -> list[tuple[str, str | None]]:
