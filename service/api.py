@@ -208,17 +208,21 @@ async def refresh_job(request: Request) -> JSONResponse:
     return JSONResponse(job_json(request, polled or job))
 
 
+def object_of_one(body: Any, field: str, verb: str) -> dict[str, Any]:
+    """A body that must be a JSON object with at most the one field `field`: 422 otherwise."""
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid_body", "the body must be a JSON object", field="body")
+    unknown = sorted(set(body) - {field})
+    if unknown:
+        raise ApiError(422, "unknown_field", f"unknown field {unknown[0]!r}; only {field} {verb}", field=unknown[0])
+    return body
+
+
 async def patch_job(request: Request) -> JSONResponse:
     rt = runtime(request)
     job = await load_job(rt, request.path_params["job_id"])
     body = await json_body(request)
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid_body", "the body must be a JSON object", field="body")
-    unknown = sorted(set(body) - {"provider_task_id"})
-    if unknown:
-        raise ApiError(
-            422, "unknown_field", f"unknown field {unknown[0]!r}; only provider_task_id can be set", field=unknown[0]
-        )
+    body = object_of_one(body, "provider_task_id", "can be set")
     task_id = body.get("provider_task_id")
     if task_id is None:
         raise ApiError(422, "missing_field", "provider_task_id is required", field="provider_task_id")
@@ -277,13 +281,7 @@ async def _reroute_body(request: Request) -> int | None:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid_body", "the body must be a JSON object", field="body")
-    unknown = sorted(set(body) - {"from_attempt"})
-    if unknown:
-        raise ApiError(
-            422, "unknown_field", f"unknown field {unknown[0]!r}; only from_attempt can be given", field=unknown[0]
-        )
+    body = object_of_one(body, "from_attempt", "can be given")
     value = body.get("from_attempt")
     if value is None:
         return None
