@@ -10,7 +10,7 @@ from service.domain import attempt
 from service.domain.status import JobError
 from service.store.engines import make_store
 from tests.acceptance.test_cli import run
-from tests.integration.test_circuits import new_job
+from tests.conftest import new_stored_job
 
 
 async def test_providers_shows_an_open_circuit_with_its_end_and_why(database: str) -> None:
@@ -21,7 +21,7 @@ async def test_providers_shows_an_open_circuit_with_its_end_and_why(database: st
             {"http_status": 401}, JobError("provider_rejected", "bad key", "invalid_api_key"), http_status=401
         )
         for _ in range(3):
-            job, _ = await store.create_job(new_job())
+            job, _ = await store.create_job(new_stored_job())
             await store.record_submit(job.id, refusal)
     finally:
         await store.close()
