@@ -8,7 +8,8 @@ from tests.browser.conftest import DashboardFactory
 from tests.conftest import ServiceFactory
 from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse
 from tests.fakes.apiframe import FakeApiframe
-from tests.integration.test_failover import BOTH, aivideoapi, apiframe, env_for, finished
+from tests.integration.conftest import aivideoapi, apiframe
+from tests.integration.test_failover import BOTH, env_for, finished
 
 expect = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed").expect
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,18 +22,6 @@ from tests.fakes.server import free_socket
 pytestmark = pytest.mark.timeout(120)
 
 BOTH = ["aivideoapi", "apiframe"]
-
-
-@pytest.fixture
-async def aivideoapi() -> AsyncIterator[FakeAivideoapi]:
-    async with FakeAivideoapi(complete_after=0.2) as provider:
-        yield provider
-
-
-@pytest.fixture
-async def apiframe() -> AsyncIterator[FakeApiframe]:
-    async with FakeApiframe(complete_after=0.2) as provider:
-        yield provider
 
 
 def env_for(aivideoapi_url: str, apiframe: FakeApiframe, **extra: str) -> dict[str, str]:

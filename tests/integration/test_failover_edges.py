@@ -24,24 +24,13 @@ from tests.fakes.apiframe import FakeApiframe
 from tests.fakes.apiframe import forced_error as apiframe_error
 from tests.fakes.apiinone import FakeApiinone
 from tests.fakes.apiinone import forced_error as apiinone_error
+from tests.integration.test_failover import attempts
 
 pytestmark = pytest.mark.timeout(120)
 
 BOTH = ["aivideoapi", "apiframe"]
 THREE = ["aivideoapi", "apiframe", "apiinone"]
 HELD_SUBMIT = "30"  # JOBHOOK_SUBMIT_TIMEOUT while a provider's answer is held back by the test
-
-
-@pytest.fixture
-async def aivideoapi() -> AsyncIterator[FakeAivideoapi]:
-    async with FakeAivideoapi(complete_after=0.2) as provider:
-        yield provider
-
-
-@pytest.fixture
-async def apiframe() -> AsyncIterator[FakeApiframe]:
-    async with FakeApiframe(complete_after=0.2) as provider:
-        yield provider
 
 
 @pytest.fixture
@@ -64,10 +53,6 @@ def env_for(
     if apiinone is not None:
         env.update(JOBHOOK_APIINONE_API_KEY="aio_test", JOBHOOK_APIINONE_BASE_URL=apiinone.base_url)
     return {**env, **extra}
-
-
-def attempts(job: dict[str, Any]) -> list[tuple[str, str | None]]:
-    return [(item["provider"], item["state"]) for item in job["attempts"]]
 
 
 async def finished(svc: Service, job_id: str) -> dict[str, Any]:

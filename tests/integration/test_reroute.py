@@ -10,7 +10,6 @@ attempt to complete completes the job, every attempt's cost is kept and the job'
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,23 +17,12 @@ import pytest
 from tests.conftest import Service, ServiceFactory, eventually
 from tests.fakes.aivideoapi import FakeAivideoapi, ForcedResponse, TaskScript
 from tests.fakes.apiframe import FakeApiframe, JobScript, forced_error
+from tests.integration.test_failover import attempts
 
 pytestmark = pytest.mark.timeout(120)
 
 BOTH = ["aivideoapi", "apiframe"]
 AIVIDEOAPI_PRICE, APIFRAME_PRICE = 0.14, 0.06  # PROVIDERS.md, the default tier, one image
-
-
-@pytest.fixture
-async def aivideoapi() -> AsyncIterator[FakeAivideoapi]:
-    async with FakeAivideoapi(complete_after=0.2) as provider:
-        yield provider
-
-
-@pytest.fixture
-async def apiframe() -> AsyncIterator[FakeApiframe]:
-    async with FakeApiframe(complete_after=0.2) as provider:
-        yield provider
 
 
 def env_for(aivideoapi: FakeAivideoapi, apiframe: FakeApiframe, **extra: str) -> dict[str, str]:
@@ -47,10 +35,6 @@ def env_for(aivideoapi: FakeAivideoapi, apiframe: FakeApiframe, **extra: str) ->
         "JOBHOOK_MIRROR_IMAGES": "false",
         **extra,
     }
-
-
-def attempts(job: dict[str, Any]) -> list[tuple[str, str | None]]:
-    return [(item["provider"], item["state"]) for item in job["attempts"]]
 
 
 def of_type(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
