@@ -39,6 +39,11 @@ from loadgen import _parse_lines, _read_response
 BENCH = Path(__file__).resolve().parent
 EARLY = 0.0005  # s: a due request may leave this much early (timers wake late, never early enough)
 TIMEOUT = 10.0  # s: an answer slower than this closes its connection (counted as a timeout)
+# s: an idle kept-alive connection is not reused after this, as HTTP clients do (httpx: 5 s): jobhook
+# closes one idle for 5 s (service.http.KEEP_ALIVE_TIMEOUT), and a request written into a connection the
+# server has just closed is lost on the wire. Without it, connections opened during a stall sat idle
+# past 5 s and the next request sent on each was counted as a failed read.
+KEEPALIVE_EXPIRY = 4.0
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -72,9 +77,10 @@ async def _load(
     lags: list[float] = []  # how late the generator sent each request (0 when early)
     statuses: collections.Counter[int] = collections.Counter()
     errors: collections.Counter[str] = collections.Counter()
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    # idle connections and when each became idle, oldest first
+    idle: collections.deque[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = collections.deque()
     queue: collections.deque[int] = collections.deque()  # due, waiting for a connection
-    opened = {"count": 0, "open": 0, "max_open": 0, "queued_max": 0}
+    opened = {"count": 0, "open": 0, "max_open": 0, "queued_max": 0, "expired": 0}
     in_flight: dict[int, float] = {}  # request index → the time its latency counts from
     done = asyncio.Event()
     finished = {"count": 0}
@@ -127,7 +133,7 @@ async def _load(
                 continue
             record(i, status, clock())
             if not queue:
-                idle.append(conn)
+                idle.append((reader, writer, clock()))
                 return
             i = queue.popleft()
 
@@ -138,10 +144,27 @@ async def _load(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    def reusable() -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The most recently idle connection that the server has not closed, or None."""
+        expired = clock() - KEEPALIVE_EXPIRY
+        while idle and idle[0][2] < expired:
+            idle.popleft()[1].close()
+            opened["open"] -= 1
+            opened["expired"] += 1
+        while idle:
+            reader, writer, _ = idle.pop()
+            if not reader.at_eof():
+                return reader, writer
+            writer.close()
+            opened["open"] -= 1
+            opened["expired"] += 1
+        return None
+
     def dispatch(i: int) -> None:
         in_flight[i] = due(i)  # until sent; a wait for a connection counts from when it was due
-        if idle:
-            start_task(i, idle.pop())
+        conn = reusable()
+        if conn is not None:
+            start_task(i, conn)
         elif opened["open"] < max_connections:
             opened["open"] += 1
             opened["count"] += 1
@@ -166,7 +189,7 @@ async def _load(
     ended = clock()
     unanswered = [begun for index, begun in in_flight.items() if due(index) >= start + warmup]
     latencies.extend(ended - begun for begun in unanswered)  # at least this late: counted, not dropped
-    for _, writer in idle:
+    for _, writer, _ in idle:
         writer.close()
     measured_for = max(1e-9, sent_until - (start + warmup))
     counted = len(latencies)
@@ -187,6 +210,7 @@ async def _load(
         "generator_lag_ms": {"p50": lag["p50"], "p99": lag["p99"], "max": lag["max"]},
         "connections_opened": opened["count"],
         "connections_max_open": opened["max_open"],
+        "connections_expired": opened["expired"],
         "queued_max": opened["queued_max"],
         "lines": len(requests),
     }

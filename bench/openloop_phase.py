@@ -188,8 +188,9 @@ def run_one(
     cpu = {key: sampler.percent(key, start, end) for key in ("server", "generator", "machine")}
     if pg_before is not None and pg_after is not None:
         cpu["postgresql"] = 100.0 * (pg_after - pg_before) / max(1e-9, end - t0)
-    if cpu["machine"] is not None:  # everything else on the machine meanwhile (PostgreSQL included)
-        cpu["others"] = max(0.0, cpu["machine"] - (cpu["server"] or 0.0) - (cpu["generator"] or 0.0))
+    if cpu["machine"] is not None:  # everything else on the machine meanwhile
+        ours = (cpu["server"] or 0.0) + (cpu["generator"] or 0.0) + (cpu.get("postgresql") or 0.0)
+        cpu["others"] = max(0.0, cpu["machine"] - ours)
     result["cpu_percent"] = {key: None if value is None else round(value, 1) for key, value in cpu.items()}
     server_cpu = cpu["server"]
     result["server_cpu_us_per_request"] = (
