@@ -113,7 +113,7 @@ def postgresql(bench: Any, sizes: Sizes) -> dict[str, Any]:
     )
     source = bench.new_db("openloop-pg-seed")
     jobs = Jobs(seed.seed_open_jobs(source, sizes.postgresql_jobs, now=time.time()))
-    server = pg_phase.PostgresServer(durable=True)
+    server = pg_phase.PostgresServer(durable=True, options=pg_phase.server_options(bench))
     server.start()
     try:
         server.admin('CREATE DATABASE "openloop"')

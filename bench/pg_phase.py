@@ -14,6 +14,7 @@ PostgreSQL, and one replica's ingest against SQLite's with the same load in the 
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import sys
 import threading
@@ -65,20 +66,57 @@ def copy_to_postgresql(source: Path, url: str) -> None:
         lite.close()
 
 
+def server_options(bench: Any, options: str = "") -> str:
+    """`-c` options for the bench's PostgreSQL server: `options`, and --pg-settings (a diagnostic)."""
+    settings = [item.strip() for item in (getattr(bench.args, "pg_settings", "") or "").split(",") if item.strip()]
+    for item in settings:
+        if not re.fullmatch(r"[a-z_.]+=[A-Za-z0-9_.]+", item):
+            raise SystemExit(f"--pg-settings: expected name=value, got {item!r}")
+    return " ".join([options, *(f"-c {item}" for item in settings)]).strip()
+
+
 def postgres_cpu_seconds(postmaster: int) -> float:
     """CPU seconds of the server: the postmaster and every process it started."""
-    total = 0.0
+    return sum(postgres_cpu_by_process(postmaster).values())
+
+
+def postgres_cpu_by_process(postmaster: int, listeners: frozenset[int] = frozenset()) -> dict[str, float]:
+    """CPU seconds of the server by kind of process, from the process titles: "backends" (the
+    connections' processes), "listen" (the backends in `listeners`, the replicas' LISTEN connections),
+    "postmaster", and PostgreSQL's own ("walwriter", "checkpointer", "autovacuum"…). A process that
+    started and ended between two readings is in neither."""
+    kinds: dict[str, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            pid = int(entry.name)
             stat = (entry / "stat").read_bytes()
             parent = int(stat.rsplit(b")", 1)[1].split()[1])
-            if int(entry.name) == postmaster or parent == postmaster:
-                total += procs.cpu_seconds(int(entry.name))
+            if pid != postmaster and parent != postmaster:
+                continue
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if pid == postmaster:
+                kind = "postmaster"
+            elif pid in listeners:
+                kind = "listen"
+            elif "127.0.0.1(" in title or "[local]" in title:
+                kind = "backends"
+            else:
+                kind = " ".join(title.partition(":")[2].split()[:1]) or "other"
+            kinds[kind] = kinds.get(kind, 0.0) + procs.cpu_seconds(pid)
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return kinds
+
+
+def listen_backends(url: str) -> frozenset[int]:
+    """The server processes of the connections that LISTEN (one per replica)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as pg:
+        rows = pg.execute("SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %%'").fetchall()
+    return frozenset(int(pid) for (pid,) in rows)
 
 
 def check(url: str, answered: int, in_flight: int) -> dict[str, Any]:
@@ -169,13 +207,16 @@ def run_replicas(
             on_start=lambda popen: generators.append(popen.pid),
         )
 
+    listeners = listen_backends(url)
+    by_process = postgres_cpu_by_process(server.pid, listeners)
     cpu_before = {
         "replicas": sum(r.cpu() for r in replicas),
-        "postgresql": postgres_cpu_seconds(server.pid),
+        "postgresql": sum(by_process.values()),
         "machine": procs.machine_busy_seconds(),
     }
     profiler = bench.start_profiler(replicas[0]) if count == 1 else None  # --profile: the lone replica
     pg_roundtrips.reset(url)
+    wal_before = pg_roundtrips.wal(url)
     started = time.monotonic()
     threads = [threading.Thread(target=load, args=(n,)) for n in range(count)]
     for thread in threads:
@@ -183,12 +224,18 @@ def run_replicas(
     for thread in threads:
         thread.join()
     seconds = time.monotonic() - started
+    by_process_after = postgres_cpu_by_process(server.pid, listeners)
     cpu = {
         "replicas": sum(r.cpu() for r in replicas) - cpu_before["replicas"],
-        "postgresql": postgres_cpu_seconds(server.pid) - cpu_before["postgresql"],
+        "postgresql": sum(by_process_after.values()) - cpu_before["postgresql"],
         "machine": procs.machine_busy_seconds() - cpu_before["machine"],
     }
+    postgresql_by_process = {
+        kind: seconds - by_process.get(kind, 0.0) for kind, seconds in sorted(by_process_after.items())
+    }
     statements = pg_roundtrips.statements(url)
+    wal_after = pg_roundtrips.wal(url)
+    wal_written = {key: wal_after[key] - wal_before[key] for key in wal_after}
     profiled: dict[str, Any] = {}
     bench.finish_profiler(profiler, profiled)
     for replica in replicas:
@@ -211,7 +258,11 @@ def run_replicas(
         "cpu_percent": {key: round(100 * value / seconds, 1) for key, value in cpu.items()},
         "durability": check(url, answered, in_flight),
         "statements": statements,
-        "per_callback": pg_roundtrips.per_callback(answered, cpu, statements["calls"]),
+        "per_callback": pg_roundtrips.per_callback(answered, cpu, statements["calls"], wal_written),
+        # PostgreSQL's CPU per callback answered, ms, by kind of process
+        "postgresql_cpu_ms_by_process": {
+            kind: round(1000 * seconds / answered, 3) for kind, seconds in postgresql_by_process.items() if answered
+        },
         **profiled,
     }
     server.admin(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -232,10 +283,13 @@ def phase(bench: Any) -> dict[str, Any]:
     bench.stop(bare)
     bench.step("postgresql: SQLite with the same load (the reference of this run)")
     out["sqlite"] = pg_roundtrips.sqlite_reference(bench, db, requests)
-    server = PostgresServer(durable=True, options=pg_roundtrips.SERVER_OPTIONS)
+    server = PostgresServer(durable=True, options=server_options(bench, pg_roundtrips.SERVER_OPTIONS))
     server.start()
     try:
         out["postgresql"] = _version(server)
+        out["settings"] = (
+            getattr(bench.args, "pg_settings", "") or "PostgreSQL's defaults, fsync and synchronous_commit on"
+        )
         for count in (1, 3):
             bench.step(f"postgresql: {count} replica{'s' if count > 1 else ''} on one database")
             out[f"replicas_{count}"] = run_replicas(bench, server, db, requests, count)
@@ -276,6 +330,7 @@ def print_phase(r: dict[str, Any]) -> None:
         return
     bare = r["bare"]
     print(f"  PostgreSQL {r['postgresql']}; {r['connections']} connections, {r['seconds']} s per run")
+    print(f"  server settings: {r.get('settings')}")
     print(
         f"  {'bare app':26} {bare['rps']:>9,.0f} req/s  p50 {bare['latency_ms']['p50']:.1f} ms  p99 {bare['latency_ms']['p99']:.1f} ms"
     )

@@ -40,6 +40,15 @@ def reset(url: str) -> None:
         pg.execute("SELECT pg_stat_statements_reset()")
 
 
+def wal(url: str) -> dict[str, float]:
+    """The server's WAL so far (pg_stat_wal, the whole cluster): records, full-page images, bytes."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as pg:
+        row = pg.execute("SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").fetchone()
+    return {"records": float(row[0]), "fpi": float(row[1]), "bytes": float(row[2])} if row else {}
+
+
 def statements(url: str) -> dict[str, Any]:
     """Top-level statements run in this database since the reset: how many, and the most called."""
     import psycopg
@@ -57,15 +66,22 @@ def statements(url: str) -> dict[str, Any]:
     }
 
 
-def per_callback(answered: int, cpu_seconds: dict[str, float], calls: int | None) -> dict[str, Any]:
-    """Round trips and CPU milliseconds per callback answered 2xx (repeats included)."""
+def per_callback(
+    answered: int, cpu_seconds: dict[str, float], calls: int | None, wal_written: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """Round trips, CPU milliseconds and WAL per callback answered 2xx (repeats included)."""
     if not answered:
         return {}
-    return {
+    out = {
         "round_trips": round(calls / answered, 2) if calls is not None else None,
         "replica_cpu_ms": round(1000 * cpu_seconds["replicas"] / answered, 3),
         "postgresql_cpu_ms": round(1000 * cpu_seconds["postgresql"] / answered, 3),
     }
+    if wal_written:
+        out["wal_bytes"] = round(wal_written["bytes"] / answered)
+        out["wal_records"] = round(wal_written["records"] / answered, 1)
+        out["wal_full_page_images"] = round(wal_written["fpi"] / answered, 2)
+    return out
 
 
 def sqlite_reference(bench: Any, seeded_db: Path, requests: Path) -> dict[str, Any]:
@@ -147,6 +163,17 @@ def print_figures(r: dict[str, Any]) -> None:
             f"(target ≤ {TARGETS['pg_replica_cpu_ms']:g}), PostgreSQL CPU {f['postgresql_cpu_ms']:.3f} ms "
             f"(target ≤ {TARGETS['pg_server_cpu_ms']:g})"
         )
+        if f.get("wal_bytes") is not None:
+            print(
+                f"          WAL: {f['wal_bytes']:,} bytes, {f['wal_records']} records, "
+                f"{f['wal_full_page_images']} full-page images per callback"
+            )
+        parts = run.get("postgresql_cpu_ms_by_process") or {}
+        if parts:
+            print(
+                "          PostgreSQL's, by process: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in parts.items() if v >= 0.001)
+            )
     one = r.get("replicas_1") or {}
     statements_seen = one.get("statements")
     if statements_seen:

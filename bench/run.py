@@ -1080,6 +1080,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="postgresql: also one replica with JOBHOOK_POSTGRESQL_FAST_PATH=false (every callback through the general transaction)",
     )
+    parser.add_argument(
+        "--pg-settings",
+        default="",
+        metavar="NAME=VALUE,…",
+        help="a diagnostic: PostgreSQL server settings for the postgresql and openloop phases "
+        "(e.g. wal_compression=lz4); the targets are judged with PostgreSQL's defaults",
+    )
     parser.add_argument("--profile", metavar="PY_SPY", help="record the callback phase's jobhook with this py-spy")
     parser.add_argument(
         "--profile-native", action="store_true", help="with --profile: native frames too (SQLite, fsync)"

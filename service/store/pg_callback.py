@@ -1,11 +1,12 @@
-"""PostgreSQL: a callback in one round trip (schema 8's `jobhook_callback`).
+"""PostgreSQL: a callback in one round trip (schema 8's `jobhook_callback`, schema 12's batches).
 
 The general transaction of a genuine callback (service.store.common's `record_callback`: the job's
 locked read, its receipt, the provider's callback health, the status machine's writes, the job's
 read again, `pg_notify`, COMMIT) is a dozen statements, each a round trip from a thread of the pool.
 Most callbacks are the plain case, and that one is planned here instead, in Python, from the job as
-the route read it, and written by one call of a server-side function (one statement, its own
-transaction, prepared, from the event loop):
+the route read it, and written by one call of a server-side function (prepared, from the event
+loop; in one statement and one transaction with the other plain callbacks that arrived meanwhile:
+service.store.pg_batches):
 
 - planned: a delivery for the job's current attempt (no task id to bind; the attempt's provider and
   task id are the job's, and it was submitted), which the status machine (service.domain.status, the
@@ -35,9 +36,8 @@ from service.ids import new_message_id
 from service.store.base import OutboxPolicy
 from service.store.tx import Dialect, Tx, dumps
 
-# 28 parameters, in the function's order (see the migration). Lists go as text (JSON, or comma-joined
-# names): psycopg's text arrays cost more to build than the rest of the call.
-CALL_SQL = "SELECT jobhook_callback(" + ", ".join(["%s"] * 28) + ")"
+# The call's 28 parameters are in the function's order (see the migration); service.store.pg_batches
+# sends them, with other calls', as one JSON array. Lists go as text (JSON, or comma-joined names).
 UNSCHEDULE = ",".join(str(kind) for kind in TRACKING_KINDS)
 
 

@@ -43,6 +43,7 @@ from service.errors import SchemaTooNew, StorageError
 from service.store import pg_callback
 from service.store.base import CallbackResult, OutboxPolicy, ReceiptKind, WriterStats, redact_url
 from service.store.common import Store
+from service.store.pg_batches import CallbackBatches
 from service.store.tx import Dialect, Row, Tx, attempt_from_row, job_from_row, loads
 
 log = logging.getLogger("jobhook.store")
@@ -169,6 +170,7 @@ class PostgresStore(Store):
         self._lock_timeout = lock_timeout
         self._pool: Any = None
         self._loop_pool: Any = None  # psycopg's AsyncConnectionPool: the hot path, from the event loop
+        self._batches: CallbackBatches | None = None  # plain callbacks, written in batches on that pool
         self.fast_callbacks = fast_callbacks
         self._job_index: dict[str, int] = {}  # JOB_SQL's column → position (its description, once)
         # How genuine callbacks were written: "accepted" and "duplicate" in one round trip, "general"
@@ -223,6 +225,7 @@ class PostgresStore(Store):
             )
             await loop_pool.open(wait=True, timeout=10)
             self._loop_pool = loop_pool
+            self._batches = CallbackBatches(lambda: loop_pool.connection(timeout=30), on_commit=self._batch_committed)
             rows = await self._read("SELECT provider FROM provider_state WHERE degraded = 1")
             self.degraded = {row[0] for row in rows}
             self._listener = asyncio.get_running_loop().create_task(self._listen(), name="jobhook-pg-listen")
@@ -240,6 +243,9 @@ class PostgresStore(Store):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
             self._listener = None
+        if self._batches is not None:
+            batches, self._batches = self._batches, None
+            await batches.close()
         if self._loop_pool is not None:
             loop_pool, self._loop_pool = self._loop_pool, None
             with contextlib.suppress(Exception):
@@ -414,7 +420,7 @@ class PostgresStore(Store):
     ) -> CallbackResult:
         """The plain case (and a repeat) in one round trip when it can be; the general transaction
         otherwise (service.store.pg_callback says which is which)."""
-        fast = self.fast_callbacks and self._loop_pool is not None and bind_task_id is None
+        fast = self.fast_callbacks and self._batches is not None and bind_task_id is None
         fast = fast and job_id not in self._bounded
         if fast and seen is not None and seen.id == job_id:
             taken = await self._callback_in_one(seen, event_key, observation, detail, cost_if_completed)
@@ -441,8 +447,8 @@ class PostgresStore(Store):
         detail: Mapping[str, Any],
         cost_if_completed: float | None,
     ) -> CallbackResult | None:
-        """One call of `jobhook_callback`: the result once committed, or None when it wrote nothing
-        and the general transaction is to write the delivery."""
+        """One call of `jobhook_callback`, in a batch: the result once committed, or None when it
+        wrote nothing and the general transaction is to write the delivery."""
         import psycopg
         import psycopg_pool
 
@@ -472,16 +478,14 @@ class PostgresStore(Store):
             channel=CHANNEL,
             announcement=announcement,
         )
-        started = time.perf_counter()
-        call = asyncio.ensure_future(self._fetch_value(pg_callback.CALL_SQL, params))
+        assert self._batches is not None
+        call = self._batches.submit(params)
 
         def committed(done: asyncio.Future[str]) -> None:
             # Even if the caller was cancelled meanwhile: a committed change is announced.
             if done.cancelled() or done.exception() is not None or done.result() in ("fallback", "bounded"):
                 return
-            self._stats.commits += 1
             self._stats.writes += 1
-            self._stats.write_seconds += time.perf_counter() - started
             if done.result() == "accepted" and planned is not None:
                 self._committed(planned.tx)
 
@@ -506,14 +510,14 @@ class PostgresStore(Store):
                 self._bounded.popitem(last=False)
         return None
 
-    async def _fetch_value(self, sql: str, params: tuple[Any, ...]) -> Any:
-        from psycopg.rows import tuple_row
+    @property
+    def callback_batches(self) -> tuple[int, int]:
+        """Batches of plain callbacks committed, and the calls they held (for the tests and the bench)."""
+        return (self._batches.batches, self._batches.calls) if self._batches is not None else (0, 0)
 
-        async with self._loop_pool.connection(timeout=30) as connection:
-            cursor = connection.cursor(row_factory=tuple_row)
-            await cursor.execute(sql, params, prepare=True)
-            row = await cursor.fetchone()
-            return row[0] if row is not None else None
+    def _batch_committed(self, calls: int, seconds: float) -> None:
+        self._stats.commits += 1
+        self._stats.write_seconds += seconds
 
     # -- the other replicas ------------------------------------------------------------------------
 

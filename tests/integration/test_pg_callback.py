@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -340,4 +341,165 @@ async def test_copies_at_once_through_both_paths_apply_once(postgres_server: Pos
             assert fast.callback_paths["accepted"] + fast.callback_paths["duplicate"] > 0
         finally:
             for store in (fast, general):
+                await store.close()
+
+
+async def test_callbacks_at_once_are_written_in_batches_each_applied_once(postgres_server: PostgresServer) -> None:
+    """Plain callbacks and their repeats, all at once: fewer transactions than callbacks (schema 12's
+    batches), and each job has exactly what one delivery and its repeats leave."""
+    import asyncio
+
+    with postgres_server.database() as url:
+        store = PostgresStore(url, policy=POLICY)
+        await store.open()
+        try:
+            ids = [f"01JTESTBATCH{n:03d}".ljust(26, "0") for n in range(60)]
+            for job_id in ids:
+                await store.create_job(new_job(job_id))
+                await store.bind_task_id(job_id, f"task-{job_id}", 1_765_000_600.0)
+            seen = {job_id: await store.get_job(job_id) for job_id in ids}
+
+            async def deliver(job_id: str) -> CallbackResult:
+                return await store.record_callback(
+                    job_id,
+                    "task.completed",
+                    OBSERVATIONS["completed"],
+                    DETAIL,
+                    bind_task_id=None,
+                    cost_if_completed=0.06,
+                    seen=seen[job_id],
+                )
+
+            results = await asyncio.gather(*(deliver(job_id) for _ in range(3) for job_id in ids))
+            assert sorted(str(r.kind) for r in results) == ["accepted"] * 60 + ["duplicate"] * 120
+            # A repeat whose first delivery was in a batch still in flight finds the job changed once that
+            # batch commits: the general transaction records it, as a repeat too.
+            assert store.callback_paths["accepted"] == 60
+            assert store.callback_paths["duplicate"] + store.callback_paths["general"] == 120
+            batches, calls = store.callback_batches
+            assert calls == 180
+            assert batches < calls / 4, (batches, calls)
+            rows = query_database(
+                url,
+                "SELECT j.status, r.count, "
+                "(SELECT COUNT(*) FROM job_events e WHERE e.job_id = j.id AND e.outcome = 'accepted'), "
+                "(SELECT COUNT(*) FROM job_events e WHERE e.job_id = j.id AND e.outcome = 'duplicate'), "
+                "(SELECT COUNT(*) FROM notifications n WHERE n.job_id = j.id), "
+                "(SELECT COUNT(*) FROM due d WHERE d.job_id = j.id) "
+                "FROM jobs j JOIN callback_receipts r ON r.job_id = j.id ORDER BY j.id",
+            )
+            assert rows == [("completed", 3, 1, 2, 1, 0)] * 60
+        finally:
+            await store.close()
+
+
+async def test_two_events_of_one_job_in_one_batch_are_both_applied(postgres_server: PostgresServer) -> None:
+    """Two events of one job planned from the same read, in one batch: the first is written there, the
+    second finds the job changed and is written by the general transaction."""
+    import asyncio
+
+    with postgres_server.database() as url:
+        store = PostgresStore(url, policy=POLICY)
+        await store.open()
+        try:
+            job_id, *fillers = (f"01JTESTTWO{n:02d}".ljust(26, "0") for n in range(5))
+            for one in (job_id, *fillers):
+                await store.create_job(new_job(one))
+                await store.bind_task_id(one, f"task-{one}", 1_765_000_600.0)
+            seen = {one: await store.get_job(one) for one in (job_id, *fillers)}
+
+            async def deliver(one: str, key: str) -> CallbackResult:
+                observation = OBSERVATIONS[key.removeprefix("task.")]
+                return await store.record_callback(
+                    one, key, observation, DETAIL, bind_task_id=None, cost_if_completed=0.06, seen=seen[one]
+                )
+
+            # The fillers take the free batch slots; the two events wait, and go together.
+            calls = [deliver(one, "task.processing") for one in fillers]
+            calls += [deliver(job_id, "task.processing"), deliver(job_id, "task.completed")]
+            results = await asyncio.gather(*calls)
+            assert [str(r.kind) for r in results] == ["accepted"] * 6
+            assert store.callback_batches == (5, 6)
+            assert store.callback_paths == {"accepted": 5, "general": 1}
+            done = await store.get_job(job_id)
+            assert done is not None and done.status is Status.COMPLETED
+            statuses = query_database(
+                url, "SELECT outcome FROM job_events WHERE job_id = ? AND type = 'status' ORDER BY id", (job_id,)
+            )
+            assert [row[0] for row in statuses] == ["submitted", "processing", "completed"]
+        finally:
+            await store.close()
+
+
+async def test_a_repeat_that_loses_the_last_place_under_the_bound_takes_its_count_back(
+    postgres_server: PostgresServer,
+) -> None:
+    """Two replicas' batches each hold a repeat of a job one place under its bound, both having read the
+    counter before either wrote: one takes the place, the other takes its count back and is counted
+    on the summary event by the general transaction."""
+    import asyncio
+
+    import psycopg
+
+    from service.domain.history import NOISE_EVENTS_PER_JOB
+
+    with postgres_server.database() as url:
+        stores = [PostgresStore(url, policy=POLICY) for _ in range(2)]
+        for store in stores:
+            await store.open()
+        try:
+            job_id = "01JTESTLASTPLACE000000000"
+            await stores[0].create_job(new_job(job_id))
+            await stores[0].bind_task_id(job_id, f"task-{job_id}", 1_765_000_600.0)
+
+            async def deliver(store: PostgresStore) -> CallbackResult:
+                seen = await store.get_job(job_id)
+                return await store.record_callback(
+                    job_id,
+                    "task.completed",
+                    OBSERVATIONS["completed"],
+                    DETAIL,
+                    bind_task_id=None,
+                    cost_if_completed=0.06,
+                    seen=seen,
+                )
+
+            for _ in range(NOISE_EVENTS_PER_JOB):  # the first delivery, and repeats up to one under the bound
+                await deliver(stores[0])
+            # Hold the receipt's lock, so that both repeats read the counter and then wait for it.
+            with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watcher:
+                holder.execute(
+                    "SELECT 1 FROM callback_receipts WHERE job_id = %s FOR NO KEY UPDATE", (job_id,)
+                ).fetchone()
+                copies = [asyncio.ensure_future(deliver(store)) for store in stores]
+                deadline = asyncio.get_running_loop().time() + 10
+                while True:  # both calls are waiting on the lock
+                    waiting = watcher.execute(
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'SELECT jobhook_callbacks%'"
+                    ).fetchone()
+                    if waiting is not None and waiting[0] == 2:
+                        break
+                    assert asyncio.get_running_loop().time() < deadline, "the repeats never met the lock"
+                    await asyncio.sleep(0.02)
+                holder.commit()
+            results = await asyncio.gather(*copies)
+            assert [str(r.kind) for r in results] == ["duplicate", "duplicate"]
+            paths = stores[0].callback_paths + stores[1].callback_paths
+            assert paths["general"] == 1  # the one that took its count back
+            rows = query_database(
+                url,
+                "SELECT (SELECT count FROM callback_receipts WHERE job_id = ?), "
+                "(SELECT noise FROM job_event_bounds WHERE job_id = ?), "
+                "(SELECT COUNT(*) FROM job_events WHERE job_id = ? AND outcome = 'duplicate')",
+                (job_id,) * 3,
+            )
+            assert rows == [(NOISE_EVENTS_PER_JOB + 2, NOISE_EVENTS_PER_JOB + 1, NOISE_EVENTS_PER_JOB)]
+            summary = query_database(
+                url, "SELECT detail FROM job_events WHERE job_id = ? AND outcome = 'summary'", (job_id,)
+            )
+            assert len(summary) == 1
+            assert json.loads(summary[0][0])["counts"] == {"duplicate": {"task.completed": 1}}
+        finally:
+            for store in stores:
                 await store.close()
