@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = [
     "service/store/postgres.py",
     "service/store/pg_callback.py",
+    "service/store/pg_batches.py",
     "service/store/tx.py",
     "service/store/common.py",
     "service/store/outbox_queries.py",
