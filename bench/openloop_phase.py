@@ -120,9 +120,10 @@ def postgresql(bench: Any, sizes: Sizes) -> dict[str, Any]:
         url = server.url("openloop")
         procs.migrate(url, bench.workdir / "migrate.log")
         pg_phase.copy_to_postgresql(source, url)
+        segments = pg_phase.warm_wal(server)  # after the copy's own WAL: segments recycled for the runs
         replica = bench.jobhook("jobhook-openloop-pg", url)
         try:
-            return measure(
+            return {"wal_segments_ready": segments} | measure(
                 bench,
                 replica,
                 "postgresql_callbacks",

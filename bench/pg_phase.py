@@ -75,6 +75,34 @@ def server_options(bench: Any, options: str = "") -> str:
     return " ".join([options, *(f"-c {item}" for item in settings)]).strip()
 
 
+# MB of WAL written, then recycled, before measuring (see warm_wal).
+WARM_WAL_MB = 512
+
+
+def warm_wal(server: PostgresServer, megabytes: int = WARM_WAL_MB) -> int:
+    """Make the new cluster's WAL as a running server's is: segments recycled, not created.
+
+    A new cluster creates each 16 MB WAL segment as it needs it, and writes it full of zeros first
+    (`wal_init_zero`): on this disk every commit waited ~80 ms while one was made, every ~10 s at a few
+    hundred callbacks a second — the open loop's p99 at a quarter of capacity was that (bench/README.md).
+    A server that has been running renames the segments a checkpoint no longer needs into the next
+    ones instead. So: write `megabytes` of WAL (a table made and dropped), then CHECKPOINT, which
+    recycles them. Returns the segments in pg_wal afterwards."""
+    import psycopg
+
+    with psycopg.connect(server.url(), autocommit=True) as pg:
+        pg.execute("CHECKPOINT")
+        pg.execute("CREATE TABLE jobhook_bench_warm_wal (filler TEXT)")
+        pg.execute(
+            "INSERT INTO jobhook_bench_warm_wal SELECT repeat(md5(n::text), 30) FROM generate_series(1, %s) AS n",
+            (megabytes * 1024 * 1024 // 1000,),
+        )
+        pg.execute("DROP TABLE jobhook_bench_warm_wal")
+        pg.execute("CHECKPOINT")
+        row = pg.execute("SELECT COUNT(*) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def postgres_cpu_seconds(postmaster: int) -> float:
     """CPU seconds of the server: the postmaster and every process it started."""
     return sum(postgres_cpu_by_process(postmaster).values())
@@ -189,6 +217,7 @@ def run_replicas(
     url = server.url(name)
     procs.migrate(url, bench.workdir / "migrate.log")
     copy_to_postgresql(seeded_db, url)
+    segments = warm_wal(server)  # after the copy's own WAL: segments recycled for the run
     pg_roundtrips.enable(url)
     replicas = [bench.jobhook(f"jobhook-pg{count}{label}-{n}", url, extra=settings) for n in range(count)]
     shares = [s.callback_connections // count + (1 if n < s.callback_connections % count else 0) for n in range(count)]
@@ -249,6 +278,7 @@ def run_replicas(
     out = {
         "replicas": count,
         "connections": shares,
+        "wal_segments_ready": segments,
         "rps": round(sum(r["rps"] for r in results), 1),
         "latency_ms": {
             key: max(r["latency_ms"][key] for r in results) for key in ("p50", "p99")
@@ -330,7 +360,8 @@ def print_phase(r: dict[str, Any]) -> None:
         return
     bare = r["bare"]
     print(f"  PostgreSQL {r['postgresql']}; {r['connections']} connections, {r['seconds']} s per run")
-    print(f"  server settings: {r.get('settings')}")
+    ready = [r[key]["wal_segments_ready"] for key in ("replicas_1", "replicas_3") if key in r]
+    print(f"  server settings: {r.get('settings')}; WAL segments ready (recycled) before each run: {ready}")
     print(
         f"  {'bare app':26} {bare['rps']:>9,.0f} req/s  p50 {bare['latency_ms']['p50']:.1f} ms  p99 {bare['latency_ms']['p99']:.1f} ms"
     )

@@ -9,7 +9,8 @@ the next free one, and go together, up to `MAX_BATCH`, in one statement and one 
 answered only once that transaction is committed.
 
 A batch's calls are sorted by job id, so that every batch locks its jobs in one order and two of
-them never wait for each other in a circle. When the statement fails (a deadlock with a general
+them never wait for each other in a circle. What the batch changed is told to the other replicas
+after its COMMIT, by one `pg_notify` of its own (service.store.postgres says why not inside it). When the statement fails (a deadlock with a general
 transaction, a lost race the function could not settle, the connection), every callback of the
 batch gets the error, and the store writes each by the general transaction or answers 503, as it
 did for a call of its own.
@@ -18,11 +19,14 @@ did for a call of its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+
+log = logging.getLogger("jobhook.store")
 
 BATCH_SQL = "SELECT jobhook_callbacks(%s)"
 # Calls per batch at most: a batch holds its jobs' row locks until its COMMIT (~0.15 ms of the
@@ -31,6 +35,9 @@ MAX_BATCH = 48
 # Batches in flight at once per replica: each holds a connection of the event loop's pool, which the
 # jobs' reads share. A new batch starts as soon as one of these is free.
 IN_FLIGHT = 4
+
+
+Call = tuple[tuple[Any, ...], Any, "asyncio.Future[str]"]  # the parameters, what to announce, the answer
 
 
 class CallbackBatches:
@@ -44,21 +51,25 @@ class CallbackBatches:
         max_batch: int = MAX_BATCH,
         in_flight: int = IN_FLIGHT,
         on_commit: Callable[[int, float], None] | None = None,
+        announce: Callable[[list[Any]], Awaitable[None]] | None = None,
     ) -> None:
         """`connection()`: an async context manager lending a connection (the loop pool's);
-        `on_commit(calls, seconds)` after each committed batch."""
+        `on_commit(calls, seconds)` after each committed batch; `announce(items)` then, with what was
+        submitted to announce for each call the batch accepted (after the callers have their answers)."""
         self._connection = connection
         self._max_batch = max_batch
         self._in_flight = in_flight
         self._on_commit = on_commit
-        self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[str]]] = []
+        self._announce = announce
+        self._waiting: list[Call] = []
         self._running: set[asyncio.Task[None]] = set()
         self.batches = 0  # committed, for the tests and the bench
         self.calls = 0
 
-    def submit(self, params: tuple[Any, ...]) -> asyncio.Future[str]:
+    def submit(self, params: tuple[Any, ...], announce: Any = None) -> asyncio.Future[str]:
+        """`announce`: given to `announce` once committed, if the call was accepted."""
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._waiting.append((params, future))
+        self._waiting.append((params, announce, future))
         self._start()
         return future
 
@@ -74,13 +85,13 @@ class CallbackBatches:
         self._running.discard(task)
         self._start()
 
-    async def _write(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[str]]]) -> None:
+    async def _write(self, batch: list[Call]) -> None:
         from psycopg.rows import tuple_row
 
         batch.sort(key=lambda call: call[0][0])  # by job id: one locking order for every batch
         started = time.perf_counter()
         try:
-            payload = orjson.dumps([params for params, _ in batch]).decode()
+            payload = orjson.dumps([params for params, _, _ in batch]).decode()
             async with self._connection() as connection:
                 cursor = connection.cursor(row_factory=tuple_row)
                 await cursor.execute(BATCH_SQL, (payload,), prepare=True)
@@ -89,7 +100,7 @@ class CallbackBatches:
             if outcomes is None or len(outcomes) != len(batch):
                 raise RuntimeError(f"jobhook_callbacks answered {outcomes!r} for {len(batch)} calls")
         except BaseException as exc:  # every caller of the batch learns it; a cancellation goes on
-            for _, future in batch:
+            for _, _, future in batch:
                 if future.done():
                     continue
                 if isinstance(exc, Exception):
@@ -103,14 +114,20 @@ class CallbackBatches:
         self.calls += len(batch)
         if self._on_commit is not None:
             self._on_commit(len(batch), time.perf_counter() - started)
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
+        for (_, _, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
+        accepted = [item for (_, item, _), outcome in zip(batch, outcomes, strict=True) if outcome == "accepted"]
+        if self._announce is not None and any(item is not None for item in accepted):
+            try:
+                await self._announce([item for item in accepted if item is not None])
+            except Exception as exc:  # committed and answered: the other replicas hear of it later, or not
+                log.warning("telling the other replicas of %d callbacks failed: %s", len(accepted), exc)
 
     async def close(self) -> None:
         """Cancel what is waiting and in flight (the store is closing)."""
         waiting, self._waiting = self._waiting, []
-        for _, future in waiting:
+        for _, _, future in waiting:
             if not future.done():
                 future.cancel()
         for task in list(self._running):

@@ -12,8 +12,15 @@ this module adds is where they run and what holds them together across processes
 - Due work and deliveries are claimed `FOR UPDATE SKIP LOCKED` and leased: a replica that dies
   holding them hands them back when the lease runs out.
 - Every commit that changed jobs, queued notifications or a provider's health says so with
-  `pg_notify` (delivered on COMMIT); each replica LISTENs, so that `?wait=N`, the dashboard's stream
-  and the outbox worker wake on any replica's change, and provider health is shared.
+  `pg_notify`; each replica LISTENs, so that `?wait=N`, the dashboard's stream and the outbox worker
+  wake on any replica's change, and provider health is shared. A provider's health (rare, and held
+  only in memory elsewhere) is notified inside its transaction, delivered on COMMIT; everything else
+  right after the COMMIT, in a statement of its own. NOTIFY inside a transaction takes a lock that
+  every notifying transaction of the cluster waits for until the holder's COMMIT is flushed: their
+  commits took turns, one WAL flush at a time (the open loop's p99 of ~80–120 ms on PostgreSQL at a
+  quarter of its capacity, bench/README.md). A replica that dies between a COMMIT and its NOTIFY
+  leaves the others to find that change on their own: a waiter at its timeout, the outbox worker on
+  its next round (at most 15 s).
 - The hot path runs from the event loop on a second, asynchronous pool, one prepared statement each:
   a job's read (the job, its attempts and its row version at once), and the plain callback, written
   by one server-side function call (service.store.pg_callback; any other callback takes the general
@@ -225,7 +232,11 @@ class PostgresStore(Store):
             )
             await loop_pool.open(wait=True, timeout=10)
             self._loop_pool = loop_pool
-            self._batches = CallbackBatches(lambda: loop_pool.connection(timeout=30), on_commit=self._batch_committed)
+            self._batches = CallbackBatches(
+                lambda: loop_pool.connection(timeout=30),
+                on_commit=self._batch_committed,
+                announce=self._announce_batch,
+            )
             rows = await self._read("SELECT provider FROM provider_state WHERE degraded = 1")
             self.degraded = {row[0] for row in rows}
             self._listener = asyncio.get_running_loop().create_task(self._listen(), name="jobhook-pg-listen")
@@ -338,10 +349,16 @@ class PostgresStore(Store):
                     with connection.transaction():
                         tx = self._tx(_Connection(connection))
                         value = work(tx)
-                        for payload in _announcements(self.replica, tx):
-                            connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                        announcements = _announcements(self.replica, tx)
+                        if tx.health:  # rare, and kept only in memory elsewhere: on COMMIT, or not at all
+                            _notify(connection, announcements)
+                            announcements = []
                         committing = time.perf_counter()
                     done = time.perf_counter()
+                    try:
+                        _notify(connection, announcements)
+                    except psycopg.Error as exc:  # committed: the others hear of it later, or not
+                        log.warning("telling the other replicas of a commit failed: %s", exc)
                     return tx, value, committing - started, done - committing
                 except retryable:
                     if attempt == RETRIES - 1:
@@ -473,9 +490,6 @@ class PostgresStore(Store):
             policy=self.policy,
             mirror_images=self.mirror_images,
         )
-        announcement = None
-        if planned is not None:
-            announcement = _announcements(self.replica, planned.tx)[0]  # one job: one payload
         params = pg_callback.parameters(
             seen.id,
             event_key,
@@ -485,10 +499,10 @@ class PostgresStore(Store):
             provider=seen.provider,
             planned=planned,
             channel=CHANNEL,
-            announcement=announcement,
+            announcement=None,  # told after the batch's COMMIT (_announce_batch)
         )
         assert self._batches is not None
-        call = self._batches.submit(params)
+        call = self._batches.submit(params, (seen.id, planned.tx.outbox_changed) if planned is not None else None)
 
         def committed(done: asyncio.Future[str]) -> None:
             # Even if the caller was cancelled meanwhile: a committed change is announced.
@@ -523,6 +537,15 @@ class PostgresStore(Store):
     def callback_batches(self) -> tuple[int, int]:
         """Batches of plain callbacks committed, and the calls they held (for the tests and the bench)."""
         return (self._batches.batches, self._batches.calls) if self._batches is not None else (0, 0)
+
+    async def _announce_batch(self, accepted: list[tuple[str, bool]]) -> None:
+        """The jobs a batch of callbacks changed, told to the other replicas after its COMMIT."""
+        jobs = sorted({job_id for job_id, _ in accepted})
+        outbox = any(queued for _, queued in accepted)
+        async with self._loop_pool.connection(timeout=30) as connection:
+            for start in range(0, len(jobs), NOTIFY_IDS):
+                message = {"from": self.replica, "jobs": jobs[start : start + NOTIFY_IDS], "outbox": outbox}
+                await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, orjson.dumps(message).decode()))
 
     def _batch_committed(self, calls: int, seconds: float) -> None:
         self._stats.commits += 1
@@ -563,6 +586,11 @@ class PostgresStore(Store):
             changed = frozenset(str(job_id) for job_id in jobs)
             for listener in self._listeners:
                 listener(changed)
+
+
+def _notify(connection: Any, payloads: list[str]) -> None:
+    for payload in payloads:
+        connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
 
 def _announcements(replica: str, tx: Tx) -> list[str]:

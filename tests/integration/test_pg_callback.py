@@ -503,3 +503,52 @@ async def test_a_repeat_that_loses_the_last_place_under_the_bound_takes_its_coun
         finally:
             for store in stores:
                 await store.close()
+
+
+async def test_the_other_replicas_hear_of_a_batch_and_of_a_general_transaction(postgres_server: PostgresServer) -> None:
+    """What a batch of callbacks changed, and what a general transaction changed, reaches another
+    replica's listeners (told after the COMMIT, in a NOTIFY of its own): the jobs, and the outbox's wake."""
+    import asyncio
+
+    with postgres_server.database() as url:
+        writer, other = PostgresStore(url, policy=POLICY), PostgresStore(url, policy=POLICY)
+        for store in (writer, other):
+            await store.open()
+        heard: set[str] = set()
+        outbox_wakes: list[None] = []
+        other.add_listener(heard.update)
+        other.add_outbox_listener(lambda: outbox_wakes.append(None))
+        try:
+            ids = [f"01JTESTHEARD{n}".ljust(26, "0") for n in range(4)]
+            for job_id in ids:
+                await writer.create_job(new_job(job_id))
+                await writer.bind_task_id(job_id, f"task-{job_id}", 1_765_000_600.0)
+            seen = {job_id: await writer.get_job(job_id) for job_id in ids}
+            heard.clear()
+            outbox_wakes.clear()
+
+            async def deliver(job_id: str) -> CallbackResult:
+                return await writer.record_callback(
+                    job_id,
+                    "task.completed",
+                    OBSERVATIONS["completed"],
+                    DETAIL,
+                    bind_task_id=None,
+                    cost_if_completed=0.06,
+                    seen=seen[job_id],
+                )
+
+            results = await asyncio.gather(*(deliver(job_id) for job_id in ids[:3]))
+            assert [str(r.kind) for r in results] == ["accepted"] * 3
+            assert writer.callback_paths["accepted"] == 3  # by batches, not the general transaction
+            # ...and one by the general transaction (no job as read: it reads the job itself).
+            await writer.record_callback(
+                ids[3], "task.processing", OBSERVATIONS["processing"], DETAIL, bind_task_id=None, cost_if_completed=None
+            )
+            deadline = asyncio.get_running_loop().time() + 10
+            while heard != set(ids) or not outbox_wakes:
+                assert asyncio.get_running_loop().time() < deadline, (heard, outbox_wakes)
+                await asyncio.sleep(0.02)
+        finally:
+            for store in (writer, other):
+                await store.close()
