@@ -541,11 +541,10 @@ class PostgresStore(Store):
     async def _announce_batch(self, accepted: list[tuple[str, bool]]) -> None:
         """The jobs a batch of callbacks changed, told to the other replicas after its COMMIT."""
         jobs = sorted({job_id for job_id, _ in accepted})
-        outbox = any(queued for _, queued in accepted)
+        payloads = _payloads(self.replica, jobs, outbox=any(queued for _, queued in accepted), health={})
         async with self._loop_pool.connection(timeout=30) as connection:
-            for start in range(0, len(jobs), NOTIFY_IDS):
-                message = {"from": self.replica, "jobs": jobs[start : start + NOTIFY_IDS], "outbox": outbox}
-                await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, orjson.dumps(message).decode()))
+            for payload in payloads:
+                await connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
     def _batch_committed(self, calls: int, seconds: float) -> None:
         self._stats.commits += 1
@@ -594,15 +593,18 @@ def _notify(connection: Any, payloads: list[str]) -> None:
 
 
 def _announcements(replica: str, tx: Tx) -> list[str]:
-    """What a transaction tells the other replicas on COMMIT, in payloads that fit NOTIFY."""
+    """What a transaction tells the other replicas, in payloads that fit NOTIFY."""
     if not (tx.changed or tx.outbox_changed or tx.health):
         return []
-    jobs = sorted(tx.changed)
+    return _payloads(replica, sorted(tx.changed), outbox=tx.outbox_changed, health=tx.health)
+
+
+def _payloads(replica: str, jobs: list[str], *, outbox: bool, health: Mapping[str, Any]) -> list[str]:
     payloads = []
     for start in range(0, max(len(jobs), 1), NOTIFY_IDS):
         message: dict[str, Any] = {"from": replica, "jobs": jobs[start : start + NOTIFY_IDS]}
         if start == 0:
-            message["outbox"] = tx.outbox_changed
-            message["health"] = tx.health
+            message["outbox"] = outbox
+            message["health"] = dict(health)
         payloads.append(orjson.dumps(message).decode())
     return payloads
