@@ -190,6 +190,24 @@ def plain(status: Status, observation: Observation, *, has_task: bool, fails_ove
     return has_task and decision.applied and decision.status is not Status.FAILED
 
 
+async def submitted_jobs(store: PostgresStore, ids: list[str]) -> dict[str, Job | None]:
+    """Jobs made and given their task ids (by the general transaction), each as read afterwards."""
+    for job_id in ids:
+        await store.create_job(new_job(job_id))
+        await store.bind_task_id(job_id, f"task-{job_id}", 1_765_000_600.0)
+    return {job_id: await store.get_job(job_id) for job_id in ids}
+
+
+async def deliver_to(
+    store: PostgresStore, job_id: str, seen: Job | None, key: str = "task.completed"
+) -> CallbackResult:
+    """A genuine delivery of `key` (the observation of the same name), with the job as read (`seen`)."""
+    observation = OBSERVATIONS[key.removeprefix("task.")]
+    return await store.record_callback(
+        job_id, key, observation, DETAIL, bind_task_id=None, cost_if_completed=0.06, seen=seen
+    )
+
+
 @pytest.mark.parametrize("status", list(Status), ids=str)
 async def test_every_status_and_observation_writes_the_same_rows_either_way(
     postgres_server: PostgresServer, status: Status
@@ -354,23 +372,11 @@ async def test_callbacks_at_once_are_written_in_batches_each_applied_once(postgr
         await store.open()
         try:
             ids = [f"01JTESTBATCH{n:03d}".ljust(26, "0") for n in range(60)]
-            for job_id in ids:
-                await store.create_job(new_job(job_id))
-                await store.bind_task_id(job_id, f"task-{job_id}", 1_765_000_600.0)
-            seen = {job_id: await store.get_job(job_id) for job_id in ids}
+            seen = await submitted_jobs(store, ids)
 
-            async def deliver(job_id: str) -> CallbackResult:
-                return await store.record_callback(
-                    job_id,
-                    "task.completed",
-                    OBSERVATIONS["completed"],
-                    DETAIL,
-                    bind_task_id=None,
-                    cost_if_completed=0.06,
-                    seen=seen[job_id],
-                )
-
-            results = await asyncio.gather(*(deliver(job_id) for _ in range(3) for job_id in ids))
+            results = await asyncio.gather(
+                *(deliver_to(store, job_id, seen[job_id]) for _ in range(3) for job_id in ids)
+            )
             assert sorted(str(r.kind) for r in results) == ["accepted"] * 60 + ["duplicate"] * 120
             # A repeat whose first delivery was in a batch still in flight finds the job changed once that
             # batch commits: the general transaction records it, as a repeat too.
@@ -403,20 +409,14 @@ async def test_two_events_of_one_job_in_one_batch_are_both_applied(postgres_serv
         await store.open()
         try:
             job_id, *fillers = (f"01JTESTTWO{n:02d}".ljust(26, "0") for n in range(5))
-            for one in (job_id, *fillers):
-                await store.create_job(new_job(one))
-                await store.bind_task_id(one, f"task-{one}", 1_765_000_600.0)
-            seen = {one: await store.get_job(one) for one in (job_id, *fillers)}
-
-            async def deliver(one: str, key: str) -> CallbackResult:
-                observation = OBSERVATIONS[key.removeprefix("task.")]
-                return await store.record_callback(
-                    one, key, observation, DETAIL, bind_task_id=None, cost_if_completed=0.06, seen=seen[one]
-                )
+            seen = await submitted_jobs(store, [job_id, *fillers])
 
             # The fillers take the free batch slots; the two events wait, and go together.
-            calls = [deliver(one, "task.processing") for one in fillers]
-            calls += [deliver(job_id, "task.processing"), deliver(job_id, "task.completed")]
+            calls = [deliver_to(store, one, seen[one], "task.processing") for one in fillers]
+            calls += [
+                deliver_to(store, job_id, seen[job_id], "task.processing"),
+                deliver_to(store, job_id, seen[job_id], "task.completed"),
+            ]
             results = await asyncio.gather(*calls)
             assert [str(r.kind) for r in results] == ["accepted"] * 6
             assert store.callback_batches == (5, 6)
@@ -449,20 +449,10 @@ async def test_a_repeat_that_loses_the_last_place_under_the_bound_takes_its_coun
             await store.open()
         try:
             job_id = "01JTESTLASTPLACE000000000"
-            await stores[0].create_job(new_job(job_id))
-            await stores[0].bind_task_id(job_id, f"task-{job_id}", 1_765_000_600.0)
+            await submitted_jobs(stores[0], [job_id])
 
             async def deliver(store: PostgresStore) -> CallbackResult:
-                seen = await store.get_job(job_id)
-                return await store.record_callback(
-                    job_id,
-                    "task.completed",
-                    OBSERVATIONS["completed"],
-                    DETAIL,
-                    bind_task_id=None,
-                    cost_if_completed=0.06,
-                    seen=seen,
-                )
+                return await deliver_to(store, job_id, await store.get_job(job_id))
 
             for _ in range(NOISE_EVENTS_PER_JOB):  # the first delivery, and repeats up to one under the bound
                 await deliver(stores[0])
@@ -520,25 +510,11 @@ async def test_the_other_replicas_hear_of_a_batch_and_of_a_general_transaction(p
         other.add_outbox_listener(lambda: outbox_wakes.append(None))
         try:
             ids = [f"01JTESTHEARD{n}".ljust(26, "0") for n in range(4)]
-            for job_id in ids:
-                await writer.create_job(new_job(job_id))
-                await writer.bind_task_id(job_id, f"task-{job_id}", 1_765_000_600.0)
-            seen = {job_id: await writer.get_job(job_id) for job_id in ids}
+            seen = await submitted_jobs(writer, ids)
             heard.clear()
             outbox_wakes.clear()
 
-            async def deliver(job_id: str) -> CallbackResult:
-                return await writer.record_callback(
-                    job_id,
-                    "task.completed",
-                    OBSERVATIONS["completed"],
-                    DETAIL,
-                    bind_task_id=None,
-                    cost_if_completed=0.06,
-                    seen=seen[job_id],
-                )
-
-            results = await asyncio.gather(*(deliver(job_id) for job_id in ids[:3]))
+            results = await asyncio.gather(*(deliver_to(writer, job_id, seen[job_id]) for job_id in ids[:3]))
             assert [str(r.kind) for r in results] == ["accepted"] * 3
             assert writer.callback_paths["accepted"] == 3  # by batches, not the general transaction
             # ...and one by the general transaction (no job as read: it reads the job itself).
