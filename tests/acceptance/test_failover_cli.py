@@ -12,26 +12,40 @@ from tests.acceptance.test_cli import run
 from tests.fakes.aivideoapi import FakeAivideoapi
 from tests.fakes.apiframe import FakeApiframe, forced_error
 
+TOKEN = "cli-token"
+
+
+async def serve_two_providers(
+    tmp_path: Path, database: str, aivideoapi: FakeAivideoapi, apiframe: FakeApiframe
+) -> ServeProcess:
+    """`jobhook serve` started with aivideoapi and apiframe configured (the fakes'), the API behind TOKEN."""
+    service = ServeProcess(
+        tmp_path,
+        {
+            "JOBHOOK_API_TOKENS": TOKEN,
+            "JOBHOOK_CALLBACK_GRACE": "0.5",
+            "JOBHOOK_MIRROR_IMAGES": "false",
+            "JOBHOOK_AIVIDEOAPI_API_KEY": "sk-test",
+            "JOBHOOK_AIVIDEOAPI_BASE_URL": aivideoapi.base_url,
+            "JOBHOOK_APIFRAME_API_KEY": "afk_test",
+            "JOBHOOK_APIFRAME_BASE_URL": apiframe.base_url,
+        },
+        database=database,
+    )
+    await service.start()
+    return service
+
+
+def cli_env(service: ServeProcess) -> dict[str, str]:
+    return {"JOBHOOK_URL": service.url, "JOBHOOK_TOKEN": TOKEN}
+
 
 async def test_submit_auto_fails_over_and_job_shows_both_attempts(tmp_path: Path, database: str) -> None:
     async with FakeAivideoapi(complete_after=0.2) as aivideoapi, FakeApiframe(complete_after=0.2) as apiframe:
         apiframe.create_responses = [forced_error(402, "insufficient_credits")]  # the cheaper one is broke
-        service = ServeProcess(
-            tmp_path,
-            {
-                "JOBHOOK_API_TOKENS": "cli-token",
-                "JOBHOOK_CALLBACK_GRACE": "0.5",
-                "JOBHOOK_MIRROR_IMAGES": "false",
-                "JOBHOOK_AIVIDEOAPI_API_KEY": "sk-test",
-                "JOBHOOK_AIVIDEOAPI_BASE_URL": aivideoapi.base_url,
-                "JOBHOOK_APIFRAME_API_KEY": "afk_test",
-                "JOBHOOK_APIFRAME_BASE_URL": apiframe.base_url,
-            },
-            database=database,
-        )
-        await service.start()
+        service = await serve_two_providers(tmp_path, database, aivideoapi, apiframe)
         try:
-            env = {"JOBHOOK_URL": service.url, "JOBHOOK_TOKEN": "cli-token"}
+            env = cli_env(service)
             # The fakes run in this event loop: the CLI runs in a thread so that they can answer it.
             submitted = await asyncio.to_thread(run, "submit", "--provider", "auto", "A red kite", "--wait", env=env)
             assert submitted.returncode == 0, submitted.stderr + service.log()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.acceptance.harness import ServeProcess
 from tests.acceptance.test_cli import run
+from tests.acceptance.test_failover_cli import TOKEN, cli_env, serve_two_providers
 from tests.conftest import eventually
 from tests.fakes.aivideoapi import FakeAivideoapi, TaskScript
 from tests.fakes.apiframe import FakeApiframe
@@ -27,22 +27,9 @@ def test_reroute_help_says_both_may_charge() -> None:
 async def test_reroute_moves_a_quiet_job_and_says_why_when_it_cannot(tmp_path: Path, database: str) -> None:
     async with FakeAivideoapi(complete_after=0.2) as aivideoapi, FakeApiframe(complete_after=0.2) as apiframe:
         aivideoapi.default_script = TaskScript(outcome="never")
-        service = ServeProcess(
-            tmp_path,
-            {
-                "JOBHOOK_API_TOKENS": "cli-token",
-                "JOBHOOK_CALLBACK_GRACE": "0.5",
-                "JOBHOOK_MIRROR_IMAGES": "false",
-                "JOBHOOK_AIVIDEOAPI_API_KEY": "sk-test",
-                "JOBHOOK_AIVIDEOAPI_BASE_URL": aivideoapi.base_url,
-                "JOBHOOK_APIFRAME_API_KEY": "afk_test",
-                "JOBHOOK_APIFRAME_BASE_URL": apiframe.base_url,
-            },
-            database=database,
-        )
-        await service.start()
+        service = await serve_two_providers(tmp_path, database, aivideoapi, apiframe)
         try:
-            env = {"JOBHOOK_URL": service.url, "JOBHOOK_TOKEN": "cli-token"}
+            env = cli_env(service)
             # The fakes run in this event loop: the CLI runs in a thread so that they can answer it.
             submitted = await asyncio.to_thread(run, "submit", "--provider", "aivideoapi,apiframe", "A kite", env=env)
             assert submitted.returncode == 0, submitted.stderr + service.log()
@@ -55,7 +42,7 @@ async def test_reroute_moves_a_quiet_job_and_says_why_when_it_cannot(tmp_path: P
             assert lines[2].split()[:2] == ["2.", "apiframe"]
 
             async def completed() -> bool:
-                async with httpx.AsyncClient(headers={"Authorization": "Bearer cli-token"}) as client:
+                async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
                     job = (await client.get(f"{service.url}/v1/jobs/{job_id}")).json()
                 return bool(job["status"] == "completed")
 
